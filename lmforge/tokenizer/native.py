@@ -1,0 +1,69 @@
+"""Loader for the optional C fast paths (``csrc/*.c``), with the pure-Python code as reference.
+
+Every hot loop of the tokenizer exists twice: a readable Python reference (``bpe.py``,
+``train.py``, ``pretokenize.py``) and a C implementation built by ``pip install`` when a C
+compiler is present. Tests assert that both give identical results; the C versions are used
+automatically when they import.
+
+Environment switches:
+- ``LMFORGE_NATIVE=0``: never use the C code (e.g. to profile or debug the Python reference).
+- ``LMFORGE_REQUIRE_NATIVE=1``: fail loudly if the C code is missing (CI sets this, so a broken
+  build cannot silently fall back to the slow path).
+
+The C pre-tokenizer needs each code point's class as the ``regex`` module sees it (``\\p{L}``,
+``\\p{N}``, ``\\s``); ``char_class_table`` computes it once from ``regex`` itself, so both paths
+agree on every code point by construction.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+
+import regex
+
+# Class codes in the table handed to the C pre-tokenizer.
+CLASS_OTHER, CLASS_LETTER, CLASS_NUMBER, CLASS_SPACE = 0, 1, 2, 3
+_N_CODEPOINTS = 0x110000
+
+
+@functools.cache
+def char_class_table() -> bytes:
+    """``table[cp]`` = class code of code point ``cp`` (0x110000 bytes), per the ``regex`` module."""
+    table = bytearray(_N_CODEPOINTS)
+    every_code_point = "".join(map(chr, range(_N_CODEPOINTS)))  # index == code point
+    for pattern, code in ((r"\p{L}+", CLASS_LETTER), (r"\p{N}+", CLASS_NUMBER), (r"\s+", CLASS_SPACE)):
+        for m in regex.finditer(pattern, every_code_point):
+            table[m.start() : m.end()] = bytes([code]) * (m.end() - m.start())
+    return bytes(table)
+
+
+def _load(name: str) -> ModuleType | None:
+    if os.environ.get("LMFORGE_NATIVE", "1") == "0":
+        return None
+    try:
+        return importlib.import_module(f"lmforge.tokenizer.{name}")
+    except ImportError as e:
+        if os.environ.get("LMFORGE_REQUIRE_NATIVE") == "1":
+            raise ImportError(
+                f"lmforge.tokenizer.{name} (C fast path) is not built: {e}. "
+                "Install a C compiler and reinstall with `pip install -e .`."
+            ) from e
+        return None
+
+
+@functools.cache
+def encode_module() -> ModuleType | None:
+    """The C pre-tokenizer/encoder module (``csrc/_bpe_encode.c``), initialised, or None."""
+    mod = _load("_bpe_encode")
+    if mod is not None:
+        mod.init_char_classes(char_class_table())
+    return mod
+
+
+@functools.cache
+def train_module() -> ModuleType | None:
+    """The C merge-loop module (``csrc/_bpe_train.c``), or None."""
+    return _load("_bpe_train")

@@ -1,0 +1,194 @@
+"""Pre-tokenization: the GPT-2 regex, special-token splitting, and safe file chunking.
+
+Byte-level BPE never merges across a *pre-token* boundary. Pre-tokens come from GPT-2's regex
+(Radford et al., 2019, ``encoder.py``), applied separately to the text between special tokens:
+
+    >>> pretokenize("Hello, world! It's 2024.")
+    ['Hello', ',', ' world', '!', ' It', "'s", ' 2024', '.']
+
+Large files are processed in byte ranges ("chunks") so that no process ever holds the whole file
+as one string. A chunk boundary is only placed where cutting the text cannot change the result:
+
+1. at the start of a special token (when the caller splits on special tokens), provided no
+   special token starts in the ``max_len - 1`` bytes before it (so no longer, overlapping special
+   such as ``<|endoftext|><|endoftext|>`` is cut in two); or
+2. right after a ``\\n`` that sits between two printable ASCII characters (``a\\nb``): the regex
+   always ends a pre-token at such a newline and starts a fresh one after it.
+
+Rule 2 is the fallback for files without special tokens. If neither rule finds a boundary the
+chunk simply grows (worst case: one chunk per file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import regex
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_REGEX = regex.compile(GPT2_PATTERN)
+
+# How far past a guessed boundary we look for a safe cut before letting the chunk grow.
+_SCAN_BYTES = 1 << 20
+
+
+class TokenizerInputError(ValueError):
+    """Bad input to the tokenizer (missing/empty file, invalid UTF-8, impossible settings).
+
+    The message says what is wrong and how to fix it; the CLI prints it and exits non-zero.
+    """
+
+
+class InvalidUTF8Error(TokenizerInputError):
+    """A file is not valid UTF-8. ``offset`` is the absolute byte offset of the first bad byte."""
+
+    def __init__(self, path: str | os.PathLike, offset: int, reason: str):
+        self.path, self.offset = str(path), offset
+        super().__init__(
+            f"{path}: invalid UTF-8 at byte offset {offset} ({reason}). "
+            "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or remove the bad bytes."
+        )
+
+
+def pretokenize(text: str) -> list[str]:
+    """Split ``text`` (no special tokens in it) into GPT-2 pre-tokens."""
+    return GPT2_REGEX.findall(text)
+
+
+def special_token_regex(special_tokens: Sequence[str]) -> regex.Pattern | None:
+    """A regex matching any special token, longest first (so overlapping specials both work).
+
+    Returns None when there are no special tokens.
+    """
+    if not special_tokens:
+        return None
+    ordered = sorted(set(special_tokens), key=lambda s: (-len(s), s))
+    return regex.compile("|".join(regex.escape(s) for s in ordered))
+
+
+def split_on_special_tokens(text: str, pattern: regex.Pattern | None) -> Iterator[tuple[str, bool]]:
+    """Yield ``(piece, is_special)`` in order; empty ordinary pieces are skipped.
+
+    >>> p = special_token_regex(["<|endoftext|>"])
+    >>> list(split_on_special_tokens("a<|endoftext|>b", p))
+    [('a', False), ('<|endoftext|>', True), ('b', False)]
+    """
+    if pattern is None:
+        if text:
+            yield text, False
+        return
+    pos = 0
+    for m in pattern.finditer(text):
+        if m.start() > pos:
+            yield text[pos : m.start()], False
+        yield m.group(), True
+        pos = m.end()
+    if pos < len(text):
+        yield text[pos:], False
+
+
+def check_input_file(path: str | os.PathLike) -> int:
+    """Return the size in bytes of a readable, non-empty file, else raise TokenizerInputError."""
+    p = Path(path)
+    if not p.exists():
+        raise TokenizerInputError(f"{p}: no such file. Check the path (cwd is {Path.cwd()}).")
+    if p.is_dir():
+        raise TokenizerInputError(f"{p}: is a directory; give the path of a UTF-8 text file.")
+    size = p.stat().st_size
+    if size == 0:
+        raise TokenizerInputError(f"{p}: file is empty; there is nothing to train on or encode.")
+    return size
+
+
+def read_text_chunk(path: str | os.PathLike, start: int, end: int) -> str:
+    """Read bytes ``[start, end)`` of ``path`` and decode strictly as UTF-8.
+
+    Raises InvalidUTF8Error with the absolute byte offset of the first bad byte.
+    """
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidUTF8Error(path, start + e.start, e.reason) from None
+
+
+def _is_safe_newline_cut(buf: bytes, i: int) -> bool:
+    """True if cutting ``buf`` at index i (between buf[i-1] and buf[i]) is safe by rule 2."""
+    return (
+        i >= 2
+        and i < len(buf)
+        and buf[i - 1] == 0x0A
+        and 0x21 <= buf[i - 2] <= 0x7E
+        and 0x21 <= buf[i] <= 0x7E
+    )
+
+
+def _find_safe_cut(buf: bytes, lo: int, specials: Sequence[bytes]) -> int | None:
+    """First index >= lo in ``buf`` where a cut is safe, or None.
+
+    ``buf[:lo]`` is context only: it must hold the ``max_len - 1`` bytes before ``lo`` so that
+    specials starting just before ``lo`` are seen.
+    """
+    max_len = max((len(s) for s in specials), default=1)
+    if specials:
+        starts: set[int] = set()
+        for s in specials:
+            i = buf.find(s, max(0, lo - max_len + 1))
+            while i != -1:
+                starts.add(i)
+                i = buf.find(s, i + 1)
+        for i in sorted(starts):
+            if i >= lo and not any(j in starts for j in range(i - max_len + 1, i)):
+                return i
+    i = buf.find(b"\n", max(0, lo - 1))
+    while i != -1:
+        if _is_safe_newline_cut(buf, i + 1) and not _inside_special(buf, i + 1, specials, max_len):
+            return i + 1
+        i = buf.find(b"\n", i + 1)
+    return None
+
+
+def _inside_special(buf: bytes, cut: int, specials: Sequence[bytes], max_len: int) -> bool:
+    """True if some special token occurrence in ``buf`` straddles index ``cut``."""
+    lo = max(0, cut - max_len + 1)
+    return any(
+        (j := buf.find(s, lo, cut + len(s))) != -1 and j < cut < j + len(s) for s in specials
+    )
+
+
+def find_chunk_boundaries(
+    path: str | os.PathLike, chunk_bytes: int, split_special_tokens: Sequence[str] = ()
+) -> list[int]:
+    """Byte offsets ``[0, b1, ..., size]`` cutting ``path`` into chunks of about ``chunk_bytes``.
+
+    Every inner boundary is a safe cut (see the module docstring); chunks are never empty.
+    ``split_special_tokens`` are the specials the caller will split on (leave empty when special
+    token text is encoded as plain text). Reads only ~1 MiB around each guessed boundary.
+    """
+    size = check_input_file(path)
+    specials = [s.encode("utf-8") for s in split_special_tokens if s]
+    ctx = max((len(s) for s in specials), default=1)
+    bounds = [0]
+    with open(path, "rb") as f:
+        guess = chunk_bytes
+        while guess < size:
+            cut = None
+            pos = max(guess, bounds[-1] + 1)
+            while cut is None and pos < size:
+                begin = max(0, pos - ctx)
+                f.seek(begin)
+                buf = f.read(pos - begin + _SCAN_BYTES + ctx)
+                found = _find_safe_cut(buf, pos - begin, specials)
+                if found is not None and bounds[-1] < begin + found < size:
+                    cut = begin + found
+                pos += _SCAN_BYTES
+            if cut is None:
+                break
+            bounds.append(cut)
+            guess = cut + chunk_bytes
+    bounds.append(size)
+    return bounds
