@@ -50,6 +50,10 @@ class InvalidUTF8Error(TokenizerInputError):
             f"{path}: invalid UTF-8 at byte offset {offset} ({reason}). "
             "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or remove the bad bytes."
         )
+        self.reason = reason
+
+    def __reduce__(self):  # picklable, so the error survives the trip back from a worker process
+        return type(self), (self.path, self.offset, self.reason)
 
 
 def pretokenize(text: str) -> list[str]:
