@@ -18,7 +18,7 @@ def shared_path(*parts: str) -> Path:
     """Path to a file under ``../shared``; skips the calling test when it is absent."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"reference fixture {p} is absent (../shared is not checked out beside the repo)")
+        pytest.skip(f"reference fixture {p} is absent (../shared is not beside the repo)")
     return p
 
 

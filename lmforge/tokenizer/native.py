@@ -31,10 +31,11 @@ _N_CODEPOINTS = 0x110000
 
 @functools.cache
 def char_class_table() -> bytes:
-    """``table[cp]`` = class code of code point ``cp`` (0x110000 bytes), per the ``regex`` module."""
+    """``table[cp]`` = class code of code point ``cp`` (0x110000 bytes), as ``regex`` sees it."""
     table = bytearray(_N_CODEPOINTS)
     every_code_point = "".join(map(chr, range(_N_CODEPOINTS)))  # index == code point
-    for pattern, code in ((r"\p{L}+", CLASS_LETTER), (r"\p{N}+", CLASS_NUMBER), (r"\s+", CLASS_SPACE)):
+    classes = ((r"\p{L}+", CLASS_LETTER), (r"\p{N}+", CLASS_NUMBER), (r"\s+", CLASS_SPACE))
+    for pattern, code in classes:
         for m in regex.finditer(pattern, every_code_point):
             table[m.start() : m.end()] = bytes([code]) * (m.end() - m.start())
     return bytes(table)
