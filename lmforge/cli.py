@@ -1,0 +1,467 @@
+"""The ``lmforge`` command line: one subcommand group per stage, plus the end-to-end ``demo``.
+
+The CLI only parses arguments, calls the library API and prints; all logic lives in the library
+(``lmforge.tokenizer``), where it is tested directly. Library imports happen inside each command so
+``lmforge --help`` stays fast as stages with heavy dependencies join.
+
+Errors a user can fix (``TokenizerInputError``: bad file, bad settings; ``OSError``: paths,
+permissions) print ``error: <message>`` on stderr and exit with status 1, without a traceback.
+Usage errors (unknown option, bad choice) are click's: a usage line and exit status 2.
+
+    lmforge tokenizer train data/small_en.txt --vocab-size 2048 --out runs/tok
+    lmforge tokenizer encode data/small_en.txt --tokenizer runs/tok --out runs/tokens.npy
+    lmforge tokenizer stats data/small_en.txt --tokenizer runs/tok
+    lmforge tokenizer show "Hello, world!" --tokenizer runs/tok --html tokens.html
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lmforge import __version__
+from lmforge.tokenizer.pretokenize import TokenizerInputError
+
+if TYPE_CHECKING:
+    from lmforge.tokenizer.bpe import Tokenizer
+
+EOT = "<|endoftext|>"
+DEMO_CORPUS = Path(__file__).parents[1] / "data" / "small_en.txt"
+DEMO_SAMPLE = "Alice was beginning to get very tired of sitting by her sister on the bank."
+# Alternating token colours; standard ANSI names so they stay distinct on 16-colour terminals.
+TOKEN_STYLES = ("white on blue", "black on yellow", "white on magenta", "black on cyan")
+HTML_BACKGROUNDS = ("#cfe2ff", "#ffe5b4", "#d1f0d6", "#ead1f5")
+
+PATH = click.Path(path_type=Path)
+COUNT = click.IntRange(min=1)
+console = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+
+
+class UserError(click.ClickException):
+    """An error the user can fix: printed as ``error: <message>`` on stderr, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class _Group(click.Group):
+    """A click group that turns the library's input errors into ``UserError``."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (TokenizerInputError, OSError) as e:
+            raise UserError(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lmforge")
+def main() -> None:
+    """lmforge: a language-model stack built from first principles.
+
+    Start with `lmforge demo`, which trains a tokenizer on a small shipped corpus and shows what it
+    learned. Every command has its own --help with an example.
+    """
+
+
+@main.group()
+def tokenizer() -> None:
+    """Byte-level BPE tokenizer: train, encode a corpus, measure, visualize.
+
+    \b
+    Typical flow:
+      lmforge tokenizer train corpus.txt --vocab-size 10000 --out runs/tok
+      lmforge tokenizer encode corpus.txt --tokenizer runs/tok --out runs/tokens.npy
+      lmforge tokenizer stats corpus.txt --tokenizer runs/tok
+      lmforge tokenizer show "Hello, world!" --tokenizer runs/tok
+    """
+
+
+_input = click.argument("input_path", metavar="INPUT", type=PATH)
+_workers = click.option(
+    "--workers", type=COUNT, default=None, help="Worker processes (default: one per CPU core)."
+)
+_tokenizer_dir = click.option(
+    "--tokenizer",
+    "tokenizer_dir",
+    type=PATH,
+    required=True,
+    help="Tokenizer directory written by `lmforge tokenizer train`.",
+)
+_progress = click.option(
+    "--progress/--no-progress", default=True, help="Show a progress bar (on stderr)."
+)
+_special = click.option(
+    "--special",
+    type=click.Choice(["special", "plain", "raise"]),
+    default="special",
+    show_default=True,
+    help="What to do with special-token text (e.g. <|endoftext|>) found in the input: emit the "
+    "special id, encode it as plain text, or stop with an error.",
+)
+
+
+@tokenizer.command()
+@_input
+@click.option(
+    "--vocab-size",
+    type=COUNT,
+    required=True,
+    help="Total vocabulary size: special tokens + 256 bytes + merges.",
+)
+@click.option(
+    "--special-token",
+    "special_tokens",
+    multiple=True,
+    default=[EOT],
+    show_default=True,
+    help="A special token (repeat the option for several).",
+)
+@click.option("--no-special-tokens", is_flag=True, help="Train without any special token.")
+@_workers
+@click.option(
+    "--out",
+    type=PATH,
+    required=True,
+    help="Directory to save the tokenizer in (created; files are replaced).",
+)
+@_progress
+def train(
+    input_path: Path,
+    vocab_size: int,
+    special_tokens: tuple[str, ...],
+    no_special_tokens: bool,
+    workers: int | None,
+    out: Path,
+    progress: bool,
+) -> None:
+    """Train a byte-level BPE tokenizer on a UTF-8 text file and save it to a directory.
+
+    Documents in INPUT should be separated by a special token (default <|endoftext|>); no merge
+    crosses a special token. Prints the vocabulary size, the time taken and the longest tokens.
+
+    \b
+    Example:
+      lmforge tokenizer train data/small_en.txt --vocab-size 2048 --out runs/tok
+    """
+    specials = [] if no_special_tokens else list(special_tokens)
+    run_train(input_path, vocab_size, specials, workers, out, progress)
+
+
+@tokenizer.command()
+@_input
+@_tokenizer_dir
+@click.option(
+    "--out",
+    type=PATH,
+    required=True,
+    help="Output token array, a .npy file (a .npy.json sidecar is written beside it).",
+)
+@_workers
+@_special
+@_progress
+def encode(
+    input_path: Path,
+    tokenizer_dir: Path,
+    out: Path,
+    workers: int | None,
+    special: str,
+    progress: bool,
+) -> None:
+    """Encode a UTF-8 text file into a token-id array (.npy) for training.
+
+    The array is uint16 when the vocabulary has at most 65,536 ids, else uint32; open it with
+    `numpy.load(path, mmap_mode="r")`. Prints the token count and the throughput.
+
+    \b
+    Example:
+      lmforge tokenizer encode data/small_en.txt --tokenizer runs/tok --out runs/tokens.npy
+    """
+    run_encode(input_path, tokenizer_dir, out, workers, special, progress)
+
+
+@tokenizer.command()
+@_input
+@_tokenizer_dir
+@click.option(
+    "--max-bytes",
+    type=COUNT,
+    default=10_000_000,
+    show_default=True,
+    help="Measure on the first N bytes of INPUT (cut on a character boundary).",
+)
+@click.option(
+    "--top",
+    type=COUNT,
+    default=10,
+    show_default=True,
+    help="How many longest / most frequent tokens to list.",
+)
+def stats(input_path: Path, tokenizer_dir: Path, max_bytes: int, top: int) -> None:
+    """Measure a tokenizer on a text file against the byte, char and word baselines.
+
+    Prints the compression ratio (UTF-8 bytes per token; higher means shorter sequences) of the
+    BPE tokenizer and of three baselines, the longest tokens, and how much of the vocabulary the
+    text uses. The word baseline's vocabulary is trained on the same text, which flatters it.
+
+    \b
+    Example:
+      lmforge tokenizer stats data/small_en.txt --tokenizer runs/tok --max-bytes 1000000
+    """
+    from lmforge.tokenizer.baselines import read_text_prefix
+    from lmforge.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer.load(tokenizer_dir)
+    print_stats(tok, read_text_prefix(input_path, max_bytes), str(input_path), top)
+
+
+@tokenizer.command()
+@click.argument("text", required=False)
+@_tokenizer_dir
+@click.option(
+    "--file",
+    "file_path",
+    type=PATH,
+    help="Show the first --max-bytes of this UTF-8 file instead of TEXT.",
+)
+@click.option(
+    "--max-bytes",
+    type=COUNT,
+    default=20_000,
+    show_default=True,
+    help="With --file: how much of the file to show.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=PATH,
+    help="Also write a self-contained HTML page (hover a token for its id and bytes).",
+)
+@_special
+def show(
+    text: str | None,
+    tokenizer_dir: Path,
+    file_path: Path | None,
+    max_bytes: int,
+    html_path: Path | None,
+    special: str,
+) -> None:
+    """Show how a text is split into tokens: each token on its own background colour, then ids.
+
+    \b
+    Examples:
+      lmforge tokenizer show "Hello, world!" --tokenizer runs/tok
+      lmforge tokenizer show --file data/small_en.txt --tokenizer runs/tok --html tokens.html
+    """
+    from lmforge.tokenizer.baselines import read_text_prefix
+    from lmforge.tokenizer.bpe import Tokenizer
+
+    if (text is None) == (file_path is None):
+        raise click.UsageError("give either TEXT or --file PATH (exactly one).")
+    if file_path is not None:
+        text = read_text_prefix(file_path, max_bytes)
+    tok = Tokenizer.load(tokenizer_dir)
+    ids = tok.encode(text, special=special)
+    print_tokens(tok, ids)
+    if html_path is not None:
+        write_atomic(html_path, tokens_html(tok, ids))
+        console.print(f"wrote {html_path}")
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=PATH,
+    default=Path("runs/demo"),
+    show_default=True,
+    help="Directory for the demo's outputs.",
+)
+@click.option(
+    "--vocab-size",
+    type=COUNT,
+    default=2048,
+    show_default=True,
+    help="Vocabulary size of the demo tokenizer.",
+)
+@_workers
+@_progress
+def demo(out: Path, vocab_size: int, workers: int | None, progress: bool) -> None:
+    """Run the end-to-end demo on the shipped corpus data/small_en.txt (2.3 MB, < 1 minute).
+
+    Trains a BPE tokenizer (into OUT/tokenizer), encodes the corpus (OUT/tokens.npy), prints
+    compression statistics and shows how a sample sentence is tokenized.
+
+    \b
+    Example:
+      lmforge demo --out runs/demo
+    """
+    from lmforge.tokenizer.baselines import read_text_prefix
+
+    if not DEMO_CORPUS.is_file():
+        raise UserError(
+            f"demo corpus {DEMO_CORPUS} is missing; run the demo from a source checkout of "
+            "lmforge (pip install -e .), which ships data/small_en.txt."
+        )
+    console.rule("1. train a BPE tokenizer")
+    tok = run_train(DEMO_CORPUS, vocab_size, [EOT], workers, out / "tokenizer", progress)
+    console.rule("2. encode the corpus")
+    run_encode(DEMO_CORPUS, out / "tokenizer", out / "tokens.npy", workers, "special", progress)
+    console.rule("3. compression vs baselines")
+    print_stats(tok, read_text_prefix(DEMO_CORPUS, 10_000_000), str(DEMO_CORPUS), 10)
+    console.rule("4. a sample sentence")
+    print_tokens(tok, tok.encode(DEMO_SAMPLE))
+
+
+def run_train(
+    input_path: Path,
+    vocab_size: int,
+    specials: Sequence[str],
+    workers: int | None,
+    out: Path,
+    progress: bool,
+) -> Tokenizer:
+    """Train, save and print a summary; returns the Tokenizer."""
+    from lmforge.tokenizer.baselines import longest_tokens
+    from lmforge.tokenizer.bpe import Tokenizer
+    from lmforge.tokenizer.train import train_bpe
+
+    t0 = time.perf_counter()
+    vocab, merges = train_bpe(
+        input_path, vocab_size, specials, num_workers=workers, progress=progress
+    )
+    seconds = time.perf_counter() - t0
+    tok = Tokenizer(vocab, merges, list(specials))
+    tok.save(out)
+    console.print(
+        f"trained on {input_path} in {seconds:.1f} s: vocab size {tok.vocab_size:,} "
+        f"({len(tok.special_tokens)} special + 256 bytes + {len(merges):,} merges)"
+    )
+    longest = ", ".join(
+        _shown(b) for _, b in longest_tokens(tok.vocab, 5, skip=_special_bytes(tok))
+    )
+    console.print(f"longest tokens: {longest}")
+    console.print(f"saved to {out}")
+    return tok
+
+
+def run_encode(
+    input_path: Path,
+    tokenizer_dir: Path,
+    out: Path,
+    workers: int | None,
+    special: str,
+    progress: bool,
+) -> None:
+    """Encode a file to ``out`` (.npy) and print tokens, throughput and the output path."""
+    from lmforge.tokenizer.bpe import Tokenizer
+
+    if out.suffix != ".npy":
+        raise click.BadParameter(f"{out} must end in .npy", param_hint="--out")
+    tok = Tokenizer.load(tokenizer_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r = tok.encode_file(input_path, out, workers, special=special, progress=progress)
+    console.print(
+        f"encoded {r.input_bytes / 1e6:,.1f} MB into {r.num_tokens:,} tokens "
+        f"({r.input_bytes / max(r.num_tokens, 1):.3f} bytes/token, {r.dtype}) "
+        f"in {r.seconds:.1f} s = {r.input_bytes / 1e6 / max(r.seconds, 1e-9):,.1f} MB/s"
+    )
+    console.print(f"wrote {r.output_path} (+ {r.sidecar_path.name})")
+
+
+def print_stats(tok: Tokenizer, text: str, source: str, top: int) -> None:
+    """Print the ``tokenizer_stats`` of ``tok`` on ``text`` as tables."""
+    from lmforge.tokenizer.baselines import longest_tokens, tokenizer_stats
+
+    s = tokenizer_stats(tok, text, top_k=top)
+    table = Table(title=f"compression on {s.n_bytes:,} bytes of {source}")
+    for col in ("tokenizer", "vocab size", "tokens", "bytes/token"):
+        table.add_column(col, justify="left" if col == "tokenizer" else "right")
+    for name, ratio in s.ratios.items():
+        label = "word*" if name == "word" else name
+        table.add_row(label, f"{s.vocab_sizes[name]:,}", f"{s.n_tokens[name]:,}", f"{ratio:.3f}")
+    console.print(table)
+    console.print("* word: vocabulary trained on this same text, so no word is unknown here.")
+    console.print(
+        f"vocabulary use: {s.ids_used:,} of {s.vocab_sizes['bpe']:,} ids "
+        f"({100 * s.vocab_used:.1f}%)"
+    )
+    longest = ", ".join(
+        f"{_shown(b)} ({len(b)})"
+        for _, b in longest_tokens(tok.vocab, top, skip=_special_bytes(tok))
+    )
+    console.print(f"longest tokens (bytes): {longest}")
+    frequent = ", ".join(
+        f"{_shown(tok.token_bytes(i))} {100 * c / s.n_tokens['bpe']:.1f}%"
+        for i, c in s.most_frequent
+    )
+    console.print(f"most frequent tokens: {frequent}")
+
+
+def print_tokens(tok: Tokenizer, ids: list[int]) -> None:
+    """Print the text with each token on an alternating background colour, then the ids."""
+    line = Text()
+    for k, i in enumerate(ids):
+        piece = _display(tok.token_bytes(i)).replace("\n", "\\n\n")
+        line.append(piece, style=TOKEN_STYLES[k % len(TOKEN_STYLES)])
+    console.print(line)
+    console.print(f"{len(ids)} tokens: {ids}")
+
+
+def tokens_html(tok: Tokenizer, ids: list[int]) -> str:
+    """A self-contained HTML page of the tokens, with a tooltip of id and bytes per token."""
+    styles = " ".join(f".t{k} {{ background: {c}; }}" for k, c in enumerate(HTML_BACKGROUNDS))
+    spans = "".join(
+        f'<span class="t{k % len(HTML_BACKGROUNDS)}" '
+        f'title="{html.escape(f"id {i}: {tok.token_bytes(i)!r}")}">'
+        f"{html.escape(_display(tok.token_bytes(i)))}</span>"
+        for k, i in enumerate(ids)
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>lmforge tokens</title>\n"
+        f"<style>body {{ font-family: sans-serif; }} pre {{ white-space: pre-wrap; "
+        f"font-size: 15px; line-height: 1.6; }} {styles}</style></head>\n<body>"
+        f"<p>{len(ids):,} tokens. Hover a token for its id and bytes.</p>\n"
+        f"<pre>{spans}</pre>\n</body></html>\n"
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _display(token: bytes) -> str:
+    """A token's text; bytes that are not a whole UTF-8 character show as ``\\xNN``."""
+    return token.decode("utf-8", errors="backslashreplace")
+
+
+def _shown(token: bytes) -> str:
+    """A token quoted so whitespace is visible: ``b' the'`` -> ``' the'``; partial UTF-8 stays
+    bytes: ``b'\\xf0\\x9f'``."""
+    try:
+        return repr(token.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(token)
+
+
+def _special_bytes(tok: Tokenizer) -> set[bytes]:
+    return {s.encode("utf-8") for s in tok.special_tokens}

@@ -1,0 +1,460 @@
+"""Tokenizer files: the lmforge tokenizer directory, GPT-2 files, HuggingFace and tiktoken export.
+
+Every format here stores the same thing: ``vocab`` (id → token bytes), ``merges`` (pairs of
+token bytes, rank 0 first) and the special tokens. They differ in how bytes become text.
+
+**GPT-2 encoding** (``vocab.json`` + ``merges.txt``; Radford et al., 2019, ``encoder.py``).
+JSON and line-based text cannot hold arbitrary bytes, so GPT-2 maps each of the 256 byte values
+to one printable Unicode character (``bytes_to_unicode``) and writes a token as the string of
+its bytes' characters: ``b" the"`` → ``"Ġthe"``. Special tokens are written as their literal
+text (``"<|endoftext|>"``). The lmforge tokenizer directory uses this encoding, so any
+GPT-2-compatible tool can read its ``vocab.json`` and ``merges.txt``::
+
+    my_tokenizer/
+        tokenizer_config.json   {"format": "lmforge-bpe", "version": 1, "pattern": ...,
+                                 "special_tokens": [...], "vocab_size": N, "lmforge_version": ...}
+        vocab.json              {"Ġthe": 262, ...}      token → id, ordered by id
+        merges.txt              "#version: 0.2", then "Ġ t" per line, rank 0 first
+
+**HuggingFace** ``tokenizer.json`` (``export_hf_tokenizer_json``): model BPE with the same vocab
+and merges; pre-tokenizer ``Split(GPT2_PATTERN, "Isolated")`` then ``ByteLevel(use_regex=False)``
+— the pattern is written out verbatim, so the split is ours by construction rather than by
+HuggingFace's built-in copy of it; specials as ``added_tokens`` (HF matches them leftmost-longest,
+like ``pretokenize.special_token_regex``). No dependency on ``tokenizers`` at runtime.
+
+**tiktoken** ``.tiktoken`` (``export_tiktoken``): ``base64(token bytes) rank`` per line. tiktoken
+has no merge list: it merges the adjacent pair whose *concatenation* has the lowest rank. That is
+merge-list BPE when the ranks follow merge order (every multi-byte token is made by exactly one
+merge, after its two parts, and merge results are ranked in merge order) — true for vocabularies
+trained by lmforge and for GPT-2; ``check_tiktoken_compatible`` verifies it. Load it with::
+
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+    enc = tiktoken.Encoding("my-bpe", pat_str=GPT2_PATTERN,
+                            mergeable_ranks=load_tiktoken_bpe("my.tiktoken"),
+                            special_tokens={"<|endoftext|>": 0})
+
+or call ``to_tiktoken_encoding(tokenizer)``. All writers are atomic (temp file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lmforge
+from lmforge.tokenizer.pretokenize import GPT2_PATTERN, TokenizerInputError
+
+if TYPE_CHECKING:
+    import tiktoken
+
+    from lmforge.tokenizer.bpe import Tokenizer
+
+Vocab = dict[int, bytes]
+Merges = list[tuple[bytes, bytes]]
+
+FORMAT_NAME = "lmforge-bpe"
+FORMAT_VERSION = 1
+CONFIG_FILE, VOCAB_FILE, MERGES_FILE = "tokenizer_config.json", "vocab.json", "merges.txt"
+MERGES_HEADER = "#version: 0.2"
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from each byte value to one printable character.
+
+    Printable Latin-1 bytes (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) map to themselves; the other
+    68 bytes (controls, space, NBSP, soft hyphen), in increasing order, map to ``chr(256 + n)``.
+    So no token string contains whitespace or control characters, which keeps ``merges.txt``
+    splittable on a space and every file readable.
+
+    >>> m = bytes_to_unicode()
+    >>> m[ord("a")], m[ord(" ")], m[ord("\\n")], len(set(m.values()))
+    ('a', 'Ġ', 'Ċ', 256)
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += range(ord("®"), ord("ÿ") + 1)
+    mapping = {b: chr(b) for b in keep}
+    others = (b for b in range(256) if b not in mapping)
+    mapping.update({b: chr(256 + n) for n, b in enumerate(others)})
+    return dict(sorted(mapping.items()))
+
+
+@functools.cache
+def _unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def _decode_token(text: str, specials: frozenset[str]) -> bytes:
+    """GPT-2 token string → bytes; specials and strings with unmapped chars stay literal UTF-8.
+
+    >>> _decode_token("Ġthe", frozenset()), _decode_token("<|x|>", frozenset({"<|x|>"}))
+    (b' the', b'<|x|>')
+    """
+    inverse = _unicode_to_bytes()
+    if text in specials or not all(c in inverse for c in text):
+        return text.encode("utf-8")
+    return bytes(inverse[c] for c in text)
+
+
+def _encode_token(token: bytes) -> str:
+    """Token bytes → GPT-2 token string: ``_encode_token(b" the") == "Ġthe"``."""
+    m = bytes_to_unicode()
+    return "".join(m[b] for b in token)
+
+
+def _encoded_vocab(vocab: Vocab, special_tokens: Iterable[str]) -> dict[str, int]:
+    """``{GPT-2 token string: id}`` ordered by id; specials as literal text.
+
+    Raises if two tokens get the same string (a special whose text is the GPT-2 spelling of an
+    ordinary token, e.g. special ``"Ġhi"`` beside token ``b" hi"``): no file could tell them apart.
+    """
+    literal = {s.encode("utf-8"): s for s in special_tokens}
+    out: dict[str, int] = {}
+    for i, token in sorted(vocab.items()):
+        key = literal.get(token) or _encode_token(token)
+        if key in out:
+            raise TokenizerInputError(
+                f"tokens {out[key]} and {i} are both written as {key!r}; rename the special "
+                "token so that its text differs from the GPT-2 spelling of every ordinary token."
+            )
+        out[key] = i
+    return out
+
+
+def _special_ids(vocab: Vocab, special_tokens: Sequence[str]) -> dict[str, int]:
+    """``{special text: id}`` for the specials present in ``vocab``."""
+    by_bytes = {token: i for i, token in vocab.items()}
+    ids = {s: by_bytes.get(s.encode("utf-8")) for s in special_tokens}
+    return {s: i for s, i in ids.items() if i is not None}
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` as UTF-8 to ``path`` via a temp file in the same directory + os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise TokenizerInputError(f"{path}: no such file ({what}). Check the path.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TokenizerInputError(
+            f"{path}: not valid UTF-8 JSON ({e}); the {what} is corrupt, re-create it."
+        ) from None
+
+
+def read_gpt2_vocab_merges(
+    vocab_path: str | os.PathLike,
+    merges_path: str | os.PathLike,
+    special_tokens: Sequence[str] = (),
+) -> tuple[Vocab, Merges]:
+    """Read a GPT-2 style ``vocab.json`` (token string → id) and ``merges.txt``.
+
+    Strings equal to one of ``special_tokens``, or containing a character outside GPT-2's byte
+    map, are taken as literal UTF-8 text; all others are decoded with ``bytes_to_unicode``.
+    ``merges.txt``: an optional ``#version`` first line, blank lines ignored, ``"a b"`` per line.
+
+    >>> vocab, merges = read_gpt2_vocab_merges("vocab.json", "merges.txt")  # doctest: +SKIP
+    >>> vocab[50256], merges[0]                                            # doctest: +SKIP
+    (b'<|endoftext|>', (b' ', b't'))
+    """
+    specials = frozenset(special_tokens)
+    raw = _read_json(Path(vocab_path), "GPT-2 vocab.json")
+    if not isinstance(raw, dict):
+        raise TokenizerInputError(f"{vocab_path}: expected a JSON object {{token: id}}.")
+    vocab: Vocab = {}
+    for text, i in raw.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise TokenizerInputError(f"{vocab_path}: id of {text!r} is {i!r}, not an int >= 0.")
+        if i in vocab:
+            raise TokenizerInputError(f"{vocab_path}: id {i} is used twice; ids must be unique.")
+        vocab[i] = _decode_token(text, specials)
+    if len(set(vocab.values())) != len(vocab):
+        raise TokenizerInputError(f"{vocab_path}: two entries decode to the same token bytes.")
+    return vocab, _read_merges(Path(merges_path), set(vocab.values()), specials)
+
+
+def _read_merges(path: Path, known: set[bytes], specials: frozenset[str]) -> Merges:
+    if not path.is_file():
+        raise TokenizerInputError(f"{path}: no such file (GPT-2 merges.txt). Check the path.")
+    merges: Merges = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line or (lineno == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise TokenizerInputError(
+                    f"{path}:{lineno}: expected two tokens separated by one space, got {line!r}."
+                )
+            a, b = (_decode_token(p, specials) for p in parts)
+            missing = [t for t in (a, b, a + b) if t not in known]
+            if missing:
+                raise TokenizerInputError(
+                    f"{path}:{lineno}: merge {line!r} uses {missing[0]!r}, which is not in the "
+                    "vocabulary; vocab.json and merges.txt do not belong together."
+                )
+            merges.append((a, b))
+    return merges
+
+
+def write_gpt2_vocab_merges(
+    vocab: Vocab,
+    merges: Merges,
+    vocab_path: str | os.PathLike,
+    merges_path: str | os.PathLike,
+    special_tokens: Sequence[str] = (),
+) -> None:
+    """Write ``vocab.json`` (ordered by id, UTF-8, one entry per line) and ``merges.txt``.
+
+    The inverse of ``read_gpt2_vocab_merges`` given the same ``special_tokens``.
+    """
+    encoded = _encoded_vocab(vocab, special_tokens)
+    _atomic_write_text(vocab_path, json.dumps(encoded, ensure_ascii=False, indent=0) + "\n")
+    lines = [MERGES_HEADER, *(f"{_encode_token(a)} {_encode_token(b)}" for a, b in merges)]
+    _atomic_write_text(merges_path, "\n".join(lines) + "\n")
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
+    """Save ``tokenizer`` as an lmforge tokenizer directory (see the module docstring).
+
+    The files are written into a temp directory beside ``directory``, which then replaces it, so
+    an existing tokenizer directory is only replaced by a complete new one. A non-empty directory
+    that is not a tokenizer directory is never overwritten.
+    """
+    target = Path(directory)
+    is_tokenizer_dir = (target / CONFIG_FILE).is_file()
+    if target.exists() and not is_tokenizer_dir and (not target.is_dir() or any(target.iterdir())):
+        raise TokenizerInputError(
+            f"{target}: exists and is not an lmforge tokenizer directory; refusing to "
+            "overwrite it. Choose a new path or remove it first."
+        )
+    config = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "pattern": GPT2_PATTERN,
+        "special_tokens": list(tokenizer.special_tokens),
+        "vocab_size": tokenizer.vocab_size,
+        "lmforge_version": lmforge.__version__,
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write_gpt2_vocab_merges(
+            tokenizer.vocab,
+            tokenizer.merges,
+            tmp / VOCAB_FILE,
+            tmp / MERGES_FILE,
+            tokenizer.special_tokens,
+        )
+        _atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2))
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move directory ``new`` to ``target``, replacing (and then deleting) any old ``target``."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = new.with_name(new.name + ".old")
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old)
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """Load a tokenizer directory written by ``save_tokenizer``; ids are exactly as saved.
+
+    Raises TokenizerInputError saying what is wrong for a missing directory or file, corrupt
+    JSON, an unknown format, a newer format version, or a pre-tokenizer pattern we do not run.
+    """
+    from lmforge.tokenizer.bpe import Tokenizer
+
+    d = Path(directory)
+    config = _read_config(d)
+    vocab, merges = read_gpt2_vocab_merges(
+        d / VOCAB_FILE, d / MERGES_FILE, config["special_tokens"]
+    )
+    tokenizer = Tokenizer(vocab, merges, config["special_tokens"])
+    if tokenizer.vocab_size != config["vocab_size"]:
+        raise TokenizerInputError(
+            f"{d}: {CONFIG_FILE} says vocab_size {config['vocab_size']} but the files hold "
+            f"{tokenizer.vocab_size} tokens; the directory is corrupt, re-create it."
+        )
+    return tokenizer
+
+
+def _read_config(d: Path) -> dict[str, Any]:
+    """Read and validate ``tokenizer_config.json`` of directory ``d``."""
+    if not d.is_dir():
+        raise TokenizerInputError(f"{d}: no such tokenizer directory. Check the path.")
+    if not (d / CONFIG_FILE).is_file() and (d / VOCAB_FILE).is_file():
+        raise TokenizerInputError(
+            f"{d}: has {VOCAB_FILE} but no {CONFIG_FILE}; for plain GPT-2 files use "
+            f"Tokenizer.from_files('{d / VOCAB_FILE}', '{d / MERGES_FILE}')."
+        )
+    config = _read_json(d / CONFIG_FILE, "tokenizer config")
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise TokenizerInputError(
+            f"{d / CONFIG_FILE}: unknown format {found!r}; expected {FORMAT_NAME!r}."
+        )
+    version = config.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise TokenizerInputError(f"{d / CONFIG_FILE}: invalid format version {version!r}.")
+    if version > FORMAT_VERSION:
+        raise TokenizerInputError(
+            f"{d}: written by a newer lmforge (format version {version}; this lmforge "
+            f"{lmforge.__version__} reads up to {FORMAT_VERSION}). Upgrade lmforge."
+        )
+    if config.get("pattern") != GPT2_PATTERN:
+        raise TokenizerInputError(
+            f"{d / CONFIG_FILE}: pre-tokenizer pattern {config.get('pattern')!r} is not "
+            "GPT-2's, the only one this lmforge implements; ids would differ, so it is refused."
+        )
+    specials, size = config.get("special_tokens"), config.get("vocab_size")
+    if not isinstance(specials, list) or not all(isinstance(s, str) for s in specials):
+        raise TokenizerInputError(f"{d / CONFIG_FILE}: special_tokens must be a list of strings.")
+    if not isinstance(size, int):
+        raise TokenizerInputError(f"{d / CONFIG_FILE}: vocab_size must be an integer.")
+    return config
+
+
+def export_hf_tokenizer_json(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
+    """Write a HuggingFace ``tokenizer.json`` that encodes exactly like ``tokenizer.encode``.
+
+    >>> from tokenizers import Tokenizer as HF                   # doctest: +SKIP
+    >>> HF.from_file(str(export_hf_tokenizer_json(tok, "tokenizer.json"))).encode(s).ids \\
+    ...     == tok.encode(s)                                     # doctest: +SKIP
+    True
+
+    Specials are added tokens with their own ids (HF only keeps an added token's id when the
+    model vocab holds it, so they are in the model vocab too). HF's ByteLevel decoder re-maps a
+    special whose every character is in GPT-2's byte map (e.g. one containing ``é``); ASCII
+    specials such as ``<|endoftext|>`` decode correctly.
+    """
+    specials = _special_ids(tokenizer.vocab, tokenizer.special_tokens)
+    added = dict.fromkeys(["single_word", "lstrip", "rstrip", "normalized"], False)
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    split = {"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated"}
+    model = {
+        "type": "BPE",
+        **dict.fromkeys(
+            ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"]
+        ),
+        **dict.fromkeys(["fuse_unk", "byte_fallback", "ignore_merges"], False),
+        "vocab": _encoded_vocab(tokenizer.vocab, specials),
+        "merges": [f"{_encode_token(a)} {_encode_token(b)}" for a, b in tokenizer.merges],
+    }
+    doc = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": s, **added, "special": True}
+            for s, i in sorted(specials.items(), key=lambda kv: kv[1])
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [{**split, "invert": False}, {"type": "ByteLevel", **byte_level}],
+        },
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": model,
+    }
+    return _atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=1))
+
+
+def check_tiktoken_compatible(tokenizer: Tokenizer) -> dict[bytes, int]:
+    """Return tiktoken's ``mergeable_ranks`` (non-special token bytes → id), or raise.
+
+    tiktoken merges the adjacent pair whose concatenation has the lowest rank; that is our
+    merge-list BPE only if ids follow merge order. Checked: all 256 single bytes present; every
+    other non-special token made by exactly one merge; each merge result's id above its parts'
+    ids and the previous merge result's id. Not checked (it would cost a BPE run per token): that
+    no token can also be formed from two tokens other than its own merge's parts, where tiktoken
+    (and its whole-piece shortcut) could differ. BPE training records merges from the same
+    left-to-right segmentation the encoder uses, and the tests pin GPT-2 and trained vocabularies.
+    """
+    special_ids = set(_special_ids(tokenizer.vocab, tokenizer.special_tokens).values())
+    ranks = {t: i for i, t in tokenizer.vocab.items() if i not in special_ids}
+    problem = _rank_order_problem(ranks, tokenizer.merges)
+    if len(ranks) != len(tokenizer.vocab) - len(special_ids):
+        problem = "two ids share the same token bytes"
+    if problem:
+        raise TokenizerInputError(
+            f"cannot export to tiktoken: {problem}. tiktoken would encode differently from this "
+            "tokenizer (its ids must follow merge order, as train_bpe's and GPT-2's do)."
+        )
+    return ranks
+
+
+def _rank_order_problem(ranks: dict[bytes, int], merges: Merges) -> str | None:
+    """Why ``ranks`` do not follow ``merges`` (see ``check_tiktoken_compatible``), or None.
+
+    >>> _rank_order_problem({bytes([b]): b for b in range(256)} | {b"ab": 256}, [(b"a", b"b")])
+    >>> _rank_order_problem({bytes([b]): b for b in range(256)} | {b"ab": 5}, [(b"a", b"b")])
+    "merge (b'a', b'b') -> id 5 is out of order"
+    """
+    if missing := [b for b in range(256) if bytes([b]) not in ranks]:
+        return f"single byte {bytes([missing[0]])!r} has no token"
+    if len(ranks) != 256 + len({a + b for a, b in merges}) or len(merges) != len(ranks) - 256:
+        return "the multi-byte tokens are not exactly the merge results, one per merge"
+    last = -1
+    for a, b in merges:
+        rank = ranks.get(a + b, -1)
+        if a not in ranks or b not in ranks or not max(ranks[a], ranks[b], last) < rank:
+            return f"merge {(a, b)!r} -> id {rank} is out of order"
+        last = rank
+    return None
+
+
+def export_tiktoken(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
+    """Write the ``.tiktoken`` rank file (``base64(token bytes) id`` per line, by id).
+
+    Special tokens are not in the file; pass them to ``tiktoken.Encoding(special_tokens=...)``
+    (see the module docstring, or use ``to_tiktoken_encoding``).
+    """
+    ranks = sorted(check_tiktoken_compatible(tokenizer).items(), key=lambda kv: kv[1])
+    text = "".join(f"{base64.b64encode(t).decode('ascii')} {i}\n" for t, i in ranks)
+    return _atomic_write_text(path, text)
+
+
+def to_tiktoken_encoding(tokenizer: Tokenizer, name: str = "lmforge-bpe") -> tiktoken.Encoding:
+    """A ``tiktoken.Encoding`` with the same ids as ``tokenizer`` (needs tiktoken installed).
+
+    Encode with ``allowed_special="all"`` to get special ids for special-token text.
+    """
+    import tiktoken
+
+    return tiktoken.Encoding(
+        name,
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=check_tiktoken_compatible(tokenizer),
+        special_tokens=_special_ids(tokenizer.vocab, tokenizer.special_tokens),
+    )

@@ -1,0 +1,267 @@
+"""The ``lmforge`` CLI: each command's output equals the library API's, bad input exits cleanly.
+
+The CLI has no logic of its own, so every test compares what a command wrote or printed with a
+direct call of the API it wraps (train_bpe, Tokenizer.encode, compression_ratio).
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lmforge import cli
+from lmforge.cli import main
+from lmforge.tokenizer.baselines import WordTokenizer, compression_ratio
+from lmforge.tokenizer.bpe import Tokenizer
+from lmforge.tokenizer.train import train_bpe
+
+EOT = "<|endoftext|>"
+COMMANDS = ["demo", *(f"tokenizer {c}" for c in ("train", "encode", "stats", "show"))]
+VOCAB = 300  # 1 special + 256 bytes + 43 merges: a few seconds at most
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "café", "naïve", "東京", "it's", "2024", "hello",
+         "world,", "yes!", "don't", "\n"]  # fmt: skip
+
+
+def run(*args: str):
+    """Invoke ``lmforge ARGS`` in-process; stdout and stderr are kept apart."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _corpus() -> str:
+    rng = random.Random(0)
+    docs = (" ".join(rng.choices(WORDS, k=rng.randint(5, 60))) + "\n" for _ in range(300))
+    return EOT.join(docs)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "corpus.txt"
+    path.write_text(_corpus(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok_dir(corpus) -> Path:
+    out = corpus.parent / "tok"
+    result = run("tokenizer", "train", str(corpus), "--vocab-size", str(VOCAB), "--out", str(out),
+                 "--workers", "1", "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert f"vocab size {VOCAB}" in result.stdout
+    return out
+
+
+def test_train_saves_what_train_bpe_learns(corpus, tok_dir):
+    tok = Tokenizer.load(tok_dir)
+    vocab, merges = train_bpe(corpus, VOCAB, [EOT], num_workers=1, progress=False)
+    assert tok.vocab_size == VOCAB
+    assert tok.special_tokens == [EOT]
+    assert tok.merges == merges
+    assert tok.vocab == vocab
+
+
+def test_train_without_special_tokens(corpus, tmp_path):
+    result = run("tokenizer", "train", str(corpus), "--vocab-size", "280", "--no-special-tokens",
+                 "--out", str(tmp_path / "t"), "--workers", "1", "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    tok = Tokenizer.load(tmp_path / "t")
+    assert tok.special_tokens == []
+    assert tok.merges == train_bpe(corpus, 280, [], num_workers=1, progress=False)[1]
+
+
+@pytest.mark.parametrize("special", ["special", "plain"])
+def test_encode_writes_the_ids_of_tokenizer_encode(corpus, tok_dir, tmp_path, special):
+    out = tmp_path / "ids.npy"
+    result = run("tokenizer", "encode", str(corpus), "--tokenizer", str(tok_dir), "--out",
+                 str(out), "--special", special, "--workers", "2", "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    expected = Tokenizer.load(tok_dir).encode(corpus.read_text("utf-8"), special=special)
+    ids = np.load(out)
+    assert ids.dtype == np.uint16
+    assert ids.tolist() == expected
+    assert Path(f"{out}.json").is_file()
+    assert f"{len(expected):,} tokens" in result.stdout
+    assert str(out) in result.stdout
+
+
+def test_stats_prints_the_compression_ratios(corpus, tok_dir):
+    result = run("tokenizer", "stats", str(corpus), "--tokenizer", str(tok_dir), "--top", "3")
+    assert result.exit_code == 0, result.stderr
+    text = corpus.read_text("utf-8")
+    n_bytes = len(text.encode("utf-8"))
+    tok = Tokenizer.load(tok_dir)
+    cells = (re.findall(r"[\w*.,]+", line) for line in result.stdout.splitlines())
+    rows = {c[0]: c[-1] for c in cells if c and c[0] in ("bpe", "byte", "char", "word*")}
+    assert rows["bpe"] == f"{compression_ratio(tok, text):.3f}"
+    assert rows["byte"] == "1.000"
+    assert rows["char"] == f"{n_bytes / len(text):.3f}"
+    assert rows["word*"] == f"{compression_ratio(WordTokenizer.train(text), text):.3f}"
+    assert "trained on this same text" in result.stdout
+    used = len(set(tok.encode(text)))
+    assert f"vocabulary use: {used:,} of {VOCAB:,} ids" in result.stdout
+
+
+def test_stats_max_bytes_measures_a_prefix(corpus, tok_dir):
+    result = run("tokenizer", "stats", str(corpus), "--tokenizer", str(tok_dir),
+                 "--max-bytes", "1000")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "compression on 1,000 bytes" in result.stdout
+
+
+class _Spans(HTMLParser):
+    """Collects the text and title of every <span> of the page."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts, self.titles, self._title = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "span":
+            self._title = dict(attrs)["title"]
+
+    def handle_data(self, data):
+        if self._title is not None:
+            self.texts.append(data)
+            self.titles.append(self._title)
+            self._title = None
+
+
+def test_show_html_page_has_one_span_per_token(tok_dir, tmp_path):
+    text = f'the <b>cat</b> & "café"{EOT}東京 \n 2024'
+    page = tmp_path / "sub" / "show.html"
+    result = run("tokenizer", "show", text, "--tokenizer", str(tok_dir), "--html", str(page))
+    assert result.exit_code == 0, result.stderr
+    tok = Tokenizer.load(tok_dir)
+    ids = tok.encode(text)
+    assert str(ids) in result.stdout
+    source = page.read_text("utf-8")
+    for i in ids:
+        assert html.escape(tok.token_bytes(i).decode("utf-8", "backslashreplace")) in source
+    assert b"".join(map(tok.token_bytes, ids)) == text.encode("utf-8")
+    spans = _Spans()
+    spans.feed(source)  # the parser undoes html.escape: each span holds one token's text
+    assert spans.texts == [tok.token_bytes(i).decode("utf-8", "backslashreplace") for i in ids]
+    assert spans.titles == [f"id {i}: {tok.token_bytes(i)!r}" for i in ids]
+
+
+def test_show_file_and_special_policy(corpus, tok_dir):
+    result = run("tokenizer", "show", "--file", str(corpus), "--max-bytes", "200", "--tokenizer",
+                 str(tok_dir), "--special", "plain")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    tok = Tokenizer.load(tok_dir)
+    expected = tok.encode(corpus.read_bytes()[:200].decode("utf-8", "ignore"), special="plain")
+    assert str(expected) in result.stdout
+
+
+def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "DEMO_CORPUS", corpus)
+    out = tmp_path / "demo"
+    result = run("demo", "--out", str(out), "--vocab-size", "280", "--workers", "1",
+                 "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    tok = Tokenizer.load(out / "tokenizer")
+    assert np.load(out / "tokens.npy").tolist() == tok.encode(corpus.read_text("utf-8"))
+    assert str(tok.encode(cli.DEMO_SAMPLE)) in result.stdout
+
+
+def test_demo_on_the_shipped_corpus(tmp_path):
+    if not cli.DEMO_CORPUS.is_file():
+        pytest.skip(f"{cli.DEMO_CORPUS} is absent (not a source checkout)")
+    result = run("demo", "--out", str(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    tok = Tokenizer.load(tmp_path / "tokenizer")
+    assert tok.vocab_size == 2048
+    assert tok.special_tokens == [EOT]
+    ids = np.load(tmp_path / "tokens.npy", mmap_mode="r")
+    assert tok.decode(ids.tolist()) == cli.DEMO_CORPUS.read_text("utf-8")
+
+
+def _bad_inputs(tmp: Path, corpus: Path, tok: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, text the error message must contain)."""
+    (tmp / "empty.txt").write_bytes(b"")
+    (tmp / "bad.txt").write_bytes("héllo".encode() + b"\xff rest")
+    train_args = ["--out", str(tmp / "t"), "--no-progress"]
+    return {
+        "missing": (["tokenizer", "train", str(tmp / "nope.txt"), "--vocab-size", "300",
+                     *train_args], "nope.txt"),
+        "empty": (["tokenizer", "train", str(tmp / "empty.txt"), "--vocab-size", "300",
+                   *train_args], "empty"),
+        "utf8": (["tokenizer", "train", str(tmp / "bad.txt"), "--vocab-size", "300",
+                  *train_args], "byte offset 6"),
+        "vocab": (["tokenizer", "train", str(corpus), "--vocab-size", "100", *train_args],
+                  "257"),
+        "dup": (["tokenizer", "train", str(corpus), "--vocab-size", "300", "--special-token",
+                 "<s>", "--special-token", "<s>", *train_args], "<s>"),
+        "no_tokenizer": (["tokenizer", "encode", str(corpus), "--tokenizer", str(tmp / "none"),
+                          "--out", str(tmp / "x.npy")], "none"),
+        "stats_utf8": (["tokenizer", "stats", str(tmp / "bad.txt"), "--tokenizer", str(tok)],
+                       "byte offset 6"),
+        "demo": (["demo", "--out", str(tmp / "d")], "small_en.txt"),
+    }  # fmt: skip
+
+
+BAD_INPUTS = ["missing", "empty", "utf8", "vocab", "dup", "no_tokenizer", "stats_utf8", "demo"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_exits_with_a_message_and_no_traceback(
+    case, corpus, tok_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(cli, "DEMO_CORPUS", tmp_path / "data" / "small_en.txt")
+    args, needle = _bad_inputs(tmp_path, corpus, tok_dir)[case]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("error: ")
+    assert needle in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--special", "bogus"], "--special"),
+        (["--out", "ids.bin"], ".npy"),
+    ],
+)
+def test_usage_errors_exit_2(corpus, tok_dir, args, needle):
+    base = ["tokenizer", "encode", str(corpus), "--tokenizer", str(tok_dir), "--out", "x.npy"]
+    result = CliRunner().invoke(main, [*base, *args])
+    assert result.exit_code == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_show_needs_exactly_one_of_text_and_file(tok_dir, corpus):
+    assert run("tokenizer", "show", "--tokenizer", str(tok_dir)).exit_code == 2
+    both = run("tokenizer", "show", "x", "--file", str(corpus), "--tokenizer", str(tok_dir))
+    assert both.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["", "tokenizer", *COMMANDS])
+def test_every_command_has_help_with_an_example(command):
+    result = run(*command.split(), "--help")
+    assert result.exit_code == 0
+    assert f"lmforge {command}".strip() + " " in result.stdout
+
+
+def test_installed_script_reports_errors_without_traceback(tmp_path):
+    script = Path(sys.executable).with_name("lmforge")
+    if not script.exists():
+        pytest.skip(f"the `lmforge` script is not installed beside {sys.executable}")
+    proc = subprocess.run(
+        [str(script), "tokenizer", "train", str(tmp_path / "nope.txt"), "--vocab-size", "300",
+         "--out", str(tmp_path / "t")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "nope.txt" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
