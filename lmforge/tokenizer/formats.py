@@ -1,4 +1,4 @@
-"""Tokenizer files: the lmforge tokenizer directory, GPT-2 files, HuggingFace and tiktoken export.
+"""Tokenizer files: the lmforge tokenizer directory and GPT-2's ``vocab.json`` + ``merges.txt``.
 
 Every format here stores the same thing: ``vocab`` (id → token bytes), ``merges`` (pairs of
 token bytes, rank 0 first) and the special tokens. They differ in how bytes become text.
@@ -16,30 +16,12 @@ GPT-2-compatible tool can read its ``vocab.json`` and ``merges.txt``::
         vocab.json              {"Ġthe": 262, ...}      token → id, ordered by id
         merges.txt              "#version: 0.2", then "Ġ t" per line, rank 0 first
 
-**HuggingFace** ``tokenizer.json`` (``export_hf_tokenizer_json``): model BPE with the same vocab
-and merges; pre-tokenizer ``Split(GPT2_PATTERN, "Isolated")`` then ``ByteLevel(use_regex=False)``
-— the pattern is written out verbatim, so the split is ours by construction rather than by
-HuggingFace's built-in copy of it; specials as ``added_tokens`` (HF matches them leftmost-longest,
-like ``pretokenize.special_token_regex``). No dependency on ``tokenizers`` at runtime.
-
-**tiktoken** ``.tiktoken`` (``export_tiktoken``): ``base64(token bytes) rank`` per line. tiktoken
-has no merge list: it merges the adjacent pair whose *concatenation* has the lowest rank. That is
-merge-list BPE when the ranks follow merge order (every multi-byte token is made by exactly one
-merge, after its two parts, and merge results are ranked in merge order) — true for vocabularies
-trained by lmforge and for GPT-2; ``check_tiktoken_compatible`` verifies it. Load it with::
-
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-    enc = tiktoken.Encoding("my-bpe", pat_str=GPT2_PATTERN,
-                            mergeable_ranks=load_tiktoken_bpe("my.tiktoken"),
-                            special_tokens={"<|endoftext|>": 0})
-
-or call ``to_tiktoken_encoding(tokenizer)``. All writers are atomic (temp file + ``os.replace``).
+HuggingFace and tiktoken export live in ``export.py``. All writers are atomic (temp file +
+``os.replace``).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import os
@@ -53,8 +35,6 @@ import lmforge
 from lmforge.tokenizer.pretokenize import GPT2_PATTERN, TokenizerInputError
 
 if TYPE_CHECKING:
-    import tiktoken
-
     from lmforge.tokenizer.bpe import Tokenizer
 
 Vocab = dict[int, bytes]
@@ -342,119 +322,3 @@ def _read_config(d: Path) -> dict[str, Any]:
     if not isinstance(size, int):
         raise TokenizerInputError(f"{d / CONFIG_FILE}: vocab_size must be an integer.")
     return config
-
-
-def export_hf_tokenizer_json(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
-    """Write a HuggingFace ``tokenizer.json`` that encodes exactly like ``tokenizer.encode``.
-
-    >>> from tokenizers import Tokenizer as HF                   # doctest: +SKIP
-    >>> HF.from_file(str(export_hf_tokenizer_json(tok, "tokenizer.json"))).encode(s).ids \\
-    ...     == tok.encode(s)                                     # doctest: +SKIP
-    True
-
-    Specials are added tokens with their own ids (HF only keeps an added token's id when the
-    model vocab holds it, so they are in the model vocab too). HF's ByteLevel decoder re-maps a
-    special whose every character is in GPT-2's byte map (e.g. one containing ``é``); ASCII
-    specials such as ``<|endoftext|>`` decode correctly.
-    """
-    specials = _special_ids(tokenizer.vocab, tokenizer.special_tokens)
-    added = dict.fromkeys(["single_word", "lstrip", "rstrip", "normalized"], False)
-    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": False}
-    split = {"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated"}
-    model = {
-        "type": "BPE",
-        **dict.fromkeys(
-            ["dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"]
-        ),
-        **dict.fromkeys(["fuse_unk", "byte_fallback", "ignore_merges"], False),
-        "vocab": _encoded_vocab(tokenizer.vocab, specials),
-        "merges": [f"{_encode_token(a)} {_encode_token(b)}" for a, b in tokenizer.merges],
-    }
-    doc = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": i, "content": s, **added, "special": True}
-            for s, i in sorted(specials.items(), key=lambda kv: kv[1])
-        ],
-        "normalizer": None,
-        "pre_tokenizer": {
-            "type": "Sequence",
-            "pretokenizers": [{**split, "invert": False}, {"type": "ByteLevel", **byte_level}],
-        },
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", **byte_level},
-        "model": model,
-    }
-    return _atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=1))
-
-
-def check_tiktoken_compatible(tokenizer: Tokenizer) -> dict[bytes, int]:
-    """Return tiktoken's ``mergeable_ranks`` (non-special token bytes → id), or raise.
-
-    tiktoken merges the adjacent pair whose concatenation has the lowest rank; that is our
-    merge-list BPE only if ids follow merge order. Checked: all 256 single bytes present; every
-    other non-special token made by exactly one merge; each merge result's id above its parts'
-    ids and the previous merge result's id. Not checked (it would cost a BPE run per token): that
-    no token can also be formed from two tokens other than its own merge's parts, where tiktoken
-    (and its whole-piece shortcut) could differ. BPE training records merges from the same
-    left-to-right segmentation the encoder uses, and the tests pin GPT-2 and trained vocabularies.
-    """
-    special_ids = set(_special_ids(tokenizer.vocab, tokenizer.special_tokens).values())
-    ranks = {t: i for i, t in tokenizer.vocab.items() if i not in special_ids}
-    problem = _rank_order_problem(ranks, tokenizer.merges)
-    if len(ranks) != len(tokenizer.vocab) - len(special_ids):
-        problem = "two ids share the same token bytes"
-    if problem:
-        raise TokenizerInputError(
-            f"cannot export to tiktoken: {problem}. tiktoken would encode differently from this "
-            "tokenizer (its ids must follow merge order, as train_bpe's and GPT-2's do)."
-        )
-    return ranks
-
-
-def _rank_order_problem(ranks: dict[bytes, int], merges: Merges) -> str | None:
-    """Why ``ranks`` do not follow ``merges`` (see ``check_tiktoken_compatible``), or None.
-
-    >>> _rank_order_problem({bytes([b]): b for b in range(256)} | {b"ab": 256}, [(b"a", b"b")])
-    >>> _rank_order_problem({bytes([b]): b for b in range(256)} | {b"ab": 5}, [(b"a", b"b")])
-    "merge (b'a', b'b') -> id 5 is out of order"
-    """
-    if missing := [b for b in range(256) if bytes([b]) not in ranks]:
-        return f"single byte {bytes([missing[0]])!r} has no token"
-    if len(ranks) != 256 + len({a + b for a, b in merges}) or len(merges) != len(ranks) - 256:
-        return "the multi-byte tokens are not exactly the merge results, one per merge"
-    last = -1
-    for a, b in merges:
-        rank = ranks.get(a + b, -1)
-        if a not in ranks or b not in ranks or not max(ranks[a], ranks[b], last) < rank:
-            return f"merge {(a, b)!r} -> id {rank} is out of order"
-        last = rank
-    return None
-
-
-def export_tiktoken(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
-    """Write the ``.tiktoken`` rank file (``base64(token bytes) id`` per line, by id).
-
-    Special tokens are not in the file; pass them to ``tiktoken.Encoding(special_tokens=...)``
-    (see the module docstring, or use ``to_tiktoken_encoding``).
-    """
-    ranks = sorted(check_tiktoken_compatible(tokenizer).items(), key=lambda kv: kv[1])
-    text = "".join(f"{base64.b64encode(t).decode('ascii')} {i}\n" for t, i in ranks)
-    return _atomic_write_text(path, text)
-
-
-def to_tiktoken_encoding(tokenizer: Tokenizer, name: str = "lmforge-bpe") -> tiktoken.Encoding:
-    """A ``tiktoken.Encoding`` with the same ids as ``tokenizer`` (needs tiktoken installed).
-
-    Encode with ``allowed_special="all"`` to get special ids for special-token text.
-    """
-    import tiktoken
-
-    return tiktoken.Encoding(
-        name,
-        pat_str=GPT2_PATTERN,
-        mergeable_ranks=check_tiktoken_compatible(tokenizer),
-        special_tokens=_special_ids(tokenizer.vocab, tokenizer.special_tokens),
-    )

@@ -14,15 +14,17 @@ from types import SimpleNamespace
 import pytest
 
 from lmforge.tokenizer.bpe import Tokenizer
-from lmforge.tokenizer.formats import (
-    bytes_to_unicode,
+from lmforge.tokenizer.export import (
     check_tiktoken_compatible,
     export_hf_tokenizer_json,
     export_tiktoken,
+    to_tiktoken_encoding,
+)
+from lmforge.tokenizer.formats import (
+    bytes_to_unicode,
     load_tokenizer,
     read_gpt2_vocab_merges,
     save_tokenizer,
-    to_tiktoken_encoding,
     write_gpt2_vocab_merges,
 )
 from lmforge.tokenizer.pretokenize import GPT2_PATTERN, TokenizerInputError
