@@ -1,0 +1,601 @@
+"""The byte-level BPE ``Tokenizer``: encode/decode, streaming, and whole-file encoding.
+
+Encoding (Sennrich et al., 2016; GPT-2, Radford et al., 2019) works on one *pre-token* at a time:
+
+1. split the text on special tokens (longest first, so ``<|endoftext|><|endoftext|>`` wins over
+   two ``<|endoftext|>`` when both are specials); each special becomes its own id;
+2. split the ordinary text with GPT-2's regex (``pretokenize.GPT2_PATTERN``);
+3. turn each pre-token's UTF-8 bytes into single-byte ids and repeatedly merge the adjacent pair
+   with the lowest merge rank (leftmost first) until no adjacent pair is a merge.
+
+    >>> vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab"}
+    >>> tok = Tokenizer(vocab, [(b"a", b"b")], ["<|endoftext|>"])
+    >>> tok.encode("abc<|endoftext|>")
+    [256, 99, 257]
+    >>> tok.decode([256, 99])
+    'abc'
+
+Step 3 exists twice: the readable reference below (``_bpe``, with a bounded cache of pre-token ->
+ids) and the C encoder from ``native.encode_module()`` (built lazily on first use, released GIL),
+used automatically when it is built. Tests prove both equal tiktoken's GPT-2 ids.
+
+Streaming (``encode_iterable``) keeps a text buffer and emits everything before the last *safe
+cut*: a position where the pre-token split and the special-token split of the whole text are
+known to break, whatever text follows (see ``_CUT_REGEX``). Whole files (``encode_file``, last
+section) are cut into chunks at safe byte offsets by ``find_chunk_boundaries``, encoded in
+parallel (threads with the C encoder, processes without) and written in order to a ``.npy``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import itertools
+import json
+import os
+import secrets
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import regex
+from tqdm.auto import tqdm
+
+import lmforge
+from lmforge.tokenizer import native
+from lmforge.tokenizer.pretokenize import (
+    GPT2_REGEX,
+    TokenizerInputError,
+    check_input_file,
+    find_chunk_boundaries,
+    read_text_chunk,
+    special_token_regex,
+    split_on_special_tokens,
+)
+
+SPECIAL_POLICIES = ("special", "plain", "raise")
+_CACHE_MAX = 1 << 17  # pre-tokens kept in the reference encoder's cache before it is cleared
+_STREAM_BLOCK = 1 << 16  # characters buffered by encode_iterable before it looks for a cut
+
+# A pre-token boundary that holds whatever surrounds it, between char x and the next char y: the
+# regex match that ends at x is the same whether or not text follows x, and the next match starts
+# at y. Cases: x letter, y not a letter; x digit, y not a digit; x other (not space/letter/digit
+# and not an apostrophe that may start "'s") and y space/letter/digit; x an apostrophe and y
+# space/digit; x a lone whitespace char other than U+0020 between two non-spaces (U+0020 may
+# join the next word, and a longer whitespace run splits differently at the end of the text).
+_CUT_REGEX = regex.compile(
+    r"""(?r)(?:\p{L}(?=\P{L})|\p{N}(?=\P{N})|[^\s\p{L}\p{N}'](?=[\s\p{L}\p{N}])"""
+    r"""|'(?=[\s\p{N}])|(?<=\S)[^\S ](?=\S))"""
+)
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer over ``vocab`` (id -> bytes) and ``merges`` (rank order).
+
+    ``special_tokens`` absent from ``vocab`` are appended with new ids (max id + 1, ...).
+    Invalid input (duplicate specials or token bytes, a merge whose parts or result are not in
+    the vocabulary, a byte value without a single-byte token) raises TokenizerInputError.
+    """
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str] | None = None,
+    ):
+        self.special_tokens = list(special_tokens or [])
+        self._bytes_to_id = _invert_vocab(vocab)
+        self.vocab = {i: b for b, i in self._bytes_to_id.items()}
+        self.merges = [(bytes(a), bytes(b)) for a, b in merges]
+        self.directory: Path | None = None  # set by load()/save(); named in encode_file sidecars
+        self._special_ids = self._add_specials()
+        self._byte_ids = _single_byte_ids(self._bytes_to_id)
+        self._ranks = _merge_ranks(self.merges, self._bytes_to_id)
+        self._special_re = special_token_regex(self.special_tokens)
+        self._cache: dict[str, list[int]] = {}
+        self._fingerprint: str | None = None
+        self._native = None  # C encoder, built on first use (see _encoder)
+        self._native_lock = threading.Lock()
+
+    def _add_specials(self) -> dict[str, int]:
+        seen: set[str] = set()
+        ids = {}
+        for s in self.special_tokens:
+            if not isinstance(s, str) or not s:
+                raise TokenizerInputError(f"special token {s!r} must be a non-empty string.")
+            if s in seen:
+                raise TokenizerInputError(
+                    f"duplicate special token {s!r}; list each special token once."
+                )
+            seen.add(s)
+            b = s.encode("utf-8")
+            if b not in self._bytes_to_id:
+                new_id = max(self.vocab, default=-1) + 1
+                self.vocab[new_id] = b
+                self._bytes_to_id[b] = new_id
+            ids[s] = self._bytes_to_id[b]
+        return ids
+
+    # ----------------------------------------------------------------- pickling and facts
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_native=None, _native_lock=None, _cache={})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._native_lock = threading.Lock()
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (``max id + 1``; equals ``len(vocab)`` for a dense vocabulary)."""
+        return max(self.vocab, default=-1) + 1
+
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes of token ``id`` (TokenizerInputError if unknown)."""
+        try:
+            return self.vocab[id]
+        except KeyError:
+            raise TokenizerInputError(
+                f"unknown token id {id!r} (vocab_size {self.vocab_size})"
+            ) from None
+
+    def id_of(self, token: bytes) -> int | None:
+        """The id whose bytes are ``token``, or None."""
+        return self._bytes_to_id.get(bytes(token))
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of ``repr((sorted(vocab.items()), merges, special_tokens))``: equal
+        fingerprints, equal tokenizers. Computed once (a Tokenizer is not meant to be mutated)."""
+        if self._fingerprint is None:
+            canon = repr((sorted(self.vocab.items()), self.merges, self.special_tokens))
+            self._fingerprint = hashlib.sha256(canon.encode()).hexdigest()
+        return self._fingerprint
+
+    # -------------------------------------------------------------------------- encoding
+
+    def encode(self, text: str, *, special: str = "special") -> list[int]:
+        """Token ids of ``text``.
+
+        ``special`` says what to do with special-token text found in ``text``: ``"special"``
+        emits the special's id (longest match first), ``"plain"`` encodes it as ordinary text,
+        ``"raise"`` raises TokenizerInputError.
+        """
+        _check_policy(special)
+        if special == "plain" or self._special_re is None:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        for piece, is_special in split_on_special_tokens(text, self._special_re):
+            if not is_special:
+                ids.extend(self.encode_ordinary(piece))
+            elif special == "special":
+                ids.append(self._special_ids[piece])
+            else:
+                raise _special_found(piece)
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of ``text`` with special-token text treated as plain text."""
+        enc = self._encoder()
+        if enc is not None:
+            return enc.encode(text)
+        return self.encode_reference(text)
+
+    def encode_reference(self, text: str) -> list[int]:
+        """``encode_ordinary`` by the pure-Python reference (regex + cached merge loop)."""
+        ids: list[int] = []
+        cache = self._cache
+        for pre in GPT2_REGEX.findall(text):
+            cached = cache.get(pre)
+            if cached is None:
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cached = cache[pre] = self._bpe(pre.encode("utf-8"))
+            ids.extend(cached)
+        return ids
+
+    def _bpe(self, piece: bytes) -> list[int]:
+        """Merge one pre-token's bytes: lowest-rank adjacent pair first, leftmost first.
+
+        >>> vocab = {i: bytes([i]) for i in range(256)} | {256: b"aa", 257: b"aaa"}
+        >>> Tokenizer(vocab, [(b"a", b"a"), (b"aa", b"a")])._bpe(b"aaaaa")
+        [256, 257]
+        """
+        ids = [self._byte_ids[b] for b in piece]
+        ranks = self._ranks
+        while len(ids) > 1:
+            best = min(itertools.pairwise(ids), key=lambda p: ranks.get(p, (len(ranks),))[0])
+            if best not in ranks:
+                break
+            new_id, out, i = ranks[best][1], [], 0
+            while i < len(ids):  # merge every occurrence, left to right (same as one by one)
+                if i + 1 < len(ids) and (ids[i], ids[i + 1]) == best:
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            ids = out
+        return ids
+
+    def _encoder(self):
+        """The C encoder for this vocabulary, built on first use; None without the C module."""
+        if self._native is None:
+            mod = native.encode_module()
+            if mod is None:
+                return None
+            with self._native_lock:
+                if self._native is None:
+                    self._native = mod.Encoder(self.vocab, self.merges)
+        return self._native
+
+    def encode_iterable(
+        self, iterable: Iterable[str], *, special: str = "special"
+    ) -> Iterator[int]:
+        """Lazily yield exactly ``encode("".join(iterable), special=special)``.
+
+        Memory stays bounded (a few blocks of 64K characters, plus any stretch with no safe cut
+        such as one huge run of whitespace) on a file handle of any size, even without newlines.
+        With ``special="raise"`` ids before the offending special may already have been yielded.
+        """
+        _check_policy(special)
+        pending: list[str] = []
+        size = 0
+        need = _STREAM_BLOCK
+        for chunk in iterable:
+            pending.append(chunk)
+            size += len(chunk)
+            if size < need:
+                continue
+            buf, start = "".join(pending), 0
+            while len(buf) - start >= _STREAM_BLOCK:
+                cut = self._safe_cut(buf, start, start + _STREAM_BLOCK, special)
+                if cut == start:
+                    cut = self._safe_cut(buf, start, len(buf), special)
+                    if cut == start:
+                        break
+                yield from self.encode(buf[start:cut], special=special)
+                start = cut
+            pending, size = [buf[start:]], len(buf) - start
+            need = size + _STREAM_BLOCK if start else 2 * size
+        yield from self.encode("".join(pending), special=special)
+
+    def _safe_cut(self, buf: str, start: int, end: int, special: str) -> int:
+        """The largest cut ``i`` in ``[start, end]`` decided by ``buf[start:end]`` alone: the ids
+        of ``buf[start:i]`` followed by those of ``buf[i:] + rest`` equal the ids of
+        ``buf[start:] + rest`` for every ``rest``. ``start`` must itself be such a cut; returns
+        ``start`` when no other is known.
+
+        A special starting at or before ``end - max_len`` is decided (the longest one that can
+        start there fits), so a cut up to there is safe at a special's end or at a pre-token
+        cut (``_CUT_REGEX``) between two ordinary characters.
+        """
+        pattern = None if special == "plain" else self._special_re
+        last_end, limit = start, end - 1
+        if pattern is not None:
+            limit = end - max(map(len, self.special_tokens))
+            for m in pattern.finditer(buf, start, end):
+                if m.start() > limit:
+                    break
+                last_end = m.end()
+        m = _CUT_REGEX.search(buf, last_end, limit + 1) if limit > last_end else None
+        return m.end() if m else last_end
+
+    # -------------------------------------------------------------------------- decoding
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The concatenated bytes of ``ids`` (TokenizerInputError for an unknown id)."""
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        try:
+            return b"".join(map(self.vocab.__getitem__, ids))
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if not isinstance(i, int | np.integer) or i not in self.vocab)
+            raise TokenizerInputError(
+                f"unknown token id {bad!r}: valid ids are 0..{self.vocab_size - 1}"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; byte sequences that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        """A decoder that takes ids one at a time (for streaming generation)."""
+        return StreamDecoder(self)
+
+    # ----------------------------------------------------------------------------- files
+
+    def encode_file(
+        self,
+        input_path: str | os.PathLike,
+        output_path: str | os.PathLike,
+        num_workers: int | None = None,
+        *,
+        special: str = "special",
+        progress: bool = True,
+        chunk_bytes: int | None = None,
+    ) -> EncodeFileResult:
+        """Encode a UTF-8 file to a ``.npy`` token array plus sidecar ``{output_path}.json``.
+
+        The file is cut at safe offsets (``find_chunk_boundaries``) into chunks of about
+        ``chunk_bytes`` (default: up to 4 MiB), encoded by ``num_workers`` threads (C encoder,
+        which releases the GIL) or processes (Python reference), and written in order to a
+        temporary file that replaces ``output_path`` only on success. The array is uint16 when
+        ``vocab_size <= 65536``, else uint32; open it with ``np.load(path, mmap_mode="r")``.
+        """
+        _check_policy(special)
+        return _encode_file(
+            self, input_path, output_path, num_workers, special, progress, chunk_bytes
+        )
+
+    def _encode_chunk(self, path: str, start: int, end: int, special: str, itemsize: int) -> bytes:
+        """Ids of bytes ``[start, end)`` of ``path`` packed little-endian (``itemsize`` 2 or 4)."""
+        text = read_text_chunk(path, start, end)
+        enc = self._encoder()
+        if enc is None:
+            return np.asarray(self.encode(text, special=special), f"<u{itemsize}").tobytes()
+        if special == "plain" or self._special_re is None:
+            return enc.encode_to_bytes(text, itemsize)
+        parts = []
+        for piece, is_special in split_on_special_tokens(text, self._special_re):
+            if not is_special:
+                parts.append(enc.encode_to_bytes(piece, itemsize))
+            elif special == "special":
+                parts.append(self._special_ids[piece].to_bytes(itemsize, "little"))
+            else:
+                raise _special_found(piece)
+        return b"".join(parts)
+
+    @classmethod
+    def from_files(
+        cls,
+        vocab_filepath: str | os.PathLike,
+        merges_filepath: str | os.PathLike,
+        special_tokens: list[str] | None = None,
+    ) -> Tokenizer:
+        """Load GPT-2 style ``vocab.json`` + ``merges.txt``."""
+        from lmforge.tokenizer.formats import read_gpt2_vocab_merges
+
+        specials = list(special_tokens or [])
+        vocab, merges = read_gpt2_vocab_merges(vocab_filepath, merges_filepath, specials)
+        return cls(vocab, merges, specials)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write a self-describing tokenizer directory (see ``formats.save_tokenizer``)."""
+        from lmforge.tokenizer.formats import save_tokenizer
+
+        path = Path(save_tokenizer(self, directory))
+        self.directory = path
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Tokenizer:
+        """Open a directory written by ``save`` (see ``formats.load_tokenizer``)."""
+        from lmforge.tokenizer.formats import load_tokenizer
+
+        tok = load_tokenizer(directory)
+        tok.directory = Path(directory)
+        return tok
+
+
+class StreamDecoder:
+    """Incremental decoding: ``feed(id)`` returns only complete UTF-8 characters.
+
+    >>> tok = Tokenizer({i: bytes([i]) for i in range(256)}, [])
+    >>> d = tok.stream_decoder()
+    >>> [d.feed(b) for b in "é!".encode()], d.flush()
+    (['', 'é', '!'], '')
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, id: int) -> str:
+        """Add one id; return the text completed by it (possibly empty)."""
+        return self._utf8.decode(self._tokenizer.token_bytes(id))
+
+    def flush(self) -> str:
+        """End of stream: return what is left (an incomplete character becomes U+FFFD)."""
+        return self._utf8.decode(b"", final=True)
+
+
+def _special_found(piece: str) -> TokenizerInputError:
+    return TokenizerInputError(
+        f"special token {piece!r} found in the input text; pass special='special' "
+        "to encode it as a special token or special='plain' to encode it as text."
+    )
+
+
+def _check_policy(special: str) -> None:
+    if special not in SPECIAL_POLICIES:
+        raise TokenizerInputError(
+            f"special={special!r} is not a special-token policy; use one of {SPECIAL_POLICIES}."
+        )
+
+
+def _invert_vocab(vocab: dict[int, bytes]) -> dict[bytes, int]:
+    inverse: dict[bytes, int] = {}
+    for i, b in vocab.items():
+        if not isinstance(i, int) or i < 0 or not isinstance(b, bytes | bytearray):
+            raise TokenizerInputError(f"vocab entry {i!r}: {b!r} is not (id >= 0) -> bytes.")
+        if bytes(b) in inverse:
+            raise TokenizerInputError(
+                f"ids {inverse[bytes(b)]} and {i} both have bytes {bytes(b)!r}; "
+                "every token must have distinct bytes."
+            )
+        inverse[bytes(b)] = i
+    return inverse
+
+
+def _single_byte_ids(bytes_to_id: dict[bytes, int]) -> list[int]:
+    missing = [b for b in range(256) if bytes([b]) not in bytes_to_id]
+    if missing:
+        raise TokenizerInputError(
+            f"the vocabulary lacks single-byte tokens for {len(missing)} byte values "
+            f"(first: {missing[0]}); a byte-level BPE vocabulary must contain all 256 bytes."
+        )
+    return [bytes_to_id[bytes([b])] for b in range(256)]
+
+
+def _merge_ranks(
+    merges: list[tuple[bytes, bytes]], bytes_to_id: dict[bytes, int]
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """``(left id, right id) -> (rank, merged id)``, validating every merge."""
+    ranks: dict[tuple[int, int], tuple[int, int]] = {}
+    for rank, (a, b) in enumerate(merges):
+        for part in (a, b, a + b):
+            if part not in bytes_to_id:
+                raise TokenizerInputError(
+                    f"merge #{rank} ({a!r}, {b!r}): {part!r} is not in the vocabulary."
+                )
+        pair = (bytes_to_id[a], bytes_to_id[b])
+        if pair in ranks:
+            raise TokenizerInputError(f"merge #{rank} ({a!r}, {b!r}) is listed twice.")
+        ranks[pair] = (rank, bytes_to_id[a + b])
+    return ranks
+
+
+# ------------------------------------------------------------------ encode_file: chunks -> .npy
+
+_NPY_HEADER_BYTES = 128  # fixed-size .npy v1.0 header, rewritten with the final shape at the end
+_MAX_CHUNK_BYTES = 4 << 20
+_worker_tokenizer: Tokenizer | None = None  # set in each worker process by _init_worker
+
+
+@dataclass(frozen=True)
+class EncodeFileResult:
+    """What ``encode_file`` wrote (also in the sidecar JSON)."""
+
+    output_path: Path  # the .npy token array
+    sidecar_path: Path  # f"{output_path}.json"
+    num_tokens: int
+    dtype: str  # "uint16" or "uint32"
+    input_bytes: int
+    seconds: float  # wall time of the whole call
+    metadata: dict  # the sidecar's contents (tokenizer fingerprint, source, policy, version)
+
+
+def _npy_header(dtype: np.dtype, n: int) -> bytes:
+    """A .npy v1.0 header for a 1-D little-endian array of ``n`` items, padded to a fixed size.
+
+    >>> len(_npy_header(np.dtype("<u2"), 10**12)) == _NPY_HEADER_BYTES
+    True
+    """
+    d = f"{{'descr': '{dtype.str}', 'fortran_order': False, 'shape': ({n},), }}"
+    body = d.ljust(_NPY_HEADER_BYTES - 11) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
+
+
+def _init_worker(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_in_worker(path: str, start: int, end: int, special: str, itemsize: int) -> bytes:
+    return _worker_tokenizer._encode_chunk(path, start, end, special, itemsize)
+
+
+def _executor(tok: Tokenizer, workers: int) -> Executor:
+    """Threads when the C encoder (which releases the GIL) is available, else processes."""
+    if tok._encoder() is not None:
+        return ThreadPoolExecutor(workers)
+    return ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok,))
+
+
+def _encoded_chunks(tok: Tokenizer, jobs: list[tuple], workers: int) -> Iterator[bytes]:
+    """Yield each job's packed ids in order; at most two jobs per worker are in flight."""
+    if workers == 1 or len(jobs) == 1:
+        yield from (tok._encode_chunk(*job) for job in jobs)
+        return
+    pool = _executor(tok, workers)
+    fn = tok._encode_chunk if isinstance(pool, ThreadPoolExecutor) else _encode_in_worker
+    try:
+        todo = iter(jobs)
+        inflight = deque(pool.submit(fn, *job) for job in itertools.islice(todo, 2 * workers))
+        while inflight:
+            data = inflight.popleft().result()
+            inflight.extend(pool.submit(fn, *job) for job in itertools.islice(todo, 1))
+            yield data
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _open_temp(target: Path):
+    """A new file beside ``target``: same filesystem, so ``os.replace`` is atomic."""
+    if target.is_dir():
+        raise TokenizerInputError(f"{target}: is a directory; give a file path for the output.")
+    if not target.parent.is_dir():
+        raise TokenizerInputError(f"{target.parent}: output directory does not exist; create it.")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        return open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb"), tmp
+    except OSError as e:
+        raise TokenizerInputError(f"{target}: cannot write the output ({e}).") from None
+
+
+def _sidecar(tok: Tokenizer, src: Path, size: int, dtype: np.dtype, n: int, special: str) -> dict:
+    return {
+        "format": "lmforge-tokens",
+        "version": 1,
+        "tokenizer": {
+            "vocab_size": tok.vocab_size,
+            "fingerprint": tok.fingerprint(),
+            "directory": str(tok.directory) if tok.directory else None,
+            "special_tokens": tok.special_tokens,
+        },
+        "dtype": dtype.name,
+        "num_tokens": n,
+        "source": {"path": str(src.resolve()), "size_bytes": size},
+        "special": special,
+        "lmforge_version": lmforge.__version__,
+    }
+
+
+def _encode_file(tok, input_path, output_path, num_workers, special, progress, chunk_bytes):
+    """Implementation of ``Tokenizer.encode_file``; see there."""
+    t0 = time.perf_counter()
+    src, out_path = Path(input_path), Path(output_path)
+    sidecar_path = Path(f"{out_path}.json")
+    size = check_input_file(src)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = max(1, num_workers or usable or 1)
+    chunk = chunk_bytes or min(_MAX_CHUNK_BYTES, max(1 << 16, size // (4 * workers)))
+    splits = tok.special_tokens if special != "plain" else ()
+    bounds = find_chunk_boundaries(src, chunk, split_special_tokens=splits)
+    dtype = np.dtype("<u2" if tok.vocab_size <= 65536 else "<u4")
+    jobs = [(str(src), a, b, special, dtype.itemsize) for a, b in itertools.pairwise(bounds)]
+    temps = []
+    try:
+        f, tmp = _open_temp(out_path)
+        temps.append(tmp)
+        with f, tqdm(total=size, unit="B", unit_scale=True, disable=not progress) as bar:
+            f.write(_npy_header(dtype, 0))
+            n = 0
+            for job, data in zip(jobs, _encoded_chunks(tok, jobs, workers), strict=True):
+                f.write(data)
+                n += len(data) // dtype.itemsize
+                bar.update(job[2] - job[1])
+            f.seek(0)
+            f.write(_npy_header(dtype, n))
+            f.flush()
+            os.fsync(f.fileno())
+        f, tmp_sidecar = _open_temp(sidecar_path)
+        temps.append(tmp_sidecar)
+        with f:
+            meta = _sidecar(tok, src, size, dtype, n, special)
+            f.write(json.dumps(meta, indent=2).encode() + b"\n")
+        os.replace(tmp, out_path)
+        os.replace(tmp_sidecar, sidecar_path)
+    except BaseException:
+        for t in temps:
+            t.unlink(missing_ok=True)
+        raise
+    seconds = time.perf_counter() - t0
+    return EncodeFileResult(out_path, sidecar_path, n, dtype.name, size, seconds, meta)

@@ -1,0 +1,226 @@
+"""Tokenizer.encode_file: the .npy equals encode(whole text), dtype rules, sidecar, parallel ==
+serial (C threads and Python processes), and no partial output after any failure."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmforge
+from lmforge.tokenizer import bpe
+from lmforge.tokenizer.bpe import Tokenizer
+from lmforge.tokenizer.pretokenize import InvalidUTF8Error, TokenizerInputError
+from tests.conftest import shared_path
+from tests.tokenizer.test_bpe import EOT, c_encoder_or_skip, gpt2_tokenizer
+
+DOC = "Once upon a time, a fox said: 'I'll run 12345 miles!'\n\n  Then   it slept.\n"
+
+
+def write_corpus(path, docs: int = 300) -> str:
+    text = "".join(f"{i}: {DOC}" * (1 + i % 3) + EOT for i in range(docs))
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def leftovers(directory, keep=()):
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+@pytest.fixture(params=["c", "python"])
+def mode(request, monkeypatch):
+    """Run with the C encoder (threads) and with the Python reference (processes)."""
+    if request.param == "python":
+        monkeypatch.setattr(bpe.native, "encode_module", lambda: None)
+    else:
+        c_encoder_or_skip(gpt2_tokenizer())
+    return request.param
+
+
+def fresh_gpt2() -> Tokenizer:
+    """A GPT-2 tokenizer with no C encoder built yet (so the `mode` fixture takes effect)."""
+    tok = gpt2_tokenizer()
+    return Tokenizer(tok.vocab, tok.merges, [EOT])
+
+
+def fresh_gpt2_other() -> Tokenizer:
+    tok = gpt2_tokenizer()
+    return Tokenizer(tok.vocab, tok.merges[:-1], [EOT])
+
+
+def test_ids_equal_encode_of_the_whole_file(tmp_path, mode):
+    text = write_corpus(tmp_path / "in.txt")
+    tok = fresh_gpt2()
+    res = tok.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 2, chunk_bytes=4096)
+    arr = np.load(tmp_path / "out.npy", mmap_mode="r")
+    assert isinstance(arr, np.memmap) and arr.dtype == np.uint16 and arr.shape == (res.num_tokens,)
+    assert arr.tolist() == tok.encode(text)
+    assert res.dtype == "uint16" and res.input_bytes == len(text.encode())
+
+
+def test_fixture_file_equals_tiktoken(tmp_path):
+    src = shared_path("fixtures", "cs336-a1", "tinystories_sample.txt")
+    tiktoken = pytest.importorskip("tiktoken")
+    text = src.read_text(encoding="utf-8")
+    gpt2_tokenizer().encode_file(src, tmp_path / "t.npy", 2, progress=False, chunk_bytes=512)
+    expected = tiktoken.get_encoding("gpt2").encode(text, allowed_special="all")
+    assert np.load(tmp_path / "t.npy").tolist() == expected
+
+
+def test_one_and_two_workers_write_identical_files(tmp_path, mode):
+    write_corpus(tmp_path / "in.txt")
+    tok = fresh_gpt2()
+    for w in (1, 2):
+        tok.encode_file(tmp_path / "in.txt", tmp_path / f"w{w}.npy", w, chunk_bytes=2048)
+    assert (tmp_path / "w1.npy").read_bytes() == (tmp_path / "w2.npy").read_bytes()
+
+
+def test_plain_policy_encodes_special_text_as_text(tmp_path):
+    text = write_corpus(tmp_path / "in.txt", docs=50)
+    tok = gpt2_tokenizer()
+    tok.encode_file(tmp_path / "in.txt", tmp_path / "p.npy", 2, special="plain", chunk_bytes=1024)
+    assert np.load(tmp_path / "p.npy").tolist() == tok.encode(text, special="plain")
+    assert json.loads((tmp_path / "p.npy.json").read_text())["special"] == "plain"
+
+
+def test_uint32_for_a_vocabulary_over_65536(tmp_path):
+    # byte tokens at ids 70000..70255: every id written needs more than 16 bits
+    tok = Tokenizer({70000 + b: bytes([b]) for b in range(256)}, [], ["<|sep|>"])
+    text = "héllo <|sep|> wörld\n" * 100
+    (tmp_path / "in.txt").write_text(text, encoding="utf-8")
+    res = tok.encode_file(tmp_path / "in.txt", tmp_path / "o.npy", 2, chunk_bytes=256)
+    arr = np.load(tmp_path / "o.npy", mmap_mode="r")
+    assert res.dtype == "uint32" and arr.dtype == np.uint32
+    assert arr.tolist() == tok.encode(text) and arr.max() == 70256
+
+
+def test_sidecar_names_the_tokenizer_and_source(tmp_path):
+    text = write_corpus(tmp_path / "in.txt", docs=20)
+    tok = gpt2_tokenizer()
+    res = tok.encode_file(tmp_path / "in.txt", tmp_path / "o.npy", 1, progress=False)
+    meta = json.loads((tmp_path / "o.npy.json").read_text())
+    assert res.sidecar_path == tmp_path / "o.npy.json"
+    assert meta["tokenizer"]["vocab_size"] == 50257
+    assert meta["tokenizer"]["fingerprint"] == tok.fingerprint() != fresh_gpt2_other().fingerprint()
+    assert meta["tokenizer"]["special_tokens"] == [EOT]
+    assert meta["dtype"] == "uint16" and meta["num_tokens"] == len(tok.encode(text))
+    assert meta["source"] == {
+        "path": str((tmp_path / "in.txt").resolve()),
+        "size_bytes": len(text.encode()),
+    }
+    assert meta["special"] == "special" and meta["lmforge_version"] == lmforge.__version__
+    assert res.metadata == meta
+
+
+def test_invalid_utf8_in_third_chunk_leaves_no_output(tmp_path, mode):
+    write_corpus(tmp_path / "in.txt")
+    data = bytearray((tmp_path / "in.txt").read_bytes())
+    bounds = bpe.find_chunk_boundaries(tmp_path / "in.txt", 2048, [EOT])
+    bad = bounds[2] + 10
+    data[bad] = 0xFF
+    (tmp_path / "in.txt").write_bytes(bytes(data))
+    (tmp_path / "out.npy").write_bytes(b"previous result")
+    with pytest.raises(InvalidUTF8Error) as e:
+        fresh_gpt2().encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 2, chunk_bytes=2048)
+    assert e.value.offset == bad
+    assert (tmp_path / "out.npy").read_bytes() == b"previous result"  # untouched
+    assert leftovers(tmp_path) == ["in.txt", "out.npy"]
+
+
+def test_interrupt_leaves_no_partial_output(tmp_path, monkeypatch):
+    write_corpus(tmp_path / "in.txt")
+    tok = fresh_gpt2()
+    calls = []
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return b"\0\0"
+
+    monkeypatch.setattr(tok, "_encode_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tok.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 1, chunk_bytes=2048)
+    assert leftovers(tmp_path) == ["in.txt"]
+
+
+def test_raise_policy_fails_cleanly(tmp_path):
+    write_corpus(tmp_path / "in.txt", docs=5)
+    with pytest.raises(TokenizerInputError, match="found in the input"):
+        gpt2_tokenizer().encode_file(tmp_path / "in.txt", tmp_path / "o.npy", 2, special="raise")
+    assert leftovers(tmp_path) == ["in.txt"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "no such file"),
+        ("empty", "file is empty"),
+        ("no_out_dir", "output directory does not exist"),
+        ("out_is_dir", "is a directory"),
+        ("bad_policy", "is not a special-token policy"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path, setup, message):
+    src, out, policy = tmp_path / "in.txt", tmp_path / "out.npy", "special"
+    src.write_text("hello world\n")
+    if setup == "missing":
+        src = tmp_path / "nope.txt"
+    elif setup == "empty":
+        src.write_text("")
+    elif setup == "no_out_dir":
+        out = tmp_path / "missing" / "out.npy"
+    elif setup == "out_is_dir":
+        out.mkdir()
+    else:
+        policy = "allow"
+    with pytest.raises(TokenizerInputError, match=message):
+        gpt2_tokenizer().encode_file(src, out, 1, special=policy)
+
+
+def test_unwritable_output_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "in.txt").write_text("hello world\n")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    # root ignores permissions: /proc refuses new files for everyone (Linux)
+    out_dir = ro if not _can_write(ro) else Path("/proc")
+    try:
+        with pytest.raises(TokenizerInputError, match="cannot write the output"):
+            gpt2_tokenizer().encode_file(tmp_path / "in.txt", out_dir / "out.npy", 1)
+    finally:
+        ro.chmod(0o700)
+    assert leftovers(tmp_path) == ["in.txt", "ro"] and leftovers(ro) == []
+
+
+def _can_write(directory) -> bool:
+    try:
+        (directory / "probe").write_text("x")
+    except OSError:
+        return False
+    (directory / "probe").unlink()
+    return True
+
+
+def test_output_file_mode_follows_umask(tmp_path):
+    (tmp_path / "in.txt").write_text("hello world\n")
+    old = os.umask(0o022)
+    try:
+        gpt2_tokenizer().encode_file(tmp_path / "in.txt", tmp_path / "o.npy", 1, progress=False)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.npy").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "o.npy.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_sidecar_names_the_directory_of_a_loaded_tokenizer(tmp_path):
+    pytest.importorskip("lmforge.tokenizer.formats")
+    write_corpus(tmp_path / "in.txt", docs=5)
+    fresh_gpt2().save(tmp_path / "tok")
+    tok = Tokenizer.load(tmp_path / "tok")
+    assert tok.fingerprint() == gpt2_tokenizer().fingerprint()
+    res = tok.encode_file(tmp_path / "in.txt", tmp_path / "o.npy", 1, progress=False)
+    assert res.metadata["tokenizer"]["directory"] == str(tmp_path / "tok")
