@@ -21,9 +21,8 @@ used automatically when it is built. Tests prove both equal tiktoken's GPT-2 ids
 
 Streaming (``encode_iterable``) keeps a text buffer and emits everything before the last *safe
 cut*: a position where the pre-token split and the special-token split of the whole text are
-known to break, whatever text follows (see ``_CUT_REGEX``). Whole files (``encode_file``, last
-section) are cut into chunks at safe byte offsets by ``find_chunk_boundaries``, encoded in
-parallel (threads with the C encoder, processes without) and written in order to a ``.npy``.
+known to break, whatever text follows (see ``_CUT_REGEX``). Whole files (``encode_file``) are
+encoded in parallel by ``encode_file.write_token_file``.
 """
 
 from __future__ import annotations
@@ -31,29 +30,19 @@ from __future__ import annotations
 import codecs
 import hashlib
 import itertools
-import json
 import os
-import secrets
-import struct
 import threading
-import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import regex
-from tqdm.auto import tqdm
 
-import lmforge
 from lmforge.tokenizer import native
+from lmforge.tokenizer.encode_file import EncodeFileResult, write_token_file
 from lmforge.tokenizer.pretokenize import (
     GPT2_REGEX,
     TokenizerInputError,
-    check_input_file,
-    find_chunk_boundaries,
     read_text_chunk,
     special_token_regex,
     split_on_special_tokens,
@@ -330,7 +319,7 @@ class Tokenizer:
         ``vocab_size <= 65536``, else uint32; open it with ``np.load(path, mmap_mode="r")``.
         """
         _check_policy(special)
-        return _encode_file(
+        return write_token_file(
             self, input_path, output_path, num_workers, special, progress, chunk_bytes
         )
 
@@ -460,142 +449,3 @@ def _merge_ranks(
             raise TokenizerInputError(f"merge #{rank} ({a!r}, {b!r}) is listed twice.")
         ranks[pair] = (rank, bytes_to_id[a + b])
     return ranks
-
-
-# ------------------------------------------------------------------ encode_file: chunks -> .npy
-
-_NPY_HEADER_BYTES = 128  # fixed-size .npy v1.0 header, rewritten with the final shape at the end
-_MAX_CHUNK_BYTES = 4 << 20
-_worker_tokenizer: Tokenizer | None = None  # set in each worker process by _init_worker
-
-
-@dataclass(frozen=True)
-class EncodeFileResult:
-    """What ``encode_file`` wrote (also in the sidecar JSON)."""
-
-    output_path: Path  # the .npy token array
-    sidecar_path: Path  # f"{output_path}.json"
-    num_tokens: int
-    dtype: str  # "uint16" or "uint32"
-    input_bytes: int
-    seconds: float  # wall time of the whole call
-    metadata: dict  # the sidecar's contents (tokenizer fingerprint, source, policy, version)
-
-
-def _npy_header(dtype: np.dtype, n: int) -> bytes:
-    """A .npy v1.0 header for a 1-D little-endian array of ``n`` items, padded to a fixed size.
-
-    >>> len(_npy_header(np.dtype("<u2"), 10**12)) == _NPY_HEADER_BYTES
-    True
-    """
-    d = f"{{'descr': '{dtype.str}', 'fortran_order': False, 'shape': ({n},), }}"
-    body = d.ljust(_NPY_HEADER_BYTES - 11) + "\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
-
-
-def _init_worker(tokenizer: Tokenizer) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
-
-
-def _encode_in_worker(path: str, start: int, end: int, special: str, itemsize: int) -> bytes:
-    return _worker_tokenizer._encode_chunk(path, start, end, special, itemsize)
-
-
-def _executor(tok: Tokenizer, workers: int) -> Executor:
-    """Threads when the C encoder (which releases the GIL) is available, else processes."""
-    if tok._encoder() is not None:
-        return ThreadPoolExecutor(workers)
-    return ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok,))
-
-
-def _encoded_chunks(tok: Tokenizer, jobs: list[tuple], workers: int) -> Iterator[bytes]:
-    """Yield each job's packed ids in order; at most two jobs per worker are in flight."""
-    if workers == 1 or len(jobs) == 1:
-        yield from (tok._encode_chunk(*job) for job in jobs)
-        return
-    pool = _executor(tok, workers)
-    fn = tok._encode_chunk if isinstance(pool, ThreadPoolExecutor) else _encode_in_worker
-    try:
-        todo = iter(jobs)
-        inflight = deque(pool.submit(fn, *job) for job in itertools.islice(todo, 2 * workers))
-        while inflight:
-            data = inflight.popleft().result()
-            inflight.extend(pool.submit(fn, *job) for job in itertools.islice(todo, 1))
-            yield data
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _open_temp(target: Path):
-    """A new file beside ``target``: same filesystem, so ``os.replace`` is atomic."""
-    if target.is_dir():
-        raise TokenizerInputError(f"{target}: is a directory; give a file path for the output.")
-    if not target.parent.is_dir():
-        raise TokenizerInputError(f"{target.parent}: output directory does not exist; create it.")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        return open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb"), tmp
-    except OSError as e:
-        raise TokenizerInputError(f"{target}: cannot write the output ({e}).") from None
-
-
-def _sidecar(tok: Tokenizer, src: Path, size: int, dtype: np.dtype, n: int, special: str) -> dict:
-    return {
-        "format": "lmforge-tokens",
-        "version": 1,
-        "tokenizer": {
-            "vocab_size": tok.vocab_size,
-            "fingerprint": tok.fingerprint(),
-            "directory": str(tok.directory) if tok.directory else None,
-            "special_tokens": tok.special_tokens,
-        },
-        "dtype": dtype.name,
-        "num_tokens": n,
-        "source": {"path": str(src.resolve()), "size_bytes": size},
-        "special": special,
-        "lmforge_version": lmforge.__version__,
-    }
-
-
-def _encode_file(tok, input_path, output_path, num_workers, special, progress, chunk_bytes):
-    """Implementation of ``Tokenizer.encode_file``; see there."""
-    t0 = time.perf_counter()
-    src, out_path = Path(input_path), Path(output_path)
-    sidecar_path = Path(f"{out_path}.json")
-    size = check_input_file(src)
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = max(1, num_workers or usable or 1)
-    chunk = chunk_bytes or min(_MAX_CHUNK_BYTES, max(1 << 16, size // (4 * workers)))
-    splits = tok.special_tokens if special != "plain" else ()
-    bounds = find_chunk_boundaries(src, chunk, split_special_tokens=splits)
-    dtype = np.dtype("<u2" if tok.vocab_size <= 65536 else "<u4")
-    jobs = [(str(src), a, b, special, dtype.itemsize) for a, b in itertools.pairwise(bounds)]
-    temps = []
-    try:
-        f, tmp = _open_temp(out_path)
-        temps.append(tmp)
-        with f, tqdm(total=size, unit="B", unit_scale=True, disable=not progress) as bar:
-            f.write(_npy_header(dtype, 0))
-            n = 0
-            for job, data in zip(jobs, _encoded_chunks(tok, jobs, workers), strict=True):
-                f.write(data)
-                n += len(data) // dtype.itemsize
-                bar.update(job[2] - job[1])
-            f.seek(0)
-            f.write(_npy_header(dtype, n))
-            f.flush()
-            os.fsync(f.fileno())
-        f, tmp_sidecar = _open_temp(sidecar_path)
-        temps.append(tmp_sidecar)
-        with f:
-            meta = _sidecar(tok, src, size, dtype, n, special)
-            f.write(json.dumps(meta, indent=2).encode() + b"\n")
-        os.replace(tmp, out_path)
-        os.replace(tmp_sidecar, sidecar_path)
-    except BaseException:
-        for t in temps:
-            t.unlink(missing_ok=True)
-        raise
-    seconds = time.perf_counter() - t0
-    return EncodeFileResult(out_path, sidecar_path, n, dtype.name, size, seconds, meta)

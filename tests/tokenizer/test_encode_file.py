@@ -13,7 +13,11 @@ import pytest
 import lmforge
 from lmforge.tokenizer import bpe
 from lmforge.tokenizer.bpe import Tokenizer
-from lmforge.tokenizer.pretokenize import InvalidUTF8Error, TokenizerInputError
+from lmforge.tokenizer.pretokenize import (
+    InvalidUTF8Error,
+    TokenizerInputError,
+    find_chunk_boundaries,
+)
 from tests.conftest import shared_path
 from tests.tokenizer.test_bpe import EOT, c_encoder_or_skip, gpt2_tokenizer
 
@@ -118,7 +122,7 @@ def test_sidecar_names_the_tokenizer_and_source(tmp_path):
 def test_invalid_utf8_in_third_chunk_leaves_no_output(tmp_path, mode):
     write_corpus(tmp_path / "in.txt")
     data = bytearray((tmp_path / "in.txt").read_bytes())
-    bounds = bpe.find_chunk_boundaries(tmp_path / "in.txt", 2048, [EOT])
+    bounds = find_chunk_boundaries(tmp_path / "in.txt", 2048, [EOT])
     bad = bounds[2] + 10
     data[bad] = 0xFF
     (tmp_path / "in.txt").write_bytes(bytes(data))
