@@ -33,11 +33,13 @@ _N_CODEPOINTS = 0x110000
 def char_class_table() -> bytes:
     """``table[cp]`` = class code of code point ``cp`` (0x110000 bytes), as ``regex`` sees it."""
     table = bytearray(_N_CODEPOINTS)
-    every_code_point = "".join(map(chr, range(_N_CODEPOINTS)))  # index == code point
     classes = ((r"\p{L}+", CLASS_LETTER), (r"\p{N}+", CLASS_NUMBER), (r"\s+", CLASS_SPACE))
-    for pattern, code in classes:
-        for m in regex.finditer(pattern, every_code_point):
-            table[m.start() : m.end()] = bytes([code]) * (m.end() - m.start())
+    block = 1 << 16  # code points per regex pass: keeps the peak at a few MB, not ~100 MB
+    for start in range(0, _N_CODEPOINTS, block):
+        chars = "".join(map(chr, range(start, start + block)))  # index + start == code point
+        for pattern, code in classes:
+            for m in regex.finditer(pattern, chars):
+                table[start + m.start() : start + m.end()] = bytes([code]) * (m.end() - m.start())
     return bytes(table)
 
 

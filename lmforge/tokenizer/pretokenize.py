@@ -196,3 +196,107 @@ def find_chunk_boundaries(
             guess = cut + chunk_bytes
     bounds.append(size)
     return bounds
+
+
+# --- Parallel pre-token counting ---------------------------------------------------------------
+# The BPE trainer only needs how often each distinct pre-token occurs. The file is cut into chunks
+# of a few MB at safe boundaries; each worker reads its own byte range, splits it on the special
+# tokens (which are dropped: they are never part of a learned token), counts the pre-tokens of the
+# ordinary pieces, and sends back a small dict. The parent merges the dicts as they arrive, so
+# memory is the pre-token table plus one chunk per worker, whatever the file size.
+
+DEFAULT_CHUNK_BYTES = 4 << 20
+
+
+def default_num_workers() -> int:
+    """Number of CPUs this process may run on (respects ``os.sched_getaffinity``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def count_pretokens(text: str, counts: dict[bytes, int] | None = None) -> dict[bytes, int]:
+    """Add the UTF-8 bytes of every pre-token of ``text`` (no specials in it) to ``counts``.
+
+    Uses the C pre-tokenizer when it is built, else ``GPT2_REGEX``; returns ``counts``.
+
+    >>> count_pretokens("the cat, the hat")
+    {b'the': 1, b' cat': 1, b',': 1, b' the': 1, b' hat': 1}
+    """
+    from lmforge.tokenizer import native
+
+    counts = {} if counts is None else counts
+    mod = native.encode_module()
+    if mod is not None:
+        mod.count_pretokens(text, counts)
+        return counts
+    get = counts.get
+    for p in GPT2_REGEX.findall(text):
+        key = p.encode("utf-8")
+        counts[key] = get(key, 0) + 1
+    return counts
+
+
+def _count_chunk(job: tuple[str, int, int, tuple[str, ...]]) -> tuple[int, dict[bytes, int]]:
+    """Worker: count the pre-tokens in bytes ``[start, end)``; returns (bytes read, counts)."""
+    path, start, end, special_tokens = job
+    text = read_text_chunk(path, start, end)
+    counts: dict[bytes, int] = {}
+    for piece, is_special in split_on_special_tokens(text, special_token_regex(special_tokens)):
+        if not is_special:
+            count_pretokens(piece, counts)
+    return end - start, counts
+
+
+def _merge_counts(total: dict[bytes, int], part: dict[bytes, int]) -> dict[bytes, int]:
+    if not total:
+        return part
+    get = total.get
+    for key, n in part.items():
+        total[key] = get(key, 0) + n
+    return total
+
+
+def count_pretokens_in_file(
+    path: str | os.PathLike,
+    special_tokens: Sequence[str] = (),
+    num_workers: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: bool = False,
+) -> dict[bytes, int]:
+    """Count the pre-tokens of a UTF-8 file, split on ``special_tokens``, in parallel.
+
+    Returns ``{pre-token bytes: occurrences}``; special tokens themselves are not counted. Never
+    holds more than one chunk per worker in memory. ``num_workers`` defaults to the usable CPUs;
+    with 1 worker, or a file no larger than ``chunk_bytes``, everything runs in this process (no
+    pool start-up cost). Raises TokenizerInputError for a missing/empty file and InvalidUTF8Error
+    (with the absolute byte offset, also from a worker) for bad bytes.
+    """
+    from itertools import pairwise
+
+    from tqdm import tqdm
+
+    size = check_input_file(path)
+    workers = 1 if size <= chunk_bytes else num_workers or default_num_workers()
+    chunk_bytes = max(1, min(chunk_bytes, -(-size // workers)))  # at least one chunk per worker
+    bounds = find_chunk_boundaries(path, chunk_bytes, special_tokens)
+    jobs = [(str(path), a, b, tuple(special_tokens)) for a, b in pairwise(bounds)]
+    total: dict[bytes, int] = {}
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc="pre-tokens", disable=not progress)
+    with bar:
+        for n_bytes, part in _map_chunks(jobs, min(workers, len(jobs))):
+            total = _merge_counts(total, part)
+            bar.update(n_bytes)
+    return total
+
+
+def _map_chunks(jobs: list, workers: int) -> Iterator[tuple[int, dict[bytes, int]]]:
+    """``map(_count_chunk, jobs)`` in this process (1 worker) or a process pool, unordered."""
+    if workers <= 1:
+        yield from map(_count_chunk, jobs)
+        return
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(workers) as pool:
+        yield from pool.imap_unordered(_count_chunk, jobs)
