@@ -12,11 +12,11 @@ Usage errors (unknown option, bad choice) are click's: a usage line and exit sta
     lmforge tokenizer encode data/small_en.txt --tokenizer runs/tok --out runs/tokens.npy
     lmforge tokenizer stats data/small_en.txt --tokenizer runs/tok
     lmforge tokenizer show "Hello, world!" --tokenizer runs/tok --html tokens.html
+    lmforge tokenizer export --tokenizer runs/tok --format hf --out runs/tokenizer.json
 """
 
 from __future__ import annotations
 
-import html
 import os
 import tempfile
 import time
@@ -40,7 +40,6 @@ DEMO_CORPUS = Path(__file__).parents[1] / "data" / "small_en.txt"
 DEMO_SAMPLE = "Alice was beginning to get very tired of sitting by her sister on the bank."
 # Alternating token colours; standard ANSI names so they stay distinct on 16-colour terminals.
 TOKEN_STYLES = ("white on blue", "black on yellow", "white on magenta", "black on cyan")
-HTML_BACKGROUNDS = ("#cfe2ff", "#ffe5b4", "#d1f0d6", "#ead1f5")
 
 PATH = click.Path(path_type=Path)
 COUNT = click.IntRange(min=1)
@@ -84,6 +83,7 @@ def tokenizer() -> None:
       lmforge tokenizer encode corpus.txt --tokenizer runs/tok --out runs/tokens.npy
       lmforge tokenizer stats corpus.txt --tokenizer runs/tok
       lmforge tokenizer show "Hello, world!" --tokenizer runs/tok
+      lmforge tokenizer export --tokenizer runs/tok --format hf --out tokenizer.json
     """
 
 
@@ -274,8 +274,75 @@ def show(
     ids = tok.encode(text, special=special)
     print_tokens(tok, ids)
     if html_path is not None:
+        from lmforge.tokenizer.visualize import tokens_html
+
         write_atomic(html_path, tokens_html(tok, ids))
         console.print(f"wrote {html_path}")
+
+
+@tokenizer.command("export")
+@_tokenizer_dir
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hf", "tiktoken", "gpt2"]),
+    required=True,
+    help="hf: a HuggingFace tokenizer.json; tiktoken: a .tiktoken rank file; gpt2: vocab.json + "
+    "merges.txt in a directory.",
+)
+@click.option(
+    "--out", type=PATH, required=True, help="Output file (hf, tiktoken) or directory (gpt2)."
+)
+def export(tokenizer_dir: Path, fmt: str, out: Path) -> None:
+    """Export a tokenizer for other libraries; each export encodes exactly like lmforge.
+
+    \b
+    Examples:
+      lmforge tokenizer export --tokenizer runs/tok --format hf --out runs/tokenizer.json
+      lmforge tokenizer export --tokenizer runs/tok --format tiktoken --out runs/tok.tiktoken
+    """
+    from lmforge.tokenizer.bpe import Tokenizer
+    from lmforge.tokenizer.export import export_hf_tokenizer_json, export_tiktoken
+    from lmforge.tokenizer.formats import write_gpt2_vocab_merges
+
+    tok = Tokenizer.load(tokenizer_dir)
+    if fmt == "gpt2":
+        out.mkdir(parents=True, exist_ok=True)
+        write_gpt2_vocab_merges(
+            tok.vocab, tok.merges, out / "vocab.json", out / "merges.txt", tok.special_tokens
+        )
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (export_hf_tokenizer_json if fmt == "hf" else export_tiktoken)(tok, out)
+    console.print(f"wrote {out} ({fmt})")
+
+
+@tokenizer.command("import-gpt2")
+@click.argument("vocab_json", type=PATH)
+@click.argument("merges_txt", type=PATH)
+@click.option(
+    "--special-token",
+    "specials",
+    multiple=True,
+    default=[EOT],
+    show_default=True,
+    help="A special token of this vocabulary (repeat the option for several).",
+)
+@click.option("--out", type=PATH, required=True, help="Tokenizer directory to write.")
+def import_gpt2(vocab_json: Path, merges_txt: Path, specials: Sequence[str], out: Path) -> None:
+    """Turn GPT-2 style vocab.json + merges.txt into an lmforge tokenizer directory.
+
+    With GPT-2's published files the result encodes exactly like tiktoken's "gpt2".
+
+    \b
+    Example:
+      lmforge tokenizer import-gpt2 gpt2_vocab.json gpt2_merges.txt --out runs/gpt2
+    """
+    from lmforge.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer.from_files(vocab_json, merges_txt, list(specials))
+    tok.save(out)
+    console.print(f"wrote {out}: vocab size {tok.vocab_size:,}, {len(tok.merges):,} merges")
 
 
 @main.command()
@@ -409,31 +476,14 @@ def print_stats(tok: Tokenizer, text: str, source: str, top: int) -> None:
 
 def print_tokens(tok: Tokenizer, ids: list[int]) -> None:
     """Print the text with each token on an alternating background colour, then the ids."""
+    from lmforge.tokenizer.visualize import display_text
+
     line = Text()
     for k, i in enumerate(ids):
-        piece = _display(tok.token_bytes(i)).replace("\n", "\\n\n")
+        piece = display_text(tok.token_bytes(i)).replace("\n", "\\n\n")
         line.append(piece, style=TOKEN_STYLES[k % len(TOKEN_STYLES)])
     console.print(line)
     console.print(f"{len(ids)} tokens: {ids}")
-
-
-def tokens_html(tok: Tokenizer, ids: list[int]) -> str:
-    """A self-contained HTML page of the tokens, with a tooltip of id and bytes per token."""
-    styles = " ".join(f".t{k} {{ background: {c}; }}" for k, c in enumerate(HTML_BACKGROUNDS))
-    spans = "".join(
-        f'<span class="t{k % len(HTML_BACKGROUNDS)}" '
-        f'title="{html.escape(f"id {i}: {tok.token_bytes(i)!r}")}">'
-        f"{html.escape(_display(tok.token_bytes(i)))}</span>"
-        for k, i in enumerate(ids)
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        "<title>lmforge tokens</title>\n"
-        f"<style>body {{ font-family: sans-serif; }} pre {{ white-space: pre-wrap; "
-        f"font-size: 15px; line-height: 1.6; }} {styles}</style></head>\n<body>"
-        f"<p>{len(ids):,} tokens. Hover a token for its id and bytes.</p>\n"
-        f"<pre>{spans}</pre>\n</body></html>\n"
-    )
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -447,11 +497,6 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def _display(token: bytes) -> str:
-    """A token's text; bytes that are not a whole UTF-8 character show as ``\\xNN``."""
-    return token.decode("utf-8", errors="backslashreplace")
 
 
 def _shown(token: bytes) -> str:

@@ -25,7 +25,10 @@ from lmforge.tokenizer.bpe import Tokenizer
 from lmforge.tokenizer.train import train_bpe
 
 EOT = "<|endoftext|>"
-COMMANDS = ["demo", *(f"tokenizer {c}" for c in ("train", "encode", "stats", "show"))]
+COMMANDS = [
+    "demo",
+    *(f"tokenizer {c}" for c in ("train", "encode", "stats", "show", "export", "import-gpt2")),
+]
 VOCAB = 300  # 1 special + 256 bytes + 43 merges: a few seconds at most
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "café", "naïve", "東京", "it's", "2024", "hello",
          "world,", "yes!", "don't", "\n"]  # fmt: skip
@@ -159,6 +162,54 @@ def test_show_file_and_special_policy(corpus, tok_dir):
     tok = Tokenizer.load(tok_dir)
     expected = tok.encode(corpus.read_bytes()[:200].decode("utf-8", "ignore"), special="plain")
     assert str(expected) in result.stdout
+
+
+def test_export_hf_and_tiktoken_encode_like_lmforge(corpus, tok_dir, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import load_tiktoken_bpe
+
+    from lmforge.tokenizer.pretokenize import GPT2_PATTERN
+
+    tok = Tokenizer.load(tok_dir)
+    text = corpus.read_text(encoding="utf-8")[:5000]
+    hf_path, tik_path = tmp_path / "tokenizer.json", tmp_path / "tok.tiktoken"
+    for fmt, out in (("hf", hf_path), ("tiktoken", tik_path)):
+        result = run("tokenizer", "export", "--tokenizer", str(tok_dir), "--format", fmt,
+                     "--out", str(out))  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+    assert tokenizers.Tokenizer.from_file(str(hf_path)).encode(text).ids == tok.encode(text)
+    enc = tiktoken.Encoding("t", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(
+        str(tik_path)), special_tokens={EOT: tok.id_of(EOT.encode())})  # fmt: skip
+    assert enc.encode(text, allowed_special="all") == tok.encode(text)
+
+
+def test_export_gpt2_then_import_gpt2_round_trips(tok_dir, tmp_path):
+    result = run("tokenizer", "export", "--tokenizer", str(tok_dir), "--format", "gpt2",
+                 "--out", str(tmp_path / "gpt2"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    gpt2 = tmp_path / "gpt2"
+    result = run("tokenizer", "import-gpt2", str(gpt2 / "vocab.json"), str(gpt2 / "merges.txt"),
+                 "--out", str(tmp_path / "back"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    before, after = Tokenizer.load(tok_dir), Tokenizer.load(tmp_path / "back")
+    assert (after.vocab, after.merges, after.special_tokens) == (
+        before.vocab, before.merges, before.special_tokens
+    )
+
+
+def test_import_gpt2_published_files_encode_like_tiktoken(tmp_path):
+    from tests.conftest import shared_path
+
+    fx = shared_path("fixtures", "cs336-a1")
+    tiktoken = pytest.importorskip("tiktoken")
+    result = run("tokenizer", "import-gpt2", str(fx / "gpt2_vocab.json"),
+                 str(fx / "gpt2_merges.txt"), "--out", str(tmp_path / "gpt2"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    text = (fx / "tinystories_sample.txt").read_text(encoding="utf-8")
+    assert Tokenizer.load(tmp_path / "gpt2").encode(text) == tiktoken.get_encoding(
+        "gpt2"
+    ).encode(text, allowed_special="all")
 
 
 def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tmp_path, monkeypatch):
