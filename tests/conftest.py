@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: CI machines are small and shared, and timing is not what these test.
+# Under CI the examples are derandomized so a red run can be reproduced exactly.
+settings.register_profile("lmforge", deadline=None, derandomize=bool(os.environ.get("CI")))
+settings.load_profile("lmforge")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LMFORGE_SHARED", REPO.parent / "shared"))
