@@ -12,6 +12,7 @@ extensions = [
     Extension(
         f"lmforge.tokenizer.{src.stem}",
         sources=[str(src)],
+        depends=[str(h) for h in Path("csrc").glob("*.h")],
         extra_compile_args=["-O3", "-std=c11"],
         optional=True,
     )
