@@ -43,6 +43,7 @@ from lmforge.tokenizer.encode_file import EncodeFileResult, write_token_file
 from lmforge.tokenizer.pretokenize import (
     GPT2_REGEX,
     TokenizerInputError,
+    check_special_tokens,
     read_text_chunk,
     special_token_regex,
     split_on_special_tokens,
@@ -78,7 +79,7 @@ class Tokenizer:
         merges: list[tuple[bytes, bytes]],
         special_tokens: list[str] | None = None,
     ):
-        self.special_tokens = list(special_tokens or [])
+        self.special_tokens = check_special_tokens(special_tokens or [])
         self._bytes_to_id = _invert_vocab(vocab)
         self.vocab = {i: b for b, i in self._bytes_to_id.items()}
         self.merges = [(bytes(a), bytes(b)) for a, b in merges]
@@ -93,16 +94,8 @@ class Tokenizer:
         self._native_lock = threading.Lock()
 
     def _add_specials(self) -> dict[str, int]:
-        seen: set[str] = set()
         ids = {}
         for s in self.special_tokens:
-            if not isinstance(s, str) or not s:
-                raise TokenizerInputError(f"special token {s!r} must be a non-empty string.")
-            if s in seen:
-                raise TokenizerInputError(
-                    f"duplicate special token {s!r}; list each special token once."
-                )
-            seen.add(s)
             b = s.encode("utf-8")
             if b not in self._bytes_to_id:
                 new_id = max(self.vocab, default=-1) + 1

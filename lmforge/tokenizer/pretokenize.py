@@ -72,6 +72,31 @@ def special_token_regex(special_tokens: Sequence[str]) -> regex.Pattern | None:
     return regex.compile("|".join(regex.escape(s) for s in ordered))
 
 
+def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
+    """Return the special tokens as a list, or raise TokenizerInputError saying what is wrong."""
+    if isinstance(special_tokens, str):
+        raise TokenizerInputError(
+            f"special_tokens must be a list of strings, got the string {special_tokens!r}; "
+            f"write [{special_tokens!r}]."
+        )
+    tokens = list(special_tokens)
+    for t in tokens:
+        if not isinstance(t, str):
+            raise TokenizerInputError(
+                f"special token {t!r} is a {type(t).__name__}, not a str; pass text, e.g. "
+                "'<|endoftext|>'."
+            )
+        if not t:
+            raise TokenizerInputError(
+                "a special token is the empty string; special tokens must be non-empty strings, "
+                "remove it."
+            )
+    dups = sorted({t for t in tokens if tokens.count(t) > 1})
+    if dups:
+        raise TokenizerInputError(f"duplicate special tokens {dups}; list each one once.")
+    return tokens
+
+
 def split_on_special_tokens(text: str, pattern: regex.Pattern | None) -> Iterator[tuple[str, bool]]:
     """Yield ``(piece, is_special)`` in order; empty ordinary pieces are skipped.
 

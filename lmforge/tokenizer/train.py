@@ -36,7 +36,11 @@ from itertools import pairwise
 from typing import Literal
 
 from lmforge.tokenizer import native
-from lmforge.tokenizer.pretokenize import TokenizerInputError, count_pretokens_in_file
+from lmforge.tokenizer.pretokenize import (
+    TokenizerInputError,
+    check_special_tokens,
+    count_pretokens_in_file,
+)
 
 Backend = Literal["auto", "python", "native"]
 Pair = tuple[int, int]
@@ -65,28 +69,6 @@ def train_bpe(
         input_path, special_tokens, num_workers=num_workers, progress=progress
     )
     return train_bpe_from_counts(counts, vocab_size, special_tokens, progress=progress)
-
-
-def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
-    """Return the special tokens as a list, or raise TokenizerInputError saying what is wrong."""
-    if isinstance(special_tokens, str):
-        raise TokenizerInputError(
-            f"special_tokens must be a list of strings, got the string {special_tokens!r}; "
-            f"write [{special_tokens!r}]."
-        )
-    tokens = list(special_tokens)
-    for t in tokens:
-        if not isinstance(t, str):
-            raise TokenizerInputError(
-                f"special token {t!r} is a {type(t).__name__}, not a str; pass text, e.g. "
-                "'<|endoftext|>'."
-            )
-        if not t:
-            raise TokenizerInputError("a special token is the empty string; remove it.")
-    dups = sorted({t for t in tokens if tokens.count(t) > 1})
-    if dups:
-        raise TokenizerInputError(f"duplicate special tokens {dups}; list each one once.")
-    return tokens
 
 
 def check_vocab_size(vocab_size: int, special_tokens: Sequence[str]) -> None:
