@@ -1,0 +1,131 @@
+"""Parameter, FLOP and memory accounting for a `ModelConfig`, and model FLOP utilisation (MFU).
+
+FLOPs count matrix multiplies only, with the 2·m·n·p rule (one multiply + one add per term of an
+(m×n)·(n×p) product); norms, softmax and element-wise ops are ignored (they are a few percent).
+Per token, at sequence length T, one block costs
+
+    attention projections   2 · 4·d²         (q, k, v, output)
+    scores Q·Kᵀ, P·V        2 · 2·T·d        (the full T×T product our kernels compute)
+    feed-forward            2 · 3·d·d_ff     (SwiGLU: w1, w3, w2; SiLU FFN: 2·d·d_ff)
+
+plus 2·d·V for the output layer. Training = forward + backward ≈ 3 × forward (the backward pass
+computes two products per forward product: gradient w.r.t. input and w.r.t. weight).
+Kaplan et al. 2020 (Table 1) use the same rule; their C ≈ 6·N·D follows when T ≪ d.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from lmforge.model.config import ModelConfig
+
+
+def count_parameters(config: ModelConfig, *, embeddings: bool = True) -> int:
+    """Number of trainable parameters of a TransformerLM built from `config`.
+
+    `embeddings=False` leaves out the input embedding table (a lookup with no FLOPs) but keeps the
+    output layer, which is a matmul; with tied embeddings the shared matrix is counted once.
+
+    >>> count_parameters(ModelConfig(vocab_size=10, context_length=8, d_model=4, num_layers=1,
+    ...                              num_heads=2, d_ff=8))  # 40+64+96+12+40
+    252
+    """
+    c = config
+    d, ff, V = c.d_model, c.hidden_dim, c.vocab_size
+    ffn = (3 if c.ffn == "swiglu" else 2) * d * ff
+    norms = 2 * d if c.norm == "rmsnorm" else 0
+    per_layer = 4 * d * d + ffn + norms
+    final_norm = d if (c.norm == "rmsnorm" and c.norm_position == "pre") else 0
+    body = c.num_layers * per_layer + final_norm + V * d  # V·d: lm_head
+    if c.tie_embeddings or not embeddings:
+        return body
+    return body + V * d
+
+
+def flops_per_token(
+    config: ModelConfig, *, training: bool = False, seq_len: int | None = None
+) -> float:
+    """Matmul FLOPs per token of a forward pass (×3 with `training=True`) at length `seq_len`.
+
+    >>> flops_per_token(ModelConfig(vocab_size=10, context_length=8, d_model=4, num_layers=1,
+    ...                             num_heads=2, d_ff=8))  # 2·(64 + 2·8·4 + 96) + 2·4·10
+    528.0
+    """
+    c = config
+    T = seq_len or c.context_length
+    d, ff = c.d_model, c.hidden_dim
+    ffn = (3 if c.ffn == "swiglu" else 2) * d * ff
+    per_layer = 2 * (4 * d * d + 2 * T * d + ffn)
+    forward = c.num_layers * per_layer + 2 * d * c.vocab_size
+    return float(3 * forward if training else forward)
+
+
+def estimate_mfu(
+    tokens_per_second: float, config: ModelConfig, peak_flops: float, seq_len: int | None = None
+) -> float:
+    """Model FLOP utilisation of training: achieved training FLOP/s ÷ the hardware's peak FLOP/s."""
+    return tokens_per_second * flops_per_token(config, training=True, seq_len=seq_len) / peak_flops
+
+
+def memory_estimate(
+    config: ModelConfig,
+    batch_size: int,
+    seq_len: int | None = None,
+    *,
+    bytes_per_value: int = 4,
+) -> dict[str, int]:
+    """Bytes held at the peak of an AdamW training step (estimate, fp32 by default).
+
+    Parameters, gradients and AdamW's two moments each take one value per parameter. Activations
+    count the tensors autograd keeps per token and layer for our implementation: two norm inputs
+    (2d), q/k/v (3d), attention scores and probabilities (2·heads·T), the attention output and the
+    output-projection input (2d), the FFN's w1/w3 outputs, SiLU and product (4·d_ff) and the block
+    output (d); then the final norm (d) and logits plus their softmax (2V).
+
+    >>> m = memory_estimate(ModelConfig(vocab_size=10, context_length=8, d_model=4, num_layers=1,
+    ...                                 num_heads=2, d_ff=8), batch_size=1)
+    >>> m["parameters"], m["optimizer"], m["activations"]  # 8 tokens·(96+4+20)·4
+    (1008, 2016, 3840)
+    """
+    c = config
+    T = seq_len or c.context_length
+    n = count_parameters(c)
+    per_token_layer = 8 * c.d_model + 4 * c.hidden_dim + 2 * c.num_heads * T
+    per_token = c.num_layers * per_token_layer + c.d_model + 2 * c.vocab_size
+    acts = batch_size * T * per_token * bytes_per_value
+    out = {
+        "parameters": n * bytes_per_value,
+        "gradients": n * bytes_per_value,
+        "optimizer": 2 * n * bytes_per_value,
+        "activations": acts,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def measure_matmul_flops(
+    dtype: torch.dtype = torch.float32,
+    size: int = 2048,
+    device: str | torch.device = "cpu",
+    seconds: float = 1.0,
+) -> float:
+    """Measured peak FLOP/s of a square (size×size)·(size×size) matmul on `device` in `dtype`.
+
+    The denominator for MFU on machines without a spec-sheet number (CPUs). Repeats the product
+    for about `seconds` after a warm-up and reports 2·size³ · repeats / elapsed.
+    """
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    reps, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * size**3 * reps / elapsed

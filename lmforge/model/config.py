@@ -1,0 +1,91 @@
+"""`ModelConfig`: the shape of a TransformerLM and its ablation switches, as plain data.
+
+The defaults are the Llama-style architecture (pre-norm RMSNorm, RoPE, SwiGLU, untied
+embeddings). Each switch turns one component off so its contribution can be measured; the
+resulting model keeps the same parameter names where the parameter still exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from lmforge.model.layers import default_d_ff
+
+_CHOICES = {
+    "norm": ("rmsnorm", "none"),
+    "norm_position": ("pre", "post"),
+    "positional": ("rope", "nope"),
+    "ffn": ("swiglu", "silu"),
+    "attention": ("reference", "sdpa"),
+}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int  # number of token ids the embedding and output layers cover
+    context_length: int  # longest sequence the model accepts (RoPE tables are this long)
+    d_model: int  # residual stream width
+    num_layers: int  # transformer blocks
+    num_heads: int  # attention heads; head dim = d_model / num_heads
+    d_ff: int | None = None  # FFN hidden size; None: 8/3·d_model→64 (SwiGLU) or 4·d_model (SiLU)
+    rope_theta: float = 10000.0  # RoPE base θ
+    norm: str = "rmsnorm"  # "rmsnorm" | "none" (ablation: no normalisation at all)
+    norm_position: str = "pre"  # "pre" (x + f(norm(x))) | "post" (norm(x + f(x)))
+    positional: str = "rope"  # "rope" | "nope" (no positional information; causal mask only)
+    ffn: str = "swiglu"  # "swiglu" | "silu" (ungated W2·SiLU(W1 x))
+    tie_embeddings: bool = False  # share token_embeddings.weight with lm_head.weight
+    attention: str = "reference"  # "reference" (ours) | "sdpa" (torch's fused kernel)
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                f"{self.num_heads}; pick num_heads that divides d_model (e.g. "
+                f"{_divisor_hint(self.d_model, self.num_heads)})"
+            )
+        if self.positional == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"RoPE needs an even head dimension, but d_model/num_heads = {self.head_dim}; "
+                "change num_heads or set positional = 'nope'"
+            )
+        if self.d_ff is not None and (not isinstance(self.d_ff, int) or self.d_ff < 1):
+            raise ValueError(f"model.d_ff must be a positive integer or omitted, got {self.d_ff!r}")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model.{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ValueError("model.rope_theta and model.norm_eps must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """The FFN hidden size actually used (resolving the `d_ff=None` default)."""
+        if self.d_ff is not None:
+            return self.d_ff
+        return default_d_ff(self.d_model) if self.ffn == "swiglu" else 4 * self.d_model
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _divisor_hint(d_model: int, num_heads: int) -> int:
+    divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
+    return min(divisors, key=lambda h: abs(h - num_heads))

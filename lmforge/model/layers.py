@@ -1,0 +1,174 @@
+"""Transformer building blocks written from tensor operations.
+
+Everything here is the readable reference: `Linear`, `Embedding`, `RMSNorm`, the SwiGLU and SiLU
+feed-forward networks, rotary position embeddings, a numerically stable `softmax`, and
+`scaled_dot_product_attention`. Only `torch` tensor ops, `nn.Module` and `nn.Parameter` are used;
+the one opt-in exception (PyTorch's fused attention) lives in `attention.py` and is tested equal.
+
+Conventions: activations are `(batch, seq, d_model)` (any leading dims allowed); a `Linear` weight
+is stored `(out_features, in_features)` so `y = x @ W.T`, matching PyTorch and the CS336 layout.
+
+References: RMSNorm (Zhang & Sennrich 2019), SwiGLU (Shazeer 2020, "GLU Variants Improve
+Transformer"), RoPE (Su et al. 2021, "RoFormer"), attention (Vaswani et al. 2017, eq. 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def _trunc_normal(shape: tuple[int, ...], std: float, device, dtype) -> nn.Parameter:
+    w = torch.empty(shape, device=device, dtype=dtype)
+    nn.init.trunc_normal_(w, mean=0.0, std=std, a=-3 * std, b=3 * std)
+    return nn.Parameter(w)
+
+
+class Linear(nn.Module):
+    """Bias-free linear map `y = x @ W.T`, W of shape (out_features, in_features).
+
+    Initialised N(0, 2 / (in + out)) truncated at ±3σ (Glorot-style variance).
+    """
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        std = math.sqrt(2.0 / (in_features + out_features))
+        self.weight = _trunc_normal((out_features, in_features), std, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.weight.t()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Embedding(nn.Module):
+    """Lookup table (num_embeddings, embedding_dim), initialised N(0, 1) truncated at ±3."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = _trunc_normal((num_embeddings, embedding_dim), 1.0, device, dtype)
+
+    def forward(self, token_ids: Tensor) -> Tensor:
+        return self.weight[token_ids]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) * g over the last dim; computed in float32, returns x's dtype."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        in_dtype = x.dtype
+        x = x.float()
+        rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x * rms * self.weight.float()).to(in_dtype)
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU / swish: x · σ(x).
+
+    >>> silu(torch.tensor([0.0, 1.0])).tolist()  # 1 · σ(1) = 0.7311
+    [0.0, 0.7310585975646973]
+    """
+    return x * torch.sigmoid(x)
+
+
+def default_d_ff(d_model: int, multiple_of: int = 64) -> int:
+    """SwiGLU hidden size ≈ 8/3 · d_model, rounded up to a multiple of 64 (keeps FLOPs ≈ a 4× MLP).
+
+    >>> default_d_ff(512), default_d_ff(768)
+    (1408, 2048)
+    """
+    return multiple_of * math.ceil(8 * d_model / 3 / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: W2(SiLU(W1 x) ⊙ W3 x), W1/W3: d_model→d_ff, W2: d_ff→d_model."""
+
+    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None):
+        super().__init__()
+        d_ff = d_ff or default_d_ff(d_model)
+        self.w1 = Linear(d_model, d_ff, device, dtype)
+        self.w2 = Linear(d_ff, d_model, device, dtype)
+        self.w3 = Linear(d_model, d_ff, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+class SiLUFeedForward(nn.Module):
+    """Ungated ablation: W2(SiLU(W1 x)); d_ff defaults to 4 · d_model (same FLOPs as SwiGLU)."""
+
+    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None):
+        super().__init__()
+        d_ff = d_ff or 4 * d_model
+        self.w1 = Linear(d_model, d_ff, device, dtype)
+        self.w2 = Linear(d_ff, d_model, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(silu(self.w1(x)))
+
+
+class RotaryPositionalEmbedding(nn.Module):
+    """RoPE rotating adjacent pairs (x[2i], x[2i+1]) by angle pos · θ^(-2i/d_k).
+
+    cos/sin tables of shape (max_seq_len, d_k/2) are precomputed once as non-persistent buffers
+    (they are derived from θ, so they stay out of the state dict). `forward(x, token_positions)`
+    takes x of shape (..., seq, d_k) and integer positions broadcastable to (..., seq).
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
+        super().__init__()
+        if d_k % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got d_k={d_k}")
+        self.d_k, self.max_seq_len = d_k, max_seq_len
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
+        angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
+        cos = self.cos[token_positions].to(x.dtype)  # (..., seq, d_k/2)
+        sin = self.sin[token_positions].to(x.dtype)
+        pairs = x.unflatten(-1, (-1, 2))
+        x1, x2 = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return rotated.flatten(-2)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Numerically stable softmax: exp(x - max) / Σ exp(x - max), in float32, returns x's dtype.
+
+    >>> softmax(torch.tensor([1000.0, 1000.0])).tolist()  # no overflow
+    [0.5, 0.5]
+    """
+    in_dtype = x.dtype
+    x = x.float()
+    e = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return (e / e.sum(dim=dim, keepdim=True)).to(in_dtype)
+
+
+def scaled_dot_product_attention(
+    Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """softmax(Q Kᵀ / √d_k) V.
+
+    Q: (..., n_q, d_k), K: (..., n_k, d_k), V: (..., n_k, d_v) with any leading batch dims;
+    `mask` is boolean, broadcastable to (..., n_q, n_k), True where a query MAY attend to a key.
+    Returns (..., n_q, d_v).
+    """
+    scores = (Q @ K.transpose(-1, -2)) / math.sqrt(Q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ V

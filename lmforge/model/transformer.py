@@ -1,0 +1,169 @@
+"""Causal multi-head attention, the Transformer block and the decoder-only `TransformerLM`.
+
+Architecture (Llama-style, the defaults of `ModelConfig`):
+
+    x = token_embeddings[ids]                              (batch, seq, d_model)
+    for each block:  x = x + attn(ln1(x));  x = x + ffn(ln2(x))      (pre-norm)
+    logits = lm_head(ln_final(x))                          (batch, seq, vocab_size)
+
+Parameter names follow the CS336 layout (`layers.{i}.attn.q_proj.weight`,
+`layers.{i}.ffn.w1.weight`, `ln_final.weight`, `lm_head.weight`, ...) so its state dicts load
+as-is; `lmforge.model.hf` maps them to HuggingFace Llama names. Attention has two
+interchangeable backends: "reference" (our `scaled_dot_product_attention`) and "sdpa"
+(`torch.nn.functional.scaled_dot_product_attention`, an opt-in fused kernel proven equal in tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.layers import (
+    Embedding,
+    Linear,
+    RMSNorm,
+    RotaryPositionalEmbedding,
+    SiLUFeedForward,
+    SwiGLU,
+    scaled_dot_product_attention,
+)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal self-attention over `num_heads` heads of size d_model / num_heads.
+
+    `rope` (optional) rotates queries and keys by their absolute positions before the dot product.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        rope: RotaryPositionalEmbedding | None = None,
+        backend: str = "reference",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.backend = num_heads, backend
+        self.q_proj = Linear(d_model, d_model, device, dtype)
+        self.k_proj = Linear(d_model, d_model, device, dtype)
+        self.v_proj = Linear(d_model, d_model, device, dtype)
+        self.output_proj = Linear(d_model, d_model, device, dtype)
+        self.rope = rope
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        """x: (..., seq, d_model); token_positions: (..., seq) or (seq,), default 0..seq-1."""
+        T = x.shape[-2]
+        heads = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)  # noqa: E731
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if self.rope is not None:
+            if token_positions is None:
+                token_positions = torch.arange(T, device=x.device)
+            pos = token_positions.unsqueeze(-2)  # broadcast over the head dim
+            q, k = self.rope(q, pos), self.rope(k, pos)
+        if self.backend == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            out = scaled_dot_product_attention(q, k, v, causal)
+        return self.output_proj(out.transpose(-3, -2).flatten(-2))
+
+
+class TransformerBlock(nn.Module):
+    """One residual block: attention then feed-forward, with pre-, post- or no normalisation."""
+
+    def __init__(self, config: ModelConfig, rope: RotaryPositionalEmbedding | None, device, dtype):
+        super().__init__()
+        c = config
+        self.post_norm = c.norm_position == "post"
+        self.attn = MultiHeadSelfAttention(c.d_model, c.num_heads, rope, c.attention, device, dtype)
+        ffn = SwiGLU if c.ffn == "swiglu" else SiLUFeedForward
+        self.ffn = ffn(c.d_model, c.hidden_dim, device, dtype)
+        if c.norm == "rmsnorm":
+            self.ln1 = RMSNorm(c.d_model, c.norm_eps, device, dtype)
+            self.ln2 = RMSNorm(c.d_model, c.norm_eps, device, dtype)
+        else:
+            self.ln1 = self.ln2 = nn.Identity()
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        if self.post_norm:
+            x = self.ln1(x + self.attn(x, token_positions))
+            return self.ln2(x + self.ffn(x))
+        x = x + self.attn(self.ln1(x), token_positions)
+        return x + self.ffn(self.ln2(x))
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only language model returning unnormalised next-token logits.
+
+    The positional signature is CS336's; ablation switches are keyword arguments named as the
+    fields of `ModelConfig` (or build from a config with `TransformerLM.from_config`).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        d_ff: int | None = None,
+        rope_theta: float = 10000.0,
+        *,
+        device=None,
+        dtype=None,
+        **switches,
+    ):
+        super().__init__()
+        c = self.config = ModelConfig(
+            vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, **switches
+        )
+        self.token_embeddings = Embedding(c.vocab_size, c.d_model, device, dtype)
+        rope = None
+        if c.positional == "rope":
+            rope = RotaryPositionalEmbedding(c.rope_theta, c.head_dim, c.context_length, device)
+        self.layers = nn.ModuleList(
+            TransformerBlock(c, rope, device, dtype) for _ in range(c.num_layers)
+        )
+        # Post-norm blocks already end in a norm; a final one is only needed for pre-norm.
+        use_final_norm = c.norm == "rmsnorm" and c.norm_position == "pre"
+        self.ln_final = RMSNorm(c.d_model, c.norm_eps, device, dtype) if use_final_norm else None
+        self.lm_head = Linear(c.d_model, c.vocab_size, device, dtype)
+        if c.tie_embeddings:
+            # N(0, 1) embeddings would give logits of std √d_model; the shared matrix keeps the
+            # output layer's small Glorot init instead.
+            self.token_embeddings.weight = self.lm_head.weight
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, device=None, dtype=None) -> TransformerLM:
+        d = config.to_dict()
+        positional = [d.pop(k) for k in ("vocab_size", "context_length", "d_model", "num_layers")]
+        return cls(*positional, d.pop("num_heads"), device=device, dtype=dtype, **d)
+
+    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        """token_ids: (batch, seq) int64 with seq <= context_length → logits (batch, seq, vocab)."""
+        T = token_ids.shape[-1]
+        if self.config.context_length < T:
+            raise ValueError(
+                f"sequence of {T} tokens is longer than the model's context_length "
+                f"{self.config.context_length}; crop the input to the last "
+                f"{self.config.context_length} tokens"
+            )
+        x = self.token_embeddings(token_ids)
+        for layer in self.layers:
+            x = layer(x, token_positions)
+        if self.ln_final is not None:
+            x = self.ln_final(x)
+        return self.lm_head(x)
+
+    def num_parameters(self, embeddings: bool = True) -> int:
+        """Parameters actually allocated (shared tensors counted once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if not embeddings and not self.config.tie_embeddings:
+            n -= self.token_embeddings.weight.numel()
+        return n
