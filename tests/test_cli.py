@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lmforge import cli
+from lmforge import demo
 from lmforge.cli import main
 from lmforge.tokenizer.baselines import WordTokenizer, compression_ratio
 from lmforge.tokenizer.bpe import Tokenizer
@@ -27,6 +27,9 @@ from lmforge.tokenizer.train import train_bpe
 EOT = "<|endoftext|>"
 COMMANDS = [
     "demo",
+    "train",
+    "generate",
+    "eval perplexity",
     *(f"tokenizer {c}" for c in ("train", "encode", "stats", "show", "export", "import-gpt2")),
 ]
 VOCAB = 300  # 1 special + 256 bytes + 43 merges: a few seconds at most
@@ -212,29 +215,6 @@ def test_import_gpt2_published_files_encode_like_tiktoken(tmp_path):
     ).encode(text, allowed_special="all")
 
 
-def test_demo_runs_end_to_end_on_a_small_corpus(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "DEMO_CORPUS", corpus)
-    out = tmp_path / "demo"
-    result = run("demo", "--out", str(out), "--vocab-size", "280", "--workers", "1",
-                 "--no-progress")  # fmt: skip
-    assert result.exit_code == 0, result.stderr
-    tok = Tokenizer.load(out / "tokenizer")
-    assert np.load(out / "tokens.npy").tolist() == tok.encode(corpus.read_text("utf-8"))
-    assert str(tok.encode(cli.DEMO_SAMPLE)) in result.stdout
-
-
-def test_demo_on_the_shipped_corpus(tmp_path):
-    if not cli.DEMO_CORPUS.is_file():
-        pytest.skip(f"{cli.DEMO_CORPUS} is absent (not a source checkout)")
-    result = run("demo", "--out", str(tmp_path), "--no-progress")
-    assert result.exit_code == 0, result.stderr
-    tok = Tokenizer.load(tmp_path / "tokenizer")
-    assert tok.vocab_size == 2048
-    assert tok.special_tokens == [EOT]
-    ids = np.load(tmp_path / "tokens.npy", mmap_mode="r")
-    assert tok.decode(ids.tolist()) == cli.DEMO_CORPUS.read_text("utf-8")
-
-
 def _bad_inputs(tmp: Path, corpus: Path, tok: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (arguments, text the error message must contain)."""
     (tmp / "empty.txt").write_bytes(b"")
@@ -266,7 +246,7 @@ BAD_INPUTS = ["missing", "empty", "utf8", "vocab", "dup", "no_tokenizer", "stats
 def test_bad_input_exits_with_a_message_and_no_traceback(
     case, corpus, tok_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(cli, "DEMO_CORPUS", tmp_path / "data" / "small_en.txt")
+    monkeypatch.setattr(demo, "DEMO_CORPUS", tmp_path / "data" / "small_en.txt")
     args, needle = _bad_inputs(tmp_path, corpus, tok_dir)[case]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output

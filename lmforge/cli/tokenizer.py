@@ -1,12 +1,4 @@
-"""The ``lmforge`` command line: one subcommand group per stage, plus the end-to-end ``demo``.
-
-The CLI only parses arguments, calls the library API and prints; all logic lives in the library
-(``lmforge.tokenizer``), where it is tested directly. Library imports happen inside each command so
-``lmforge --help`` stays fast as stages with heavy dependencies join.
-
-Errors a user can fix (``TokenizerInputError``: bad file, bad settings; ``OSError``: paths,
-permissions) print ``error: <message>`` on stderr and exit with status 1, without a traceback.
-Usage errors (unknown option, bad choice) are click's: a usage line and exit status 2.
+"""`lmforge tokenizer ...`: train, encode, measure, show, export and import BPE tokenizers.
 
     lmforge tokenizer train data/small_en.txt --vocab-size 2048 --out runs/tok
     lmforge tokenizer encode data/small_en.txt --tokenizer runs/tok --out runs/tokens.npy
@@ -25,53 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lmforge import __version__
-from lmforge.tokenizer.pretokenize import TokenizerInputError
+from lmforge.cli import COUNT, EOT, PATH, console, main
 
 if TYPE_CHECKING:
     from lmforge.tokenizer.bpe import Tokenizer
 
-EOT = "<|endoftext|>"
-DEMO_CORPUS = Path(__file__).parents[1] / "data" / "small_en.txt"
-DEMO_SAMPLE = "Alice was beginning to get very tired of sitting by her sister on the bank."
 # Alternating token colours; standard ANSI names so they stay distinct on 16-colour terminals.
 TOKEN_STYLES = ("white on blue", "black on yellow", "white on magenta", "black on cyan")
-
-PATH = click.Path(path_type=Path)
-COUNT = click.IntRange(min=1)
-console = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
-
-
-class UserError(click.ClickException):
-    """An error the user can fix: printed as ``error: <message>`` on stderr, exit status 1."""
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
-
-
-class _Group(click.Group):
-    """A click group that turns the library's input errors into ``UserError``."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (TokenizerInputError, OSError) as e:
-            raise UserError(str(e)) from None
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lmforge")
-def main() -> None:
-    """lmforge: a language-model stack built from first principles.
-
-    Start with `lmforge demo`, which trains a tokenizer on a small shipped corpus and shows what it
-    learned. Every command has its own --help with an example.
-    """
-
 
 @main.group()
 def tokenizer() -> None:
@@ -344,49 +299,6 @@ def import_gpt2(vocab_json: Path, merges_txt: Path, specials: Sequence[str], out
     tok.save(out)
     console.print(f"wrote {out}: vocab size {tok.vocab_size:,}, {len(tok.merges):,} merges")
 
-
-@main.command()
-@click.option(
-    "--out",
-    type=PATH,
-    default=Path("runs/demo"),
-    show_default=True,
-    help="Directory for the demo's outputs.",
-)
-@click.option(
-    "--vocab-size",
-    type=COUNT,
-    default=2048,
-    show_default=True,
-    help="Vocabulary size of the demo tokenizer.",
-)
-@_workers
-@_progress
-def demo(out: Path, vocab_size: int, workers: int | None, progress: bool) -> None:
-    """Run the end-to-end demo on the shipped corpus data/small_en.txt (2.3 MB, < 1 minute).
-
-    Trains a BPE tokenizer (into OUT/tokenizer), encodes the corpus (OUT/tokens.npy), prints
-    compression statistics and shows how a sample sentence is tokenized.
-
-    \b
-    Example:
-      lmforge demo --out runs/demo
-    """
-    from lmforge.tokenizer.baselines import read_text_prefix
-
-    if not DEMO_CORPUS.is_file():
-        raise UserError(
-            f"demo corpus {DEMO_CORPUS} is missing; run the demo from a source checkout of "
-            "lmforge (pip install -e .), which ships data/small_en.txt."
-        )
-    console.rule("1. train a BPE tokenizer")
-    tok = run_train(DEMO_CORPUS, vocab_size, [EOT], workers, out / "tokenizer", progress)
-    console.rule("2. encode the corpus")
-    run_encode(DEMO_CORPUS, out / "tokenizer", out / "tokens.npy", workers, "special", progress)
-    console.rule("3. compression vs baselines")
-    print_stats(tok, read_text_prefix(DEMO_CORPUS, 10_000_000), str(DEMO_CORPUS), 10)
-    console.rule("4. a sample sentence")
-    print_tokens(tok, tok.encode(DEMO_SAMPLE))
 
 
 def run_train(

@@ -1,0 +1,79 @@
+"""The ``lmforge`` command line: one subcommand group per stage, plus the end-to-end ``demo``.
+
+The CLI only parses arguments, calls the library API and prints; all logic lives in the library,
+where it is tested directly. Library imports happen inside each command so ``lmforge --help``
+stays fast. One module per stage: `tokenizer.py` (`lmforge tokenizer ...`), `train.py`
+(`lmforge train`, `generate`, `eval`), `demo.py` (`lmforge demo`).
+
+Errors a user can fix (bad files, settings or configs, a diverged run) print ``error: <message>``
+on stderr and exit with status 1, without a traceback. Usage errors (unknown option, bad choice)
+are click's: a usage line and exit status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from lmforge import __version__
+
+EOT = "<|endoftext|>"
+
+PATH = click.Path(path_type=Path)
+COUNT = click.IntRange(min=1)
+console = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+
+
+class UserError(click.ClickException):
+    """An error the user can fix: printed as ``error: <message>`` on stderr, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from lmforge.config import ConfigError
+    from lmforge.tokenizer.pretokenize import TokenizerInputError
+    from lmforge.train.checkpoint import CheckpointError
+    from lmforge.train.data import TokenDataError
+    from lmforge.train.loop import TrainingDiverged
+
+    # ValueError: the library's argument checks (e.g. ModelConfig, sampling settings) all say
+    # what is wrong and how to fix it.
+    return (TokenizerInputError, ConfigError, TokenDataError, CheckpointError, TrainingDiverged,
+            OSError, ValueError)
+
+
+class _Group(click.Group):
+    """A click group that turns the library's input errors into ``UserError``."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            if isinstance(e, _user_errors()):
+                raise UserError(str(e)) from None
+            raise
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lmforge")
+def main() -> None:
+    """lmforge: a language-model stack built from first principles.
+
+    Start with `lmforge demo`, which trains a tokenizer and a small Transformer on a shipped
+    corpus in about ten minutes on two CPU cores. Every command has its own --help with an example.
+
+    \b
+    Stages:
+      tokenizer   train / encode / inspect byte-level BPE tokenizers
+      train       train a Transformer LM from a TOML config (resumable)
+      generate    sample text from a trained run
+      eval        perplexity of a run on a token file
+      demo        the whole pipeline on data/small_en.txt
+    """
+
+
+from lmforge.cli import demo, tokenizer, train  # noqa: E402, F401  (registers the subcommands)

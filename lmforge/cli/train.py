@@ -1,0 +1,152 @@
+"""`lmforge train`, `lmforge generate` and `lmforge eval perplexity`.
+
+    lmforge train --config configs/demo.toml --out runs/my-run --set optim.lr=3e-3
+    lmforge train --resume runs/my-run
+    lmforge generate --run runs/my-run --prompt "Alice was"
+    lmforge eval perplexity --run runs/my-run --data runs/demo/val.npy
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lmforge.cli import COUNT, PATH, UserError, console, main
+
+
+@main.command("train")
+@click.option("--config", "config_path", type=PATH, help="TOML config (see configs/).")
+@click.option("--out", type=PATH, help="Run directory to create (default: runs/<config name>).")
+@click.option("--resume", type=PATH, help="Continue this run directory from its latest checkpoint.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="TABLE.KEY=VALUE",
+    help="Override one config value (repeatable), e.g. --set optim.lr=3e-4.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
+def train_command(
+    config_path: Path | None,
+    out: Path | None,
+    resume: Path | None,
+    overrides: tuple[str, ...],
+    progress: bool,
+) -> None:
+    """Train a Transformer LM; writes a run directory (config, metrics, checkpoints, plots).
+
+    Ctrl-C finishes the current step, saves a checkpoint and exits; `--resume RUN_DIR` then
+    continues exactly where it stopped (same losses as an uninterrupted run).
+
+    \b
+    Examples:
+      lmforge train --config configs/demo.toml --out runs/demo-long --set train.max_steps=5000
+      lmforge train --resume runs/demo-long
+    """
+    from lmforge.config import load_config
+    from lmforge.train.loop import train
+
+    if (config_path is None) == (resume is None):
+        raise click.UsageError("give exactly one of --config FILE (new run) or --resume RUN_DIR")
+    if resume is not None:
+        if out is not None:
+            raise click.UsageError("--out cannot be combined with --resume (the run dir is fixed)")
+        config = load_config(resume / "config.toml", list(overrides))
+        run_dir = resume
+    else:
+        config = load_config(config_path, list(overrides))
+        run_dir = out or Path("runs") / config_path.stem
+    result = train(config, run_dir, resume=resume is not None, progress=progress)
+    state = "interrupted at" if result.interrupted else "finished"
+    summary = f"{state} step {result.step:,} ({result.tokens:,} tokens, {result.wall_time:.0f} s)"
+    if result.train_loss is not None:
+        summary += f": train loss {result.train_loss:.4f}"
+    if result.val_loss is not None:
+        summary += f", val loss {result.val_loss:.4f}"
+    console.print(summary)
+    console.print(f"run directory: {run_dir}")
+    if result.interrupted:
+        console.print(f"continue with: lmforge train --resume {run_dir}")
+
+
+_run = click.option("--run", "run_dir", type=PATH, required=True, help="Run directory.")
+_device = click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps, auto.")
+
+
+@main.command()
+@_run
+@click.option("--prompt", default="", help="Text to continue ('' starts a new document).")
+@click.option("--max-new-tokens", type=COUNT, default=200, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
+              help="0 = greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Nucleus sampling mass, e.g. 0.95.")
+@click.option("--top-k", type=COUNT, default=None, help="Sample among the k likeliest tokens.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@_device
+def generate(
+    run_dir: Path,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float | None,
+    top_k: int | None,
+    seed: int | None,
+    device: str,
+) -> None:
+    """Continue a prompt with a trained model, printing tokens as they are produced.
+
+    \b
+    Example:
+      lmforge generate --run runs/demo --prompt "Alice was" --temperature 0.8 --top-p 0.95
+    """
+    from lmforge.infer import generate as generate_text
+    from lmforge.train.run_dir import load_run
+
+    model, tokenizer, _ = load_run(run_dir, device)
+    if tokenizer is None:
+        raise UserError(f"{run_dir} has no tokenizer/ directory; train with data.tokenizer set")
+    click.echo(prompt, nl=False)
+
+    def show(piece: str) -> None:
+        click.echo(piece, nl=False)
+
+    generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_p, top_k,
+                  seed=seed, stream=show)
+    click.echo()
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Evaluate a trained run."""
+
+
+@eval_group.command()
+@_run
+@click.option("--data", type=PATH, required=True, help="Token file (.npy) to score.")
+@click.option("--batch-size", type=COUNT, default=16, show_default=True)
+@click.option("--max-tokens", type=COUNT, default=None, help="Score only the first N tokens.")
+@_device
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
+def perplexity(
+    run_dir: Path, data: Path, batch_size: int, max_tokens: int | None, device: str, progress: bool
+) -> None:
+    """Cross-entropy (nats/token) and perplexity of a run's latest checkpoint on a token file.
+
+    \b
+    Example:
+      lmforge eval perplexity --run runs/demo --data runs/demo/val.npy
+    """
+    from lmforge.eval import evaluate_loss
+    from lmforge.train.data import open_tokens
+    from lmforge.train.run_dir import check_token_file, load_run
+
+    model, _, config = load_run(run_dir, device)
+    tokens = open_tokens(data)
+    check_token_file(str(data), tokens, config.model.vocab_size)
+    r = evaluate_loss(model, tokens, batch_size=batch_size, max_tokens=max_tokens,
+                      progress=progress)
+    console.print(
+        f"{data}: {r.tokens:,} tokens, loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}"
+    )

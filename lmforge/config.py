@@ -1,0 +1,177 @@
+"""Training configuration as plain dataclasses, read from and written to TOML.
+
+A config file has one table per dataclass — `[model]` (`ModelConfig`), `[data]`, `[optim]` and
+`[train]` — and every field has a default except the model shape and the training data path.
+Command-line overrides use dotted keys with TOML values: `--set optim.lr=3e-4 --set
+train.dtype=bf16 --set model.tie_embeddings=true` (a value that is not valid TOML is taken as a
+string). The run directory stores the fully resolved config, so a run can be reproduced from it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from lmforge.model.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # token array (.npy from `lmforge tokenizer encode`) to train on
+    val: str = ""  # validation token array; "" disables validation
+    tokenizer: str = ""  # tokenizer directory, copied into the run dir for generation
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate (after warm-up)
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay and after it
+    warmup_iters: int = 100  # linear warm-up steps from 0 to lr
+    cosine_cycle_iters: int = 0  # step where the cosine reaches min_lr; 0: train.max_steps
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator epsilon
+    weight_decay: float = 0.1  # decoupled weight decay on matrices (not on norm gains)
+    grad_clip: float = 1.0  # global L2 gradient-norm limit; 0 disables clipping
+
+
+@dataclass
+class RunConfig:
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # sequences per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    seed: int = 0  # seeds init, data sampling and every RNG
+    device: str = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
+    dtype: str = "fp32"  # "fp32" or "bf16" (autocast; weights and optimizer stay fp32)
+    compile: bool = False  # torch.compile the model
+    log_interval: int = 10  # steps between metrics.jsonl train records
+    eval_interval: int = 100  # steps between validation passes (and at the end)
+    eval_tokens: int = 0  # validation tokens per pass; 0: the whole validation split
+    eval_batch_size: int = 16  # sequences per validation batch
+    checkpoint_interval: int = 500  # steps between checkpoints (and at the end / on Ctrl-C)
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested dict without None values (TOML has no null)."""
+        return {k: {f: v for f, v in t.items() if v is not None} for k, t in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        unknown = sorted(set(data) - {"model", "data", "optim", "train"})
+        if unknown:
+            raise ConfigError(f"unknown config table(s) [{'], ['.join(unknown)}]; "
+                              "expected [model], [data], [optim], [train]")
+        if "model" not in data:
+            raise ConfigError("the config has no [model] table; see configs/demo.toml")
+        try:
+            model = ModelConfig.from_dict(dict(data["model"]))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"[model]: {e}") from None
+        return cls(
+            model=model,
+            data=_build(DataConfig, "data", data.get("data", {})),
+            optim=_build(OptimConfig, "optim", data.get("optim", {})),
+            train=_build(RunConfig, "train", data.get("train", {})),
+        )
+
+
+def _build(cls, table: str, values: dict[str, Any]):
+    known = {f.name: f for f in fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {table}.{key}; known: {', '.join(known)}")
+        default = getattr(cls(), key)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if type(value) is not type(default):
+            raise ConfigError(
+                f"{table}.{key} must be {type(default).__name__}, got {value!r}"
+            )
+    return cls(**values)
+
+
+def validate(config: TrainConfig) -> None:
+    """Reject impossible combinations with a message that says how to fix them."""
+    t, o = config.train, config.optim
+    for name in ("max_steps", "batch_size", "grad_accum_steps", "log_interval", "eval_interval",
+                 "checkpoint_interval", "eval_batch_size"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    if t.dtype not in ("fp32", "bf16"):
+        raise ConfigError(f"train.dtype must be 'fp32' or 'bf16', got {t.dtype!r}")
+    if o.lr < 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr, got min_lr={o.min_lr}, lr={o.lr}")
+    if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+        raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
+    if o.warmup_iters < 0 or o.grad_clip < 0 or o.weight_decay < 0:
+        raise ConfigError("optim.warmup_iters, grad_clip and weight_decay must be >= 0")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`"optim.lr=3e-4"` → (["optim", "lr"], 0.0003); non-TOML values are strings.
+
+    >>> parse_override("train.dtype=bf16")
+    (['train', 'dtype'], 'bf16')
+    >>> parse_override("model.tie_embeddings=true")
+    (['model', 'tie_embeddings'], True)
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like table.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the nested config dict with `table.key=value` overrides applied."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        keys, value = parse_override(item)
+        if len(keys) != 2:
+            raise ConfigError(f"override {item!r}: use table.key=value, e.g. optim.lr=3e-4")
+        out.setdefault(keys[0], {})[keys[1]] = value
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
+    """Read a TOML config, apply `--set` overrides and validate (data paths stay as written)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return TrainConfig.from_dict(apply_overrides(data, list(overrides)))
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as TOML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(tomli_w.dumps(config.to_dict()), encoding="utf-8")
+    os.replace(tmp, path)

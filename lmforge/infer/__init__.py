@@ -1,0 +1,10 @@
+"""Inference: sampling and text generation from a trained language model.
+
+>>> from lmforge.infer import generate               # doctest: +SKIP
+>>> generate(model, tokenizer, "Once upon a time", max_new_tokens=50, temperature=0.8,
+...          top_p=0.95, stream=print)                # doctest: +SKIP
+"""
+
+from lmforge.infer.generate import generate, generate_ids, sample_next_token
+
+__all__ = ["generate", "generate_ids", "sample_next_token"]

@@ -1,0 +1,266 @@
+"""The training loop: config in, run directory out, exactly resumable.
+
+One optimizer step = `grad_accum_steps` micro-batches of random windows (forward under optional
+bf16 autocast, our cross-entropy, backward), then global-norm clipping, our AdamW with the
+learning rate from the cosine schedule at that step. Everything the next step depends on —
+weights, AdamW moments, the step counter, the sampler's PCG64 state, every RNG and the
+partially averaged log interval — is in each checkpoint, so `train(..., resume=True)` continues
+bit for bit: the resumed `metrics.jsonl` has the same losses as an uninterrupted run's.
+
+Run directory layout:
+    config.toml        the resolved config        run.json      versions, device, sizes
+    metrics.jsonl      one record per log/eval     plots/loss.png
+    checkpoints/step_XXXXXXX/   weights (safetensors), optimizer, RNG, state.json
+    tokenizer/         copy of the tokenizer (when data.tokenizer is set)
+
+Stopping: Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and returns
+(a second Ctrl-C aborts at once). A non-finite loss or gradient stops the run with
+`TrainingDiverged` before the bad update is applied; earlier checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lmforge.config import TrainConfig
+from lmforge.eval.perplexity import evaluate_loss
+from lmforge.model import TransformerLM
+from lmforge.train.checkpoint import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
+from lmforge.train.data import BatchSampler, open_tokens
+from lmforge.train.loss import cross_entropy
+from lmforge.train.metrics import MetricsLogger, plot_losses, read_metrics, truncate_after
+from lmforge.train.optim import AdamW, get_lr_cosine_schedule, gradient_clipping
+from lmforge.train.run_dir import check_token_file, prepare_run_dir, select_device
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the message says where and what to try."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # optimizer steps completed
+    tokens: int  # training tokens seen
+    train_loss: float | None  # mean train loss of the last log interval
+    val_loss: float | None  # last validation loss (nats/token)
+    wall_time: float  # seconds of training, across resumes
+    interrupted: bool  # stopped early by Ctrl-C / SIGTERM (a checkpoint was written)
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM → finish the step and checkpoint; a second SIGINT aborts immediately."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Holds the model, optimizer, sampler and counters of one run; `run()` trains."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, *, resume: bool, progress: bool):
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        t = config.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = select_device(t.device)
+        train_tokens = open_tokens(config.data.train)
+        check_token_file(config.data.train, train_tokens, config.model.vocab_size)
+        self.val_tokens = open_tokens(config.data.val) if config.data.val else None
+        if self.val_tokens is not None:
+            check_token_file(config.data.val, self.val_tokens, config.model.vocab_size)
+        torch.manual_seed(t.seed)
+        self.model = TransformerLM.from_config(config.model, device=self.device)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.optimizer = _make_optimizer(self.model, config)
+        self.sampler = BatchSampler(
+            train_tokens, t.batch_size, config.model.context_length, self.device, t.seed
+        )
+        self.step, self.tokens, self.wall_offset = 0, 0, 0.0
+        self.interval_losses: list[float] = []
+        self.val_loss: float | None = None
+        if resume:
+            self._restore()
+        else:
+            prepare_run_dir(self.run_dir, config, self.model, self.device)
+        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl")
+
+    def _restore(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"{self.run_dir} has no checkpoint to resume from (the run stopped before its "
+                "first checkpoint); start it again without --resume"
+            )
+        state = load_run_checkpoint(ckpt, self.model, self.optimizer)
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.wall_offset, self.interval_losses = state["wall_time"], state["interval_losses"]
+        self.val_loss = state.get("val_loss")
+        truncate_after(self.run_dir / "metrics.jsonl", self.step)
+        tqdm.write(f"resuming {self.run_dir} from step {self.step:,} ({ckpt.name})")
+
+    def _autocast(self):
+        if self.config.train.dtype == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _lr(self, step: int) -> float:
+        o = self.config.optim
+        cycle = o.cosine_cycle_iters or self.config.train.max_steps
+        return get_lr_cosine_schedule(step, o.lr, o.min_lr, o.warmup_iters, cycle)
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step; returns (mean micro-batch loss, pre-clip grad norm, lr)."""
+        lr = self._lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        accum = self.config.train.grad_accum_steps
+        loss_sum = 0.0
+        for _ in range(accum):
+            x, y = self.sampler.next()
+            with self._autocast():
+                loss = cross_entropy(self.forward(x), y)
+            (loss / accum).backward()
+            loss_sum += loss.item()
+        loss = loss_sum / accum
+        clip = self.config.optim.grad_clip or math.inf
+        grad_norm = gradient_clipping(self.model.parameters(), clip)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(_diverged_message(self.step + 1, loss, grad_norm, self.run_dir))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += accum * self.sampler.batch_size * self.sampler.context_length
+        return loss, grad_norm, lr
+
+    def evaluate(self) -> float:
+        t = self.config.train
+        with self._autocast():
+            result = evaluate_loss(
+                self.model, self.val_tokens, batch_size=t.eval_batch_size, device=self.device,
+                max_tokens=t.eval_tokens or None,
+            )
+        return result.loss
+
+    def save(self) -> Path:
+        state = {
+            "tokens": self.tokens,
+            "wall_time": self.wall_time(),
+            "interval_losses": self.interval_losses,
+            "sampler": self.sampler.state_dict(),
+            "val_loss": self.val_loss,
+            "lr": self._lr(self.step),
+        }
+        keep = self.config.train.keep_checkpoints or None
+        return save_run_checkpoint(
+            self.run_dir, self.step, self.model, self.optimizer, state, keep_last=keep
+        )
+
+    def wall_time(self) -> float:
+        return self.wall_offset + (time.perf_counter() - self._t0)
+
+    def run(self) -> TrainResult:
+        t = self.config.train
+        self._t0 = time.perf_counter()
+        last_log = (self._t0, self.tokens)
+        train_loss = None
+        bar = tqdm(total=t.max_steps, initial=self.step, unit="step", disable=not self.progress,
+                   desc="train", dynamic_ncols=True)
+        self.model.train()
+        with _StopRequest() as stop, bar:
+            while self.step < t.max_steps and not stop.requested:
+                loss, grad_norm, lr = self.train_step()
+                self.interval_losses.append(loss)
+                bar.update(1)
+                done = self.step == t.max_steps
+                if self.step % t.log_interval == 0 or done:
+                    train_loss = sum(self.interval_losses) / len(self.interval_losses)
+                    now = time.perf_counter()
+                    speed = (self.tokens - last_log[1]) / max(now - last_log[0], 1e-9)
+                    last_log = (now, self.tokens)
+                    self.metrics.log({
+                        "step": self.step, "tokens": self.tokens, "train_loss": train_loss,
+                        "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(speed, 1),
+                        "wall_time": round(self.wall_time(), 3),
+                    })
+                    self.interval_losses = []
+                    bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{speed:,.0f}")
+                if self.val_tokens is not None and (self.step % t.eval_interval == 0 or done):
+                    self._log_validation()
+                if self.step % t.checkpoint_interval == 0 or done or stop.requested:
+                    self.save()
+        self.metrics.close()
+        return TrainResult(self.run_dir, self.step, self.tokens, train_loss, self.val_loss,
+                           self.wall_time(), interrupted=self.step < t.max_steps)
+
+    def _log_validation(self) -> None:
+        self.val_loss = self.evaluate()
+        self.metrics.log({
+            "step": self.step, "tokens": self.tokens, "val_loss": self.val_loss,
+            "val_ppl": math.exp(min(self.val_loss, 700)), "wall_time": round(self.wall_time(), 3),
+        })
+        plot_losses(read_metrics(self.run_dir / "metrics.jsonl"),
+                    self.run_dir / "plots" / "loss.png", title=self.run_dir.name)
+
+
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> AdamW:
+    """AdamW with weight decay on matrices only; norm gains (1-D) are not decayed."""
+    o = config.optim
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+
+
+def _diverged_message(step: int, loss: float, grad_norm: float, run_dir: Path) -> str:
+    ckpt = latest_checkpoint(run_dir)
+    kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
+    return (
+        f"training diverged at step {step:,}: loss = {loss}, gradient norm = {grad_norm}. "
+        f"The bad update was not applied; {kept}. Try a lower optim.lr, a longer "
+        "optim.warmup_iters, optim.grad_clip = 1.0, or train.dtype = 'fp32'."
+    )
+
+
+def train(
+    config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> TrainResult:
+    """Train `config` into `run_dir` (a new run, or continue its latest checkpoint)."""
+    trainer = Trainer(config, Path(run_dir), resume=resume, progress=progress)
+    result = trainer.run()
+    if trainer.val_tokens is None:
+        plot_losses(read_metrics(trainer.run_dir / "metrics.jsonl"),
+                    trainer.run_dir / "plots" / "loss.png", title=trainer.run_dir.name)
+    return result

@@ -1,0 +1,73 @@
+"""Cross-entropy loss and perplexity for next-token prediction.
+
+For logits ``o`` over a vocabulary and a target id ``t``, the loss is the negative log-likelihood
+of ``t`` under ``softmax(o)``:
+
+    ℓ(o, t) = -log softmax(o)[t] = logsumexp(o) - o[t]
+    logsumexp(o) = m + log Σ_j exp(o_j - m),   m = max_j o_j
+
+Subtracting the maximum ``m`` first keeps every exponent ≤ 0, so nothing overflows even for
+logits of ±1e4 (where ``exp`` of the raw logits is ``inf`` in any float format). The work is done
+in float32 whatever the logits' dtype (bf16 logits lose too much precision in the sum). The
+result is the mean over all batch positions, in nats per token; gradients come from autograd.
+
+Perplexity is ``exp(mean loss)``: the effective number of equally likely choices per token.
+
+    >>> logits = torch.tensor([[2.0, 0.0]])          # (batch=1, vocab=2)
+    >>> round(cross_entropy(logits, torch.tensor([0])).item(), 4)   # log(1 + e^-2)
+    0.1269
+    >>> round(perplexity(0.0), 1)
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy (nats/token) of ``targets`` under ``logits``.
+
+    Args:
+        logits: (..., vocab) unnormalized scores, any float dtype.
+        targets: (...) int64 token ids in [0, vocab), same leading shape as ``logits``.
+        ignore_index: targets equal to this id are left out of the mean (e.g. the prompt tokens
+            in supervised fine-tuning). If every target is ignored the mean is 0/0 = nan, as in
+            ``torch.nn.functional.cross_entropy``.
+
+    Returns:
+        A float32 scalar tensor, differentiable with respect to ``logits``.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits have shape {tuple(logits.shape)} but targets have {tuple(targets.shape)}; "
+            "logits must be (..., vocab) with targets (...) of the same leading shape."
+        )
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(
+            f"targets must hold integer token ids, got dtype {targets.dtype}; pass a LongTensor."
+        )
+    o = logits.float()
+    m = o.amax(dim=-1, keepdim=True).detach()  # a constant shift: the gradient is unchanged
+    lse = (o - m).exp().sum(dim=-1).log() + m.squeeze(-1)  # (...)
+    t = targets.long()
+    keep = None if ignore_index is None else t != ignore_index
+    if keep is not None:
+        t = torch.where(keep, t, torch.zeros_like(t))  # any valid id; masked out below
+    target_logit = o.gather(-1, t.unsqueeze(-1)).squeeze(-1)  # (...)
+    nll = lse - target_logit
+    if keep is None:
+        return nll.mean()
+    return torch.where(keep, nll, torch.zeros_like(nll)).sum() / keep.sum()
+
+
+def perplexity(mean_loss: float) -> float:
+    """``exp(mean_loss)`` for a mean cross-entropy in nats/token (``inf`` if it overflows)."""
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return math.inf

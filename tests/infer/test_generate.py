@@ -1,0 +1,328 @@
+"""Tests for lmforge.infer.generate against stand-in models whose next-token law is known exactly.
+
+References: hand-computed probability sets for top-k / top-p, a chi-square goodness-of-fit test
+against softmax(logits / T) computed with torch.softmax, hand-traced greedy chains, and the
+byte-level tokenizer's own decode for the streamed text.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from lmforge.infer import generate, generate_ids, sample_next_token
+from lmforge.infer.generate import _filter_top_k, _filter_top_p
+from lmforge.model import ModelConfig, TransformerLM
+from lmforge.tokenizer import Tokenizer
+
+# Chi-square critical values at significance 1e-4 for df = 1..5 (scipy.stats.chi2.isf(1e-4, df)).
+CHI2_CRIT = {1: 15.14, 2: 18.42, 3: 21.11, 4: 23.51, 5: 25.74}
+
+
+class TableLM(nn.Module):
+    """Next-token logits depend only on the last token: logits[b, t] = table[ids[b, t]].
+
+    Records every input it sees, whether it was in training mode and in inference mode.
+    """
+
+    def __init__(self, table: torch.Tensor, context_length: int = 64):
+        super().__init__()
+        self.table = nn.Parameter(table.clone(), requires_grad=False)
+        self.config = SimpleNamespace(context_length=context_length, vocab_size=table.shape[0])
+        self.seen: list[list[int]] = []
+        self.modes: list[tuple[bool, bool]] = []
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        assert ids.shape[1] <= self.config.context_length, "input longer than the context"
+        self.seen.append(ids[0].tolist())
+        self.modes.append((self.training, torch.is_inference_mode_enabled()))
+        return self.table[ids]
+
+
+class ScriptLM(nn.Module):
+    """Emits ``script[i]`` (greedy-certain) on its i-th forward call, whatever the input."""
+
+    def __init__(self, script: list[int], vocab_size: int, context_length: int = 64):
+        super().__init__()
+        self.script = script
+        self.config = SimpleNamespace(context_length=context_length, vocab_size=vocab_size)
+        self.calls = 0
+        self.first_input: list[int] | None = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.first_input is None:
+            self.first_input = ids[0].tolist()
+        logits = torch.zeros(ids.shape[0], ids.shape[1], self.config.vocab_size)
+        logits[:, :, self.script[self.calls]] = 100.0
+        self.calls += 1
+        return logits
+
+
+def successor_table(vocab_size: int) -> torch.Tensor:
+    """table[t] puts (almost) all mass on (t + 1) % V: greedy and sampling walk 0, 1, 2, ..."""
+    table = torch.zeros(vocab_size, vocab_size)
+    table[torch.arange(vocab_size), (torch.arange(vocab_size) + 1) % vocab_size] = 50.0
+    return table
+
+
+def byte_tokenizer() -> Tokenizer:
+    return Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+
+
+def draw_many(logits: torch.Tensor, n: int, seed: int = 0, **kw) -> torch.Tensor:
+    """n independent draws from one (V,) logits row, as a count per token (V,)."""
+    g = torch.Generator().manual_seed(seed)
+    draws = sample_next_token(logits.expand(n, -1), generator=g, **kw)
+    return torch.bincount(draws, minlength=logits.shape[-1])
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
+    """Pearson's statistic over tokens with nonzero expected probability, and its df."""
+    n = counts.sum().item()
+    support = probs > 0
+    expected = probs[support].double() * n
+    stat = (((counts[support].double() - expected) ** 2) / expected).sum().item()
+    return stat, int(support.sum().item()) - 1
+
+
+# ----------------------------------------------------------------------------- sample_next_token
+
+
+def test_greedy_is_argmax_per_row_and_keeps_the_batch_shape():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50)
+    out = sample_next_token(logits, temperature=0.0)
+    assert out.shape == (6,) and out.dtype == torch.long
+    assert torch.equal(out, torch.argmax(logits, dim=-1))
+    assert sample_next_token(logits[2], temperature=0).shape == ()
+    assert int(sample_next_token(logits[2], temperature=0)) == int(torch.argmax(logits[2]))
+
+
+def test_top_k_1_equals_greedy_at_any_temperature():
+    torch.manual_seed(1)
+    logits = torch.randn(200, 30)
+    g = torch.Generator().manual_seed(0)
+    for t in (0.5, 1.0, 3.0):
+        out = sample_next_token(logits, temperature=t, top_k=1, generator=g)
+        assert torch.equal(out, logits.argmax(dim=-1))
+
+
+def test_top_k_keeps_exactly_the_k_largest_logits():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5, -1.0]])
+    assert _filter_top_k(logits, 2).isfinite().tolist() == [[False, True, True, False, False]]
+    assert _filter_top_k(logits, 9).isfinite().all()  # k > vocab keeps everything
+    counts = draw_many(logits[0], 4000, top_k=3)
+    assert set(counts.nonzero().flatten().tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("probs", "p", "kept"),
+    [
+        ([0.5, 0.3, 0.15, 0.05], 0.75, {0, 1}),  # 0.5 < 0.75, 0.5 + 0.3 = 0.8 reaches it
+        ([0.5, 0.3, 0.15, 0.05], 0.4, {0}),  # the top token alone reaches 0.4
+        ([0.5, 0.3, 0.15, 0.05], 0.85, {0, 1, 2}),  # 0.8 < 0.85, 0.95 reaches it
+        ([0.5, 0.3, 0.15, 0.05], 1.0, {0, 1, 2, 3}),
+        ([0.15, 0.5, 0.05, 0.3], 0.75, {1, 3}),  # same law, shuffled ids
+        ([0.9, 0.05, 0.05], 0.01, {0}),  # always at least one token
+    ],
+)
+def test_top_p_keeps_the_smallest_set_reaching_p(probs, p, kept):
+    logits = torch.log(torch.tensor([probs]))
+    mask = _filter_top_p(logits, p).isfinite()[0]
+    assert set(mask.nonzero().flatten().tolist()) == kept
+    counts = draw_many(logits[0], 3000, top_p=p)
+    assert set(counts.nonzero().flatten().tolist()) == kept
+
+
+def test_samples_follow_softmax_of_logits_over_temperature():
+    logits = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5])
+    for t in (0.7, 1.0, 2.5):
+        counts = draw_many(logits, 20000, seed=3, temperature=t)
+        stat, df = chi_square(counts, torch.softmax(logits / t, dim=-1))
+        assert stat < CHI2_CRIT[df], (t, stat)
+    # the test can fail: the T = 0.7 draws do not fit the T = 2.5 law
+    counts = draw_many(logits, 20000, seed=3, temperature=0.7)
+    stat, df = chi_square(counts, torch.softmax(logits / 2.5, dim=-1))
+    assert stat > 10 * CHI2_CRIT[df]
+
+
+def test_top_k_and_top_p_samples_follow_the_renormalized_kept_mass():
+    logits = torch.log(torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15]))
+    counts = draw_many(logits, 20000, seed=4, top_k=3)  # keeps {1, 3, 4}
+    probs = torch.tensor([0.0, 0.4, 0.0, 0.3, 0.15]) / 0.85
+    stat, df = chi_square(counts, probs)
+    assert counts[[0, 2]].sum() == 0 and stat < CHI2_CRIT[df]
+    counts = draw_many(logits, 20000, seed=5, top_p=0.6)  # keeps {1, 3}
+    stat, df = chi_square(counts, torch.tensor([0.0, 0.4, 0.0, 0.3, 0.0]) / 0.7)
+    assert counts[[0, 2, 4]].sum() == 0 and stat < CHI2_CRIT[df]
+
+
+def test_temperature_is_applied_before_top_p():
+    # at T=1 the top token holds 0.8 of the mass; at T=4 it holds ~0.55, so p=0.7 needs two
+    logits = torch.log(torch.tensor([0.8, 0.15, 0.05]))
+    hot = torch.softmax(logits / 4, dim=-1)
+    assert hot[0] < 0.7 < hot[0] + hot[1]
+    assert set(draw_many(logits, 2000, top_p=0.7).nonzero().flatten().tolist()) == {0}
+    counts = draw_many(logits, 2000, temperature=4.0, top_p=0.7)
+    assert set(counts.nonzero().flatten().tolist()) == {0, 1}
+
+
+def test_sampling_is_stable_for_huge_logits():
+    logits = torch.tensor([1e30, 1e30 - 1e24, -1e30])
+    counts = draw_many(logits, 500)
+    assert counts[2] == 0 and counts.sum() == 500
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 1.5}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+    ],
+)
+def test_bad_sampling_arguments_are_rejected(kw, match):
+    with pytest.raises(ValueError, match=match):
+        sample_next_token(torch.zeros(4), **kw)
+    with pytest.raises(ValueError, match=match):
+        generate_ids(TableLM(torch.zeros(4, 4)), [0], 3, **kw)  # at the call, not lazily
+
+
+def test_bad_logits_shape_is_rejected():
+    with pytest.raises(ValueError, match="logits"):
+        sample_next_token(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="logits"):
+        sample_next_token(torch.zeros(4, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- generate_ids
+
+
+def test_greedy_generation_follows_the_hand_traced_argmax_chain():
+    torch.manual_seed(5)
+    table = torch.randn(11, 11)
+    model = TableLM(table)
+    expected, last = [], 3
+    for _ in range(15):
+        last = int(table[last].argmax())
+        expected.append(last)
+    assert list(generate_ids(model, [7, 3], 15, temperature=0)) == expected
+    assert model.seen[0] == [7, 3] and model.seen[1] == [7, 3, expected[0]]
+
+
+def test_stops_at_eos_without_yielding_it_and_at_max_new_tokens():
+    model = TableLM(successor_table(10))
+    assert list(generate_ids(model, [0], 20, eos_id=5, seed=0)) == [1, 2, 3, 4]
+    assert list(generate_ids(model, [0], 2, eos_id=5, seed=0)) == [1, 2]
+    assert list(generate_ids(model, [0], 0, eos_id=5)) == []
+    assert list(generate_ids(model, [7], 5, seed=0)) == [8, 9, 0, 1, 2]  # no eos: max only
+
+
+def test_seeded_runs_are_reproducible_and_seeds_differ():
+    model = TableLM(torch.zeros(16, 16))  # uniform next-token law
+    a = list(generate_ids(model, [0], 50, seed=123))
+    assert a == list(generate_ids(model, [0], 50, seed=123))
+    assert a != list(generate_ids(model, [0], 50, seed=124))
+    assert len(set(a)) > 5
+
+
+def test_prompt_longer_than_context_is_cropped_to_the_last_tokens():
+    model = TableLM(successor_table(20), context_length=4)
+    prompt = list(range(10))
+    out = list(generate_ids(model, prompt, 5, temperature=0))
+    assert out == [10, 11, 12, 13, 14]
+    assert model.seen[0] == [6, 7, 8, 9]
+    assert model.seen[1] == [7, 8, 9, 10]
+    assert all(len(s) == 4 for s in model.seen)
+
+
+def test_runs_in_eval_and_inference_mode_and_restores_training_mode():
+    model = TableLM(successor_table(6))
+    model.train()
+    it = generate_ids(model, [0], 3, temperature=0)
+    next(it)
+    assert not torch.is_inference_mode_enabled()  # does not leak to the caller between tokens
+    list(it)
+    assert model.modes == [(False, True)] * 3
+    assert model.training
+
+
+def test_bad_prompts_are_rejected_at_the_call():
+    model = TableLM(torch.zeros(5, 5))
+    with pytest.raises(ValueError, match="empty"):
+        generate_ids(model, [], 3)
+    with pytest.raises(ValueError, match=r"outside \[0, 5\)"):
+        generate_ids(model, [1, 5], 3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_ids(model, [1], -1)
+    model.config = None
+    with pytest.raises(ValueError, match="context_length"):
+        generate_ids(model, [1], 3)
+
+
+# ----------------------------------------------------------------------------- generate (text)
+
+
+def test_stream_pieces_concatenate_to_the_returned_text_and_stop_at_eos():
+    tok = byte_tokenizer()
+    eos = tok.id_of(b"<|endoftext|>")
+    text = "héllo wörld ☃"
+    model = ScriptLM([*text.encode(), eos, *b"never"], tok.vocab_size)
+    pieces: list[str] = []
+    out = generate(model, tok, "Hi", max_new_tokens=100, stream=pieces.append)
+    assert out == text == "".join(pieces)
+    assert "é" in pieces and "☃" in pieces and "" not in pieces  # whole characters, no empties
+    assert model.first_input == tok.encode("Hi")
+
+
+def test_without_stop_at_eos_the_eos_is_text_and_max_new_tokens_bounds_it():
+    tok = byte_tokenizer()
+    eos = tok.id_of(b"<|endoftext|>")
+    model = ScriptLM([*b"ab", eos, *b"cdef"], tok.vocab_size)
+    assert generate(model, tok, "x", max_new_tokens=5, stop_at_eos=False) == "ab<|endoftext|>cd"
+
+
+def test_a_cut_multibyte_character_is_flushed_as_replacement_char():
+    tok = byte_tokenizer()
+    model = ScriptLM([*b"ok", "é".encode()[0]], tok.vocab_size)
+    pieces: list[str] = []
+    out = generate(model, tok, "x", max_new_tokens=3, stream=pieces.append)
+    assert out == "ok\ufffd" == "".join(pieces)
+
+
+def test_empty_prompt_starts_from_eos_or_is_a_clear_error():
+    tok = byte_tokenizer()
+    eos = tok.id_of(b"<|endoftext|>")
+    model = ScriptLM(list(b"The"), tok.vocab_size)
+    assert generate(model, tok, "", max_new_tokens=3) == "The"
+    assert model.first_input == [eos]
+    plain = Tokenizer({i: bytes([i]) for i in range(256)}, [])
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        generate(ScriptLM([1], 256), plain, "", max_new_tokens=3)
+
+
+# ----------------------------------------------------------------------------- real model smoke
+
+
+def test_real_transformer_generates_greedy_argmax_of_its_cropped_window():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, context_length=8, d_model=32, num_layers=2, num_heads=4)
+    model = TransformerLM.from_config(config)
+    prompt = [int(i) for i in torch.randint(0, 64, (13,))]
+    out = list(generate_ids(model, prompt, 6, temperature=0))
+    ids = list(prompt)
+    with torch.no_grad():
+        for token in out:
+            window = torch.tensor([ids[-8:]])
+            assert token == int(model(window)[0, -1].argmax())
+            ids.append(token)
+    a = list(generate_ids(model, prompt, 10, temperature=1.0, top_p=0.9, seed=7))
+    assert a == list(generate_ids(model, prompt, 10, temperature=1.0, top_p=0.9, seed=7))
+    assert all(0 <= t < 64 for t in a) and len(a) == 10

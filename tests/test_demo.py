@@ -1,0 +1,111 @@
+"""`lmforge demo` end to end at a tiny budget, and the generate / eval commands on its run dir."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lmforge import demo
+from lmforge.cli import main
+from lmforge.demo import EOT, plan_schedule, split_documents
+from lmforge.eval import evaluate_loss
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.run_dir import load_run
+
+TINY = ["--set", "model.vocab_size=320", "--set", "model.d_model=32", "--set",
+        "model.num_layers=1", "--set", "model.num_heads=2", "--set", "model.context_length=32",
+        "--set", "train.batch_size=4", "--set", "train.threads=1"]  # fmt: skip
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    if not demo.DEMO_CORPUS.is_file():
+        pytest.skip(f"{demo.DEMO_CORPUS} is absent (not a source checkout)")
+    out = tmp_path_factory.mktemp("demo")
+    result = run("demo", "--out", str(out), "--steps", "12", *TINY, "--workers", "1",
+                 "--no-progress")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return out, result.stdout
+
+
+def test_demo_pipeline_runs_end_to_end(demo_run):
+    out, stdout = demo_run
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["steps"] == 12
+    for needle in ("unigram (add-one)", "bigram (add-one)", "transformer, 12 steps", "[Alice was]"):
+        assert needle in stdout
+    assert (out / "plots" / "loss.png").stat().st_size > 0
+    # The reported validation loss is the full-split loss of the saved model.
+    model, _, _ = load_run(out, "cpu")
+    val = np.load(out / "data" / "val.npy", mmap_mode="r")
+    assert evaluate_loss(model, val).loss == pytest.approx(summary["val_loss"], rel=1e-6)
+    assert summary["unigram_loss"] > summary["bigram_loss"]
+
+
+def test_demo_splits_by_document_and_encodes_each_split_exactly(demo_run):
+    out, _ = demo_run
+    tok = Tokenizer.load(out / "tokenizer")
+    texts = {s: (out / "data" / f"{s}.txt").read_text("utf-8") for s in ("train", "val")}
+    for split, text in texts.items():
+        assert tok.decode(np.load(out / "data" / f"{split}.npy").tolist()) == text
+    corpus_docs = {d for d in demo.DEMO_CORPUS.read_text("utf-8").split(EOT) if d.strip()}
+    train_docs, val_docs = (set(texts[s].split(EOT)) for s in ("train", "val"))
+    assert not train_docs & val_docs
+    assert train_docs | val_docs == corpus_docs
+
+
+def test_generate_and_eval_commands_on_the_demo_run(demo_run):
+    out, _ = demo_run
+    args = ["generate", "--run", str(out), "--prompt", "Alice was", "--max-new-tokens", "10",
+            "--temperature", "0"]
+    greedy = run(*args)
+    assert greedy.exit_code == 0, greedy.stderr
+    assert greedy.stdout.startswith("Alice was")
+    assert run(*args).stdout == greedy.stdout  # greedy is deterministic
+    model, tok, _ = load_run(out, "cpu")
+    ids = tok.encode("Alice was")
+    for _ in range(10):  # independent greedy reference: argmax of the full forward pass
+        import torch
+
+        with torch.no_grad():
+            nxt = int(model(torch.tensor([ids[-32:]]))[0, -1].argmax())
+        if nxt == tok.id_of(EOT.encode()):
+            break
+        ids.append(nxt)
+    assert greedy.stdout.rstrip("\n") == tok.decode(ids)
+    ppl = run("eval", "perplexity", "--run", str(out), "--data", str(out / "data" / "val.npy"),
+              "--no-progress")  # fmt: skip
+    assert ppl.exit_code == 0, ppl.stderr
+    summary = json.loads((out / "demo.json").read_text())
+    assert f"loss {summary['val_loss']:.4f}" in ppl.stdout
+
+
+def test_split_documents_is_seeded_and_disjoint():
+    text = EOT.join(f"doc {i}" for i in range(40))
+    a, b = split_documents(text, 0.1, seed=1), split_documents(text, 0.1, seed=1)
+    assert a == b and len(a[1]) == 4
+    assert split_documents(text, 0.1, seed=2)[1] != a[1]
+    with pytest.raises(ValueError, match="two"):
+        split_documents("only one document")
+
+
+def test_plan_schedule_fills_the_budget():
+    from lmforge.config import load_config
+
+    config = plan_schedule(load_config(demo.DEMO_CONFIG), budget_seconds=100, step_seconds=0.5)
+    assert config.train.max_steps == 184  # floor(0.92 · 100 / 0.5)
+    assert config.optim.warmup_iters == 18 and config.train.eval_interval == 23
+
+
+def test_demo_refuses_a_directory_that_is_not_a_demo(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--steps", "1"])
+    assert result.exit_code == 1 and "not a previous demo" in result.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

@@ -1,0 +1,189 @@
+"""The trainer: run-dir contents, exact resume after kill / Ctrl-C, divergence, bad configs."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmforge.config import ConfigError, DataConfig, OptimConfig, RunConfig, TrainConfig, save_config
+from lmforge.model import ModelConfig
+from lmforge.train import loop
+from lmforge.train.checkpoint import latest_checkpoint
+from lmforge.train.metrics import read_metrics
+
+DETERMINISTIC = ("step", "tokens", "train_loss", "lr", "grad_norm", "val_loss", "val_ppl")
+
+
+def _tokens(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    # A noisy periodic sequence: learnable, but not memorised in a few steps.
+    ids = (np.arange(6000) * 7 % 61 + (rng.random(6000) < 0.1) * 3).astype(np.uint16)
+    np.save(tmp_path / "train.npy", ids)
+    np.save(tmp_path / "val.npy", ids[:700])
+    return tmp_path / "train.npy", tmp_path / "val.npy"
+
+
+def _config(tmp_path: Path, **train) -> TrainConfig:
+    train_path, val_path = _tokens(tmp_path)
+    run = dict(max_steps=30, batch_size=4, log_interval=3, eval_interval=10,
+               checkpoint_interval=10, threads=1, eval_batch_size=4)
+    run.update(train)
+    return TrainConfig(
+        model=ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2,
+                          num_heads=2),
+        data=DataConfig(train=str(train_path), val=str(val_path)),
+        optim=OptimConfig(lr=1e-2, min_lr=1e-3, warmup_iters=5),
+        train=RunConfig(**run),
+    )
+
+
+def _losses(run_dir: Path) -> list[dict]:
+    return [{k: r[k] for k in DETERMINISTIC if k in r}
+            for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_run_dir_holds_config_metrics_checkpoints_and_plot(tmp_path):
+    config = _config(tmp_path)
+    result = loop.train(config, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert result.step == 30 and result.tokens == 30 * 4 * 16 and not result.interrupted
+    assert (run / "config.toml").is_file() and (run / "plots" / "loss.png").stat().st_size > 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["parameters"] == meta["allocated_parameters"]
+    records = read_metrics(run / "metrics.jsonl")
+    train_steps = [r["step"] for r in records if "train_loss" in r]
+    assert train_steps == list(range(3, 31, 3))
+    assert [r["step"] for r in records if "val_loss" in r] == [10, 20, 30]
+    first, last = records[0]["train_loss"], [r for r in records if "train_loss" in r][-1]
+    assert last["train_loss"] < first - 1.0  # it learns
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"step_0000020", "step_0000030"}
+    assert math.isclose(records[-1]["val_loss"], result.val_loss)
+    with pytest.raises(FileExistsError, match="--resume"):
+        loop.train(config, run, progress=False)
+
+
+def test_resume_after_a_crash_reproduces_an_uninterrupted_run_exactly(tmp_path, monkeypatch):
+    config = _config(tmp_path, max_steps=25, checkpoint_interval=7)
+    loop.train(config, tmp_path / "full", progress=False)
+    real_step = loop.Trainer.train_step
+
+    def crash_at_17(self):
+        if self.step == 17:  # checkpoints at 7 and 14; steps 15-17 (and their log) are lost
+            raise RuntimeError("simulated crash")
+        return real_step(self)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", crash_at_17)
+    with pytest.raises(RuntimeError, match="simulated"):
+        loop.train(config, tmp_path / "cut", progress=False)
+    assert latest_checkpoint(tmp_path / "cut").name == "step_0000014"
+    assert read_metrics(tmp_path / "cut" / "metrics.jsonl")[-1]["step"] == 15
+    monkeypatch.setattr(loop.Trainer, "train_step", real_step)
+    loop.train(config, tmp_path / "cut", resume=True, progress=False)
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lmforge.cli", *args]
+
+
+def _wait_for_step(metrics: Path, step: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if any(r.get("step", 0) >= step for r in read_metrics(metrics)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate())
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_killed_or_interrupted_cli_run_resumes_bit_for_bit(tmp_path, how):
+    config = _config(tmp_path, max_steps=200, checkpoint_interval=20, eval_interval=50)
+    save_config(config, tmp_path / "c.toml")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(_cli("train", "--config", str(tmp_path / "c.toml"), "--out",
+                        str(tmp_path / "full"), "--no-progress"), check=True, env=env,
+                   capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_cli("train", "--config", str(tmp_path / "c.toml"), "--out", str(cut),
+                                 "--no-progress"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_step(cut / "metrics.jsonl", 45, proc)
+    if how == "kill":
+        proc.kill()
+    else:
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if how == "ctrl-c":
+        assert proc.returncode == 0, err
+        assert "continue with: lmforge train --resume" in out
+        stopped = json.loads((latest_checkpoint(cut) / "state.json").read_text())["step"]
+        assert stopped >= 45  # saved where it stopped, not only at a periodic checkpoint
+    assert latest_checkpoint(cut) is not None
+    done = subprocess.run(_cli("train", "--resume", str(cut), "--no-progress"), env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "finished step 200" in done.stdout
+    assert _losses(cut) == _losses(tmp_path / "full")
+
+
+def test_nan_loss_stops_before_the_bad_update_and_keeps_checkpoints(tmp_path, monkeypatch):
+    config = _config(tmp_path, max_steps=20, checkpoint_interval=5)
+    real = loop.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, targets):
+        calls["n"] += 1
+        loss = real(logits, targets)
+        return loss * float("nan") if calls["n"] == 12 else loss
+
+    monkeypatch.setattr(loop, "cross_entropy", poisoned)
+    with pytest.raises(loop.TrainingDiverged, match=r"diverged at step 12.*step_0000010"):
+        loop.train(config, tmp_path / "run", progress=False)
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000010"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: setattr(c.data, "train", "missing.npy"), "tokenizer encode"),
+        (lambda c: setattr(c.model, "vocab_size", 70_000), None),
+    ],
+)
+def test_bad_data_is_reported_before_training(tmp_path, change, message):
+    config = _config(tmp_path)
+    change(config)
+    (tmp_path / "train.npy.json").write_text(json.dumps({"tokenizer": {"vocab_size": 70_000}}))
+    with pytest.raises(ValueError, match=message or "70,000-token tokenizer|uint16"):
+        loop.train(config, tmp_path / "run", progress=False)
+
+
+def test_token_ids_beyond_model_vocab_are_rejected(tmp_path):
+    config = _config(tmp_path)
+    (tmp_path / "train.npy.json").write_text(json.dumps({"tokenizer": {"vocab_size": 100}}))
+    with pytest.raises(ConfigError, match=r"set model\.vocab_size >= 100"):
+        loop.train(config, tmp_path / "run", progress=False)
+
+
+def test_context_longer_than_data_is_a_clear_error(tmp_path):
+    config = _config(tmp_path)
+    np.save(tmp_path / "train.npy", np.arange(10, dtype=np.uint16))
+    with pytest.raises(ValueError, match="context_length"):
+        loop.train(config, tmp_path / "run", progress=False)
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path):
+    results = {}
+    for dtype in ("fp32", "bf16"):
+        config = _config(tmp_path, dtype=dtype, max_steps=20)
+        results[dtype] = loop.train(config, tmp_path / dtype, progress=False)
+    assert abs(results["bf16"].val_loss - results["fp32"].val_loss) < 0.15
+    assert results["bf16"].val_loss < math.log(64) - 0.5

@@ -1,0 +1,93 @@
+"""cross_entropy and perplexity against torch.nn.functional.cross_entropy and hand values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.train import cross_entropy, perplexity
+
+
+def _reference(logits: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_equals_torch_cross_entropy_on_3d_batches(dtype):
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 4, 5, 50) * 3).to(dtype)
+    targets = torch.randint(0, 50, (3, 4, 5))
+    ours = cross_entropy(logits, targets)
+    assert ours.dtype == torch.float32 and ours.shape == ()
+    torch.testing.assert_close(ours, _reference(logits, targets), rtol=1e-6, atol=1e-6)
+
+
+def test_two_class_hand_computed_value():
+    # ℓ = log(e^o0 + e^o1) - o[t]: row 1 scores (1, 3) with target 0, row 2 (2, 0) with target 1
+    logits = torch.tensor([[1.0, 3.0], [2.0, 0.0]])
+    targets = torch.tensor([0, 1])
+    l1 = math.log(math.exp(1) + math.exp(3)) - 1
+    l2 = math.log(math.exp(2) + math.exp(0)) - 0
+    assert cross_entropy(logits, targets).item() == pytest.approx((l1 + l2) / 2, rel=1e-6)
+
+
+def test_uniform_logits_give_log_vocab():
+    logits = torch.zeros(2, 7, 1000)
+    targets = torch.randint(0, 1000, (2, 7))
+    assert cross_entropy(logits, targets).item() == pytest.approx(math.log(1000), rel=1e-6)
+
+
+def test_finite_for_huge_logits_where_naive_softmax_overflows():
+    logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]])
+    targets = torch.tensor([0, 0])
+    naive = -(logits.exp() / logits.exp().sum(-1, keepdim=True))[range(2), targets].log()
+    assert not torch.isfinite(naive).all()  # the naive formula really overflows here
+    ours = cross_entropy(logits, targets)
+    assert torch.isfinite(ours)
+    # row 0: target holds the max -> loss ~0; row 1: 2e4 + log 2
+    assert ours.item() == pytest.approx((0.0 + 2e4 + math.log(2)) / 2, rel=1e-6)
+    torch.testing.assert_close(ours, _reference(logits, targets))
+
+
+def test_gradient_equals_torch_gradient():
+    torch.manual_seed(1)
+    base = torch.randn(4, 6, 30) * 4
+    targets = torch.randint(0, 30, (4, 6))
+    a = base.clone().requires_grad_()
+    b = base.clone().requires_grad_()
+    cross_entropy(a, targets).backward()
+    _reference(b, targets).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_ignore_index_matches_torch_value_and_gradient():
+    torch.manual_seed(2)
+    base = torch.randn(2, 8, 20)
+    targets = torch.randint(0, 20, (2, 8))
+    targets[0, :5] = -100
+    targets[1, 3] = -100
+    a = base.clone().requires_grad_()
+    b = base.clone().requires_grad_()
+    ours = cross_entropy(a, targets, ignore_index=-100)
+    ref = _reference(b, targets, ignore_index=-100)
+    torch.testing.assert_close(ours, ref)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert (a.grad[0, :5] == 0).all()
+
+
+def test_shape_mismatch_and_float_targets_are_clear_errors():
+    with pytest.raises(ValueError, match="same leading shape"):
+        cross_entropy(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer token ids"):
+        cross_entropy(torch.zeros(2, 5), torch.zeros(2))
+
+
+def test_perplexity_is_exp_of_loss():
+    assert perplexity(math.log(42.0)) == pytest.approx(42.0)
+    assert perplexity(0.0) == 1.0
+    assert perplexity(1e6) == math.inf
