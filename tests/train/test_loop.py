@@ -187,3 +187,33 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path):
         results[dtype] = loop.train(config, tmp_path / dtype, progress=False)
     assert abs(results["bf16"].val_loss - results["fp32"].val_loss) < 0.15
     assert results["bf16"].val_loss < math.log(64) - 0.5
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    import torch
+
+    from lmforge.train.data import BatchSampler
+
+    # Same windows either way: the sampler's draws for 2×4 rows equal those for 1×8 rows.
+    toks = np.load(_tokens(tmp_path)[0], mmap_mode="r")
+    big = BatchSampler(toks, 8, 16, "cpu", 0).next()[0]
+    small = BatchSampler(toks, 4, 16, "cpu", 0)
+    assert torch.equal(torch.cat([small.next()[0], small.next()[0]]), big)
+    params = {}
+    for name, (batch, accum) in {"big": (8, 1), "accum": (4, 2)}.items():
+        trainer = loop.Trainer(_config(tmp_path, batch_size=batch, grad_accum_steps=accum),
+                               tmp_path / name, resume=False, progress=False)
+        for _ in range(3):
+            trainer.train_step()
+        params[name] = trainer.model.state_dict()
+        trainer.metrics.close()
+    for key, value in params["big"].items():
+        torch.testing.assert_close(params["accum"][key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_torch_compile_trains_like_eager(tmp_path):
+    results = {}
+    for compiled in (False, True):
+        config = _config(tmp_path, compile=compiled, max_steps=6, eval_interval=6)
+        results[compiled] = loop.train(config, tmp_path / str(compiled), progress=False)
+    assert results[True].val_loss == pytest.approx(results[False].val_loss, abs=1e-3)
