@@ -34,7 +34,7 @@ class ModelConfig:
     positional: str = "rope"  # "rope" | "nope" (no positional information; causal mask only)
     ffn: str = "swiglu"  # "swiglu" | "silu" (ungated W2·SiLU(W1 x))
     tie_embeddings: bool = False  # share token_embeddings.weight with lm_head.weight
-    attention: str = "reference"  # "reference" (ours) | "sdpa" (torch's fused kernel)
+    attention: str = "reference"  # "reference" (ours) | "sdpa" (fast path: torch's fused kernels)
     norm_eps: float = 1e-5  # RMSNorm epsilon
 
     def __post_init__(self) -> None:

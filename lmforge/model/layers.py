@@ -2,8 +2,10 @@
 
 Everything here is the readable reference: `Linear`, `Embedding`, `RMSNorm`, the SwiGLU and SiLU
 feed-forward networks, rotary position embeddings, a numerically stable `softmax`, and
-`scaled_dot_product_attention`. Only `torch` tensor ops, `nn.Module` and `nn.Parameter` are used;
-the one opt-in exception (PyTorch's fused attention) lives in `attention.py` and is tested equal.
+`scaled_dot_product_attention`. Only `torch` tensor ops, `nn.Module` and `nn.Parameter` are used.
+The opt-in fast path (the "sdpa" attention backend) adds `RotaryPositionalEmbedding.rotate_fast`
+here and PyTorch's fused attention kernels in `attention.py`; both are tested equal to the
+reference.
 
 Conventions: activations are `(batch, seq, d_model)` (any leading dims allowed); a `Linear` weight
 is stored `(out_features, in_features)` so `y = x @ W.T`, matching PyTorch and the CS336 layout.
@@ -126,6 +128,7 @@ class RotaryPositionalEmbedding(nn.Module):
     cos/sin tables of shape (max_seq_len, d_k/2) are precomputed once as non-persistent buffers
     (they are derived from θ, so they stay out of the state dict). `forward(x, token_positions)`
     takes x of shape (..., seq, d_k) and integer positions broadcastable to (..., seq).
+    `rotate_fast` computes the same rotation as one complex multiply (the fast path).
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
@@ -145,6 +148,24 @@ class RotaryPositionalEmbedding(nn.Module):
         x1, x2 = pairs[..., 0], pairs[..., 1]
         rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return rotated.flatten(-2)
+
+    def rotate_fast(self, x: Tensor, token_positions: Tensor) -> Tensor:
+        """Same as `forward`, as one complex multiply in float32 (the fast path).
+
+        Pair (x[2i], x[2i+1]) is the complex number z = x[2i] + j·x[2i+1]; rotating it by angle φ
+        is z · e^{jφ} = (x[2i]·cos φ - x[2i+1]·sin φ) + j·(x[2i]·sin φ + x[2i+1]·cos φ), which
+        is `forward`'s formula. One fused kernel each way replaces six half-width products, a
+        stack and a copy: fwd+bwd in bf16 on CPU at (8, 8, 256, 32) takes 0.4 ms instead of 3.5 ms.
+        Computed in float32 (complex bf16 does not exist), returned in x's dtype. Under
+        `torch.compile` it defers to `forward`, which inductor fuses into one kernel anyway
+        (inductor has no code generation for complex operators).
+        """
+        if torch.compiler.is_compiling():
+            return self.forward(x, token_positions)
+        cos = self.cos[token_positions].float()  # (..., seq, d_k/2)
+        sin = self.sin[token_positions].float()
+        z = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(z * torch.complex(cos, sin)).flatten(-2).to(x.dtype)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:

@@ -9,16 +9,17 @@ Architecture (Llama-style, the defaults of `ModelConfig`):
 Parameter names follow the CS336 layout (`layers.{i}.attn.q_proj.weight`,
 `layers.{i}.ffn.w1.weight`, `ln_final.weight`, `lm_head.weight`, ...) so its state dicts load
 as-is; `lmforge.model.hf` maps them to HuggingFace Llama names. Attention has two
-interchangeable backends: "reference" (our `scaled_dot_product_attention`) and "sdpa"
-(`torch.nn.functional.scaled_dot_product_attention`, an opt-in fused kernel proven equal in tests).
+interchangeable backends: "reference" (our `scaled_dot_product_attention` and RoPE `forward`) and
+"sdpa", the opt-in fast path proven equal in tests: `RotaryPositionalEmbedding.rotate_fast` and
+`attention.causal_attention` (PyTorch's fused attention kernels, chosen by dtype).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.model.attention import causal_attention
 from lmforge.model.config import ModelConfig
 from lmforge.model.layers import (
     Embedding,
@@ -65,9 +66,10 @@ class MultiHeadSelfAttention(nn.Module):
             if token_positions is None:
                 token_positions = torch.arange(T, device=x.device)
             pos = token_positions.unsqueeze(-2)  # broadcast over the head dim
-            q, k = self.rope(q, pos), self.rope(k, pos)
+            rotate = self.rope.rotate_fast if self.backend == "sdpa" else self.rope
+            q, k = rotate(q, pos), rotate(k, pos)
         if self.backend == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = causal_attention(q, k, v)
         else:
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             out = scaled_dot_product_attention(q, k, v, causal)
