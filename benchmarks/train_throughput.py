@@ -48,7 +48,7 @@ from lmforge.train.loss import cross_entropy
 from lmforge.train.optim import AdamW
 
 SHAPES = {
-    "demo": dict(vocab_size=4096, context_length=256, d_model=256, num_layers=4, num_heads=8),
+    "demo": dict(vocab_size=4096, context_length=256, d_model=384, num_layers=6, num_heads=6),
     "17m": dict(
         vocab_size=10_000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344
     ),

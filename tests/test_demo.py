@@ -100,8 +100,8 @@ def test_plan_schedule_fills_the_budget():
     from lmforge.config import load_config
 
     config = plan_schedule(load_config(demo.DEMO_CONFIG), budget_seconds=100, step_seconds=0.5)
-    assert config.train.max_steps == 184  # floor(0.92 · 100 / 0.5)
-    assert config.optim.warmup_iters == 18 and config.train.eval_interval == 23
+    assert config.train.max_steps == 180  # floor(0.9 · 100 / 0.5)
+    assert config.optim.warmup_iters == 18 and config.train.eval_interval == 22
 
 
 def test_demo_refuses_a_directory_that_is_not_a_demo(tmp_path):

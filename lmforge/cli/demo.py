@@ -56,5 +56,7 @@ def demo(out: Path, minutes: float, steps: int | None, overrides: tuple[str, ...
     for prompt, text in r.samples.items():
         console.print(f"[{prompt}]{text}")
         console.print()
+    console.print(f"the demo took {r.total_seconds / 60:.1f} minutes "
+                  f"({r.train_seconds / 60:.1f} training {r.tokens_trained:,} tokens)")
     console.print(f"outputs in {out}: loss plot {out}/plots/loss.png, metrics {out}/metrics.jsonl")
     console.print(f"try: lmforge generate --run {out} --prompt \"Alice was\"")

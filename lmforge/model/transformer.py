@@ -156,6 +156,15 @@ class TransformerLM(nn.Module):
                 f"{self.config.context_length}; crop the input to the last "
                 f"{self.config.context_length} tokens"
             )
+        if token_positions is not None and self.config.positional == "rope":
+            # One host sync, only when positions are given explicitly: RoPE's tables end at
+            # context_length, and an index past them would fail deep inside the layer.
+            last = int(token_positions.max())
+            if last >= self.config.context_length:
+                raise ValueError(
+                    f"token position {last} is beyond RoPE's table of context_length="
+                    f"{self.config.context_length} positions; use a model with a longer context"
+                )
         x = self.token_embeddings(token_ids)
         for layer in self.layers:
             x = layer(x, token_positions)

@@ -57,8 +57,16 @@ def truncate_after(path: str | os.PathLike, step: int) -> None:
     os.replace(tmp, path)
 
 
-def plot_losses(records: list[dict[str, Any]], out: str | os.PathLike, title: str = "") -> Path:
-    """Two panels — loss vs optimizer step and loss vs wall-clock minutes — saved as a PNG."""
+def plot_losses(
+    records: list[dict[str, Any]],
+    out: str | os.PathLike,
+    title: str = "",
+    baselines: dict[str, float] | None = None,
+) -> Path:
+    """Two panels — loss vs optimizer step and loss vs wall-clock minutes — saved as a PNG.
+
+    `baselines` (name → loss) are drawn as horizontal dashed lines, e.g. an n-gram model's loss.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +82,8 @@ def plot_losses(records: list[dict[str, Any]], out: str | os.PathLike, title: st
         if val:
             ax.plot([r[key] / scale for r in val], [r["val_loss"] for r in val], "o-",
                     label="validation", ms=3)
+        for k, (name, loss) in enumerate((baselines or {}).items()):
+            ax.axhline(loss, ls="--", lw=1, color=f"C{k + 2}", label=name)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("cross-entropy (nats/token)")

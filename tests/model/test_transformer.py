@@ -158,3 +158,5 @@ def test_too_long_input_is_a_clear_error():
     model = TransformerLM(**SMALL)
     with pytest.raises(ValueError, match="longer than the model's context_length 16"):
         model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="position 16 is beyond RoPE's table"):
+        model(torch.zeros(1, 4, dtype=torch.long), torch.arange(13, 17))
