@@ -77,8 +77,8 @@ def split_documents(
             [d for i, d in enumerate(docs) if i in val_ids])
 
 
-def measure_step_seconds(config: TrainConfig, probe_steps: int = 5) -> float:
-    """Seconds per optimizer step of `config` on random tokens (after one warm-up step).
+def measure_step_seconds(config: TrainConfig, probe_steps: int = 4, warmup: int = 2) -> float:
+    """Median seconds per optimizer step of `config` on random tokens, after warm-up steps.
 
     Uses a throw-away model and optimizer with a private RNG, so the real run is unaffected.
     """
@@ -96,7 +96,7 @@ def measure_step_seconds(config: TrainConfig, probe_steps: int = 5) -> float:
         x = torch.randint(0, c.vocab_size, (t.batch_size, c.context_length + 1), device=device)
         dtype = torch.bfloat16 if t.dtype == "bf16" else torch.float32
         times = []
-        for _ in range(probe_steps + 1):
+        for _ in range(warmup + probe_steps):
             start = time.perf_counter()
             for _ in range(t.grad_accum_steps):
                 with torch.autocast(device.type, dtype=dtype, enabled=t.dtype == "bf16"):
@@ -105,7 +105,7 @@ def measure_step_seconds(config: TrainConfig, probe_steps: int = 5) -> float:
             opt.step()
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    return statistics.median(times[warmup:])
 
 
 def _prepare_out(out: Path) -> None:

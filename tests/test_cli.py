@@ -236,10 +236,22 @@ def _bad_inputs(tmp: Path, corpus: Path, tok: Path) -> dict[str, tuple[list[str]
         "stats_utf8": (["tokenizer", "stats", str(tmp / "bad.txt"), "--tokenizer", str(tok)],
                        "byte offset 6"),
         "demo": (["demo", "--out", str(tmp / "d")], "small_en.txt"),
+        "no_config": (["train", "--config", str(tmp / "nope.toml")], "does not exist"),
+        "bad_set": (["train", "--config", str(_demo_config()), "--set", "model.num_heads=7"],
+                    "not divisible by model.num_heads=7"),
+        "no_data": (["train", "--config", str(_demo_config()), "--out", str(tmp / "r"), "--set",
+                     "data.train=" + str(tmp / "missing.npy")], "missing.npy"),
+        "not_a_run": (["train", "--resume", str(tmp)], "config"),
+        "generate_no_run": (["generate", "--run", str(tmp / "none")], "not a run directory"),
     }  # fmt: skip
 
 
-BAD_INPUTS = ["missing", "empty", "utf8", "vocab", "dup", "no_tokenizer", "stats_utf8", "demo"]
+def _demo_config() -> Path:
+    return Path(demo.__file__).parents[1] / "configs" / "demo.toml"
+
+
+BAD_INPUTS = ["missing", "empty", "utf8", "vocab", "dup", "no_tokenizer", "stats_utf8", "demo",
+              "no_config", "bad_set", "no_data", "not_a_run", "generate_no_run"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)

@@ -1,6 +1,6 @@
 """`lmforge train`, `lmforge generate` and `lmforge eval perplexity`.
 
-    lmforge train --config configs/demo.toml --out runs/my-run --set optim.lr=3e-3
+    lmforge train --config runs/demo/config.toml --out runs/my-run --set optim.lr=3e-3
     lmforge train --resume runs/my-run
     lmforge generate --run runs/my-run --prompt "Alice was"
     lmforge eval perplexity --run runs/my-run --data runs/demo/val.npy
@@ -41,7 +41,7 @@ def train_command(
 
     \b
     Examples:
-      lmforge train --config configs/demo.toml --out runs/demo-long --set train.max_steps=5000
+      lmforge train --config runs/demo/config.toml --out runs/demo-long --set train.max_steps=5000
       lmforge train --resume runs/demo-long
     """
     from lmforge.config import load_config
