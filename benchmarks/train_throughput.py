@@ -44,6 +44,7 @@ from rich.table import Table
 
 from lmforge.model import ModelConfig, TransformerLM, estimate_mfu, measure_matmul_flops
 from lmforge.model.hf import llama_config_kwargs, to_llama_state_dict
+from lmforge.train.allocator import keep_large_allocations
 from lmforge.train.loss import cross_entropy
 from lmforge.train.optim import AdamW
 
@@ -100,6 +101,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile-loss", action="store_true", help="compile forward + loss together")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-foreach", action="store_true", help="per-tensor AdamW update loop")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's mmap threshold alone (the trainer raises it on CPU; "
+                   "lmforge.train.allocator)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     args.models = _csv(args.models, MODELS)
@@ -265,6 +269,8 @@ def render(results: list[Result], title: str) -> None:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:  # the same process-wide setting for both models
+        keep_large_allocations()
     config = model_config(args)
     peaks = {d: measure_matmul_flops(DTYPES[d], device=args.device) for d in args.dtype}
     title = (

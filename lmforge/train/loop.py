@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from lmforge.config import TrainConfig
 from lmforge.eval.perplexity import evaluate_loss
 from lmforge.model import TransformerLM
+from lmforge.train.allocator import keep_large_allocations
 from lmforge.train.checkpoint import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
 from lmforge.train.data import BatchSampler, open_tokens
 from lmforge.train.loss import cross_entropy
@@ -90,6 +91,8 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = select_device(t.device)
+        if self.device.type == "cpu":
+            keep_large_allocations()
         train_tokens = open_tokens(config.data.train)
         check_token_file(config.data.train, train_tokens, config.model.vocab_size)
         self.val_tokens = open_tokens(config.data.val) if config.data.val else None

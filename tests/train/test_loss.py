@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.train import cross_entropy, perplexity
+from lmforge.train.loss import cross_entropy_reference
+
+IMPLEMENTATIONS = [cross_entropy, cross_entropy_reference]
 
 
 def _reference(logits: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
@@ -16,54 +19,60 @@ def _reference(logits: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tenso
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_equals_torch_cross_entropy_on_3d_batches(dtype):
+@pytest.mark.parametrize("ce", IMPLEMENTATIONS)
+def test_equals_torch_cross_entropy_on_3d_batches(ce, dtype):
     torch.manual_seed(0)
     logits = (torch.randn(3, 4, 5, 50) * 3).to(dtype)
     targets = torch.randint(0, 50, (3, 4, 5))
-    ours = cross_entropy(logits, targets)
+    ours = ce(logits, targets)
     assert ours.dtype == torch.float32 and ours.shape == ()
     torch.testing.assert_close(ours, _reference(logits, targets), rtol=1e-6, atol=1e-6)
 
 
-def test_two_class_hand_computed_value():
+@pytest.mark.parametrize("ce", IMPLEMENTATIONS)
+def test_two_class_hand_computed_value(ce):
     # ℓ = log(e^o0 + e^o1) - o[t]: row 1 scores (1, 3) with target 0, row 2 (2, 0) with target 1
     logits = torch.tensor([[1.0, 3.0], [2.0, 0.0]])
     targets = torch.tensor([0, 1])
     l1 = math.log(math.exp(1) + math.exp(3)) - 1
     l2 = math.log(math.exp(2) + math.exp(0)) - 0
-    assert cross_entropy(logits, targets).item() == pytest.approx((l1 + l2) / 2, rel=1e-6)
+    assert ce(logits, targets).item() == pytest.approx((l1 + l2) / 2, rel=1e-6)
 
 
-def test_uniform_logits_give_log_vocab():
+@pytest.mark.parametrize("ce", IMPLEMENTATIONS)
+def test_uniform_logits_give_log_vocab(ce):
     logits = torch.zeros(2, 7, 1000)
     targets = torch.randint(0, 1000, (2, 7))
-    assert cross_entropy(logits, targets).item() == pytest.approx(math.log(1000), rel=1e-6)
+    assert ce(logits, targets).item() == pytest.approx(math.log(1000), rel=1e-6)
 
 
-def test_finite_for_huge_logits_where_naive_softmax_overflows():
+@pytest.mark.parametrize("ce", IMPLEMENTATIONS)
+def test_finite_for_huge_logits_where_naive_softmax_overflows(ce):
     logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]])
     targets = torch.tensor([0, 0])
     naive = -(logits.exp() / logits.exp().sum(-1, keepdim=True))[range(2), targets].log()
     assert not torch.isfinite(naive).all()  # the naive formula really overflows here
-    ours = cross_entropy(logits, targets)
+    ours = ce(logits, targets)
     assert torch.isfinite(ours)
     # row 0: target holds the max -> loss ~0; row 1: 2e4 + log 2
     assert ours.item() == pytest.approx((0.0 + 2e4 + math.log(2)) / 2, rel=1e-6)
     torch.testing.assert_close(ours, _reference(logits, targets))
 
 
-def test_gradient_equals_torch_gradient():
+@pytest.mark.parametrize("ce", IMPLEMENTATIONS)
+def test_gradient_equals_torch_gradient(ce):
     torch.manual_seed(1)
     base = torch.randn(4, 6, 30) * 4
     targets = torch.randint(0, 30, (4, 6))
     a = base.clone().requires_grad_()
     b = base.clone().requires_grad_()
-    cross_entropy(a, targets).backward()
+    ce(a, targets).backward()
     _reference(b, targets).backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_ignore_index_matches_torch_value_and_gradient():
+@pytest.mark.parametrize("ce", IMPLEMENTATIONS)
+def test_ignore_index_matches_torch_value_and_gradient(ce):
     torch.manual_seed(2)
     base = torch.randn(2, 8, 20)
     targets = torch.randint(0, 20, (2, 8))
@@ -71,7 +80,7 @@ def test_ignore_index_matches_torch_value_and_gradient():
     targets[1, 3] = -100
     a = base.clone().requires_grad_()
     b = base.clone().requires_grad_()
-    ours = cross_entropy(a, targets, ignore_index=-100)
+    ours = ce(a, targets, ignore_index=-100)
     ref = _reference(b, targets, ignore_index=-100)
     torch.testing.assert_close(ours, ref)
     ours.backward()
@@ -80,14 +89,33 @@ def test_ignore_index_matches_torch_value_and_gradient():
     assert (a.grad[0, :5] == 0).all()
 
 
-def test_shape_mismatch_and_float_targets_are_clear_errors():
+@pytest.mark.parametrize("ce", IMPLEMENTATIONS)
+def test_shape_mismatch_and_float_targets_are_clear_errors(ce):
     with pytest.raises(ValueError, match="same leading shape"):
-        cross_entropy(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+        ce(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="integer token ids"):
-        cross_entropy(torch.zeros(2, 5), torch.zeros(2))
+        ce(torch.zeros(2, 5), torch.zeros(2))
 
 
 def test_perplexity_is_exp_of_loss():
     assert perplexity(math.log(42.0)) == pytest.approx(42.0)
     assert perplexity(0.0) == 1.0
     assert perplexity(1e6) == math.inf
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_backward_equals_autograd_reference(dtype):
+    torch.manual_seed(3)
+    base = (torch.randn(2, 16, 300) * 5).to(dtype)
+    targets = torch.randint(0, 300, (2, 16))
+    a = base.clone().requires_grad_()
+    b = base.clone().requires_grad_()
+    fused, ref = cross_entropy(a, targets), cross_entropy_reference(b, targets)
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-6)
+    (fused * 3).backward()  # a non-unit upstream gradient is scaled through
+    (ref * 3).backward()
+    assert a.grad.dtype == dtype
+    tol = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {}
+    torch.testing.assert_close(a.grad, b.grad, **tol)
+    # Each row of the gradient sums to zero: softmax sums to 1, minus the one-hot.
+    torch.testing.assert_close(a.grad.float().sum(-1), torch.zeros(2, 16), atol=1e-2, rtol=0)
