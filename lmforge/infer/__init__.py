@@ -6,5 +6,6 @@
 """
 
 from lmforge.infer.generate import generate, generate_ids, sample_next_token
+from lmforge.infer.penalties import apply_penalties, token_logprobs
 
-__all__ = ["generate", "generate_ids", "sample_next_token"]
+__all__ = ["apply_penalties", "generate", "generate_ids", "sample_next_token", "token_logprobs"]
