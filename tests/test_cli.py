@@ -30,6 +30,8 @@ COMMANDS = [
     "train",
     "generate",
     "eval perplexity",
+    "export hf",
+    "import hf",
     *(f"tokenizer {c}" for c in ("train", "encode", "stats", "show", "export", "import-gpt2")),
 ]
 VOCAB = 300  # 1 special + 256 bytes + 43 merges: a few seconds at most

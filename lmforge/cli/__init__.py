@@ -72,8 +72,9 @@ def main() -> None:
       train       train a Transformer LM from a TOML config (resumable)
       generate    sample text from a trained run
       eval        perplexity of a run on a token file
+      export      a run as a HuggingFace Llama model (import: the reverse)
       demo        the whole pipeline on data/small_en.txt
     """
 
 
-from lmforge.cli import demo, tokenizer, train  # noqa: E402, F401  (registers the subcommands)
+from lmforge.cli import demo, export, tokenizer, train  # noqa: E402, F401  (registers the subcommands)

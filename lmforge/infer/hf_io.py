@@ -1,0 +1,288 @@
+"""HuggingFace interop: export a run as a Llama model directory, import one back as a run.
+
+`export_hf(run_dir, out_dir)` writes what `transformers.AutoModelForCausalLM.from_pretrained`
+and `AutoTokenizer.from_pretrained` read (the format vLLM and lm-evaluation-harness take)::
+
+    out_dir/
+        config.json              LlamaConfig fields (`lmforge.model.hf.llama_config_kwargs`)
+        generation_config.json   bos/eos ids
+        model.safetensors        float32 weights in Llama names, q/k rows permuted for RoPE
+        tokenizer.json           `export_hf_tokenizer_json` (only when the run has a tokenizer)
+        tokenizer_config.json    PreTrainedTokenizerFast, <|endoftext|> as bos/eos
+
+The files are hand-written JSON, so exporting needs neither `transformers` nor `tokenizers`.
+Tied embeddings are stored once (`tie_word_embeddings: true`, no `lm_head.weight`), as HF does.
+The directory is built beside `out_dir` and renamed into place, so a crash never leaves half of
+one. Ablated models (NoPE, post-norm, ...) have no Llama form: `check_llama_compatible`'s
+ValueError names the setting.
+
+`import_hf(model_dir, out_run_dir)` reverses it for a Llama-architecture checkpoint
+(`config.json` + `model.safetensors` or sharded `model-*.safetensors` with
+`model.safetensors.index.json`): the run directory gets `config.toml` and a step-0 run checkpoint
+(fresh AdamW state), so `load_run`, `lmforge generate` and `lmforge train --resume` accept it.
+Refused with the reason: grouped-query attention, biases, RoPE scaling, a non-SiLU activation,
+a head_dim other than hidden_size / heads, and `.bin`-only checkpoints. A `tokenizer.json` is
+imported as an lmforge tokenizer only when it encodes exactly like one (byte-level BPE with
+GPT-2's split pattern, no normalizer) — ours round-trips, Llama 3's (another regex) does not and
+is left out (the run then has no `tokenizer/` directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.hf import from_llama_state_dict, llama_config_kwargs, to_llama_state_dict
+
+EOT = "<|endoftext|>"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _fresh_dir(target: Path) -> Path:
+    """A new empty temp directory beside `target` (which must not hold files yet)."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(
+            f"{target} already exists and is not empty; choose another output directory or "
+            "delete it first"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    if target.is_dir():  # empty (checked by _fresh_dir); rename cannot replace it portably
+        target.rmdir()
+    os.replace(tmp, target)
+
+
+# ------------------------------------------------------------------------------------- export
+
+
+def hf_config_dict(config: ModelConfig, eot_id: int | None) -> dict:
+    """The `config.json` of a `LlamaForCausalLM` computing the same function as our model."""
+    kwargs = llama_config_kwargs(config)  # ValueError for ablations, naming the setting
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        **kwargs,
+        "head_dim": config.head_dim,
+        "initializer_range": 0.02,
+        "attention_dropout": 0.0,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "torch_dtype": "float32",
+        "dtype": "float32",
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+    }
+
+
+def export_hf(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+) -> Path:
+    """Write run `run_dir` (latest checkpoint, or `checkpoint`) as an HF Llama model dir."""
+    from lmforge.tokenizer.export import export_hf_tokenizer_json
+    from lmforge.train.run_dir import load_run
+
+    out_dir = Path(out_dir)
+    model, tokenizer, train_config = load_run(run_dir, device="cpu", checkpoint=checkpoint)
+    config = train_config.model
+    eot_id = None
+    if tokenizer is not None:
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(
+                f"the run's tokenizer has {tokenizer.vocab_size} ids but model.vocab_size = "
+                f"{config.vocab_size}; the model cannot score every token, so it cannot be exported"
+            )
+        eot_id = tokenizer.id_of(EOT.encode()) if EOT in tokenizer.special_tokens else None
+    hf_config = hf_config_dict(config, eot_id)
+    weights = to_llama_state_dict(model.state_dict(), config)
+    if config.tie_embeddings:
+        del weights["lm_head.weight"]  # the same tensor as embed_tokens; HF re-ties it on load
+    weights = {k: v.detach().contiguous() for k, v in weights.items()}
+    tmp = _fresh_dir(out_dir)
+    try:
+        _write_json(tmp / "config.json", hf_config)
+        _write_json(tmp / "generation_config.json", {
+            "_from_model_config": True, "bos_token_id": eot_id, "eos_token_id": eot_id,
+        })
+        safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), {"format": "pt"})
+        if tokenizer is not None:
+            export_hf_tokenizer_json(tokenizer, tmp / "tokenizer.json")
+            eot = EOT if eot_id is not None else None
+            _write_json(tmp / "tokenizer_config.json", {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": eot,
+                "eos_token": eot,
+                "model_max_length": config.context_length,
+                "clean_up_tokenization_spaces": False,
+            })
+        _move_into_place(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------- import
+
+
+def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
+    """A ModelConfig for a Llama `config.json` dict; ValueError for what we cannot represent."""
+    archs = hf.get("architectures") or []
+    if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
+        raise ValueError(
+            f"{source} describes model_type={hf.get('model_type')!r} ({', '.join(archs) or '?'}); "
+            "only Llama-architecture checkpoints (LlamaForCausalLM) can be imported"
+        )
+    heads = hf["num_attention_heads"]
+    kv_heads = hf.get("num_key_value_heads") or heads
+    if kv_heads != heads:
+        raise ValueError(
+            f"{source} uses grouped-query attention (num_key_value_heads={kv_heads}, "
+            f"num_attention_heads={heads}); lmforge models have one key/value head per query head"
+        )
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise ValueError(f"{source} sets {key}=true; lmforge linear layers have no biases")
+    if hf.get("hidden_act", "silu") != "silu":
+        act = hf["hidden_act"]
+        raise ValueError(f"{source} has hidden_act={act!r}; lmforge uses SwiGLU (silu)")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(
+            f"{source} uses RoPE scaling {rope_type!r}; lmforge implements plain RoPE only "
+            "(rope_type 'default')"
+        )
+    d_model = hf["hidden_size"]
+    if hf.get("head_dim") not in (None, d_model // heads):
+        raise ValueError(
+            f"{source} has head_dim={hf['head_dim']} but hidden_size/num_attention_heads = "
+            f"{d_model // heads}; lmforge needs them equal"
+        )
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        context_length=hf["max_position_embeddings"],
+        d_model=d_model,
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        d_ff=hf["intermediate_size"],
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+    )
+
+
+def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a (possibly sharded) safetensors checkpoint directory."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted({model_dir / f for f in weight_map.values()})
+    elif (model_dir / "model.safetensors").is_file():
+        files = [model_dir / "model.safetensors"]
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        hint = " (it has PyTorch .bin files: re-save it with safe_serialization=True)" if any(
+            model_dir.glob("*.bin")) else ""
+        raise FileNotFoundError(f"{model_dir} holds no .safetensors weights{hint}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is listed in {index.name} but missing; download it")
+        state.update(safetensors.torch.load_file(str(f)))
+    return state
+
+
+def _hf_tokenizer(path: Path):
+    """Our Tokenizer for an HF `tokenizer.json` that encodes exactly like one, else None."""
+    from lmforge.tokenizer import GPT2_PATTERN, Tokenizer, TokenizerInputError
+    from lmforge.tokenizer.formats import _unicode_to_bytes
+
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    model, pre = doc.get("model") or {}, doc.get("pre_tokenizer") or {}
+    ours = [{"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated",
+             "invert": False}, {"type": "ByteLevel", "use_regex": False}]
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    same_split = len(steps) == 2 and steps[0] == ours[0] and all(
+        steps[1].get(k) == v for k, v in ours[1].items()) and not steps[1].get("add_prefix_space")
+    gpt2_split = len(steps) == 1 and steps[0].get("type") == "ByteLevel" and steps[0].get(
+        "use_regex", True) and not steps[0].get("add_prefix_space")
+    if model.get("type") != "BPE" or doc.get("normalizer") or not (same_split or gpt2_split):
+        return None
+    specials = {t["content"]: t["id"] for t in doc.get("added_tokens", []) if t.get("special")}
+    to_byte = _unicode_to_bytes()
+    try:
+        vocab = {i: s.encode() if s in specials else bytes(to_byte[c] for c in s)
+                 for s, i in model["vocab"].items()}
+        vocab.update({i: s.encode() for s, i in specials.items()})
+        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
+        merges = [tuple(bytes(to_byte[c] for c in part) for part in m) for m in merges]
+        return Tokenizer(vocab, merges, list(specials))
+    except (KeyError, TokenizerInputError):
+        return None
+
+
+def import_hf(model_dir: str | os.PathLike, out_run_dir: str | os.PathLike) -> Path:
+    """Write a Llama checkpoint dir as an lmforge run dir (with `tokenizer/` when convertible)."""
+    from lmforge.config import TrainConfig, save_config
+    from lmforge.model import TransformerLM
+    from lmforge.train.checkpoint import save_run_checkpoint
+    from lmforge.train.optim import AdamW
+
+    model_dir, out_run_dir = Path(model_dir), Path(out_run_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json; pass a HuggingFace model dir")
+    hf = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config = model_config_from_hf(hf, str(model_dir / "config.json"))
+    state = {k: v for k, v in _read_safetensors(model_dir).items() if "rotary_emb" not in k}
+    try:
+        ours = from_llama_state_dict(state, config)
+    except KeyError as e:
+        raise ValueError(
+            f"{model_dir} lacks tensor {e.args[0]} that its config.json implies; the checkpoint "
+            "is incomplete (re-download it) or not a plain Llama model"
+        ) from None
+    used = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    used |= {f"model.layers.{i}.{n}" for i in range(config.num_layers) for n in (
+        "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight",
+        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")}
+    if extra := sorted(set(state) - used):
+        raise ValueError(
+            f"{model_dir} has tensors lmforge's Llama has no place for: {', '.join(extra[:5])}"
+        )
+    model = TransformerLM.from_config(config)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in ours.items()})
+    tokenizer = None
+    if (model_dir / "tokenizer.json").is_file():
+        tokenizer = _hf_tokenizer(model_dir / "tokenizer.json")
+        if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+            tokenizer = None
+    tmp = _fresh_dir(out_run_dir)
+    try:
+        save_config(TrainConfig(model=config), tmp / "config.toml")
+        save_run_checkpoint(tmp, 0, model, AdamW(model.parameters()),
+                            {"imported_from": str(model_dir)})
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer")
+        _move_into_place(tmp, out_run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_run_dir
