@@ -37,6 +37,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from lmforge.fsutil import give_default_permissions
 from lmforge.model.config import ModelConfig
 from lmforge.model.hf import from_llama_state_dict, llama_config_kwargs, to_llama_state_dict
 
@@ -132,6 +133,7 @@ def export_hf(
                 "model_max_length": config.context_length,
                 "clean_up_tokenization_spaces": False,
             })
+        give_default_permissions(tmp)
         _move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

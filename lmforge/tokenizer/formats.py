@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lmforge
+from lmforge.fsutil import give_default_permissions
 from lmforge.tokenizer.pretokenize import GPT2_PATTERN, TokenizerInputError
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        give_default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -248,6 +250,7 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
             tokenizer.special_tokens,
         )
         _atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2))
+        give_default_permissions(tmp)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

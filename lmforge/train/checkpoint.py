@@ -33,6 +33,8 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from lmforge.fsutil import give_default_permissions
+
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "state.json", "rng.pt")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -162,6 +164,7 @@ def save_run_checkpoint(
     try:
         tmp.mkdir()
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"), force_contiguous=True)
+        give_default_permissions(tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(state_json)
