@@ -5,7 +5,21 @@
 ...          top_p=0.95, stream=print)                # doctest: +SKIP
 """
 
+from lmforge.infer.batch import Generation, decode, generate_batch, generate_batch_detailed, prefill
 from lmforge.infer.generate import generate, generate_ids, sample_next_token
+from lmforge.infer.kv_cache import KVCache
 from lmforge.infer.penalties import apply_penalties, token_logprobs
 
-__all__ = ["apply_penalties", "generate", "generate_ids", "sample_next_token", "token_logprobs"]
+__all__ = [
+    "Generation",
+    "KVCache",
+    "apply_penalties",
+    "decode",
+    "generate",
+    "generate_batch",
+    "generate_batch_detailed",
+    "generate_ids",
+    "prefill",
+    "sample_next_token",
+    "token_logprobs",
+]

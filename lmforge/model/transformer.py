@@ -12,11 +12,18 @@ as-is; `lmforge.model.hf` maps them to HuggingFace Llama names. Attention has tw
 interchangeable backends: "reference" (our `scaled_dot_product_attention` and RoPE `forward`) and
 "sdpa", the opt-in fast path proven equal in tests: `RotaryPositionalEmbedding.rotate_fast` and
 `attention.causal_attention` (PyTorch's fused attention kernels, chosen by dtype).
+
+Inference threads an optional key/value cache through `forward` (`lmforge.infer.kv_cache.KVCache`,
+duck-typed here so the model does not import the inference package): the cache hands out the
+absolute positions of the new tokens, each attention layer stores its RoPE-rotated keys and values
+in it and attends over every cached slot with an explicit boolean mask (the causal fast path
+assumes queries and keys at identical positions, which decode steps break).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.model.attention import causal_attention
@@ -57,8 +64,12 @@ class MultiHeadSelfAttention(nn.Module):
         self.output_proj = Linear(d_model, d_model, device, dtype)
         self.rope = rope
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
-        """x: (..., seq, d_model); token_positions: (..., seq) or (seq,), default 0..seq-1."""
+    def forward(self, x: Tensor, token_positions: Tensor | None = None, cache=None) -> Tensor:
+        """x: (..., seq, d_model); token_positions: (..., seq) or (seq,), default 0..seq-1.
+
+        `cache` (one layer's view of a KV cache, with `update(k, v) -> (keys, values, mask)`)
+        stores this call's keys/values and returns all cached ones with the attention mask.
+        """
         T = x.shape[-2]
         heads = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)  # noqa: E731
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
@@ -68,7 +79,14 @@ class MultiHeadSelfAttention(nn.Module):
             pos = token_positions.unsqueeze(-2)  # broadcast over the head dim
             rotate = self.rope.rotate_fast if self.backend == "sdpa" else self.rope
             q, k = rotate(q, pos), rotate(k, pos)
-        if self.backend == "sdpa":
+        if cache is not None:
+            # All cached keys/values (batch, heads, slots, d_k), mask (batch, 1, seq, slots).
+            k, v, mask = cache.update(k, v)
+            if self.backend == "sdpa":
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            else:
+                out = scaled_dot_product_attention(q, k, v, mask)
+        elif self.backend == "sdpa":
             out = causal_attention(q, k, v)
         else:
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
@@ -92,11 +110,11 @@ class TransformerBlock(nn.Module):
         else:
             self.ln1 = self.ln2 = nn.Identity()
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, token_positions: Tensor | None = None, cache=None) -> Tensor:
         if self.post_norm:
-            x = self.ln1(x + self.attn(x, token_positions))
+            x = self.ln1(x + self.attn(x, token_positions, cache))
             return self.ln2(x + self.ffn(x))
-        x = x + self.attn(self.ln1(x), token_positions)
+        x = x + self.attn(self.ln1(x), token_positions, cache)
         return x + self.ffn(self.ln2(x))
 
 
@@ -147,9 +165,31 @@ class TransformerLM(nn.Module):
         positional = [d.pop(k) for k in ("vocab_size", "context_length", "d_model", "num_layers")]
         return cls(*positional, d.pop("num_heads"), device=device, dtype=dtype, **d)
 
-    def forward(self, token_ids: Tensor, token_positions: Tensor | None = None) -> Tensor:
-        """token_ids: (batch, seq) int64 with seq <= context_length → logits (batch, seq, vocab)."""
+    def forward(
+        self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache=None
+    ) -> Tensor:
+        """token_ids: (batch, seq) int64 with seq <= context_length → logits (batch, seq, vocab).
+
+        With `kv_cache` (a `lmforge.infer.kv_cache.KVCache`) the tokens continue each cached
+        sequence: their positions come from the cache, which stores their keys and values.
+        """
+        return self.lm_head(self.hidden_states(token_ids, token_positions, kv_cache))
+
+    def hidden_states(
+        self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache=None
+    ) -> Tensor:
+        """`forward` without the output layer: final hidden states (batch, seq, d_model).
+
+        Lets generation apply `lm_head` only at the positions it samples from.
+        """
         T = token_ids.shape[-1]
+        if kv_cache is not None:
+            if token_positions is not None:
+                raise ValueError(
+                    "token_positions and kv_cache were both given; the cache sets the positions "
+                    "(its lengths), so leave token_positions=None"
+                )
+            token_positions = kv_cache.begin(T)
         if self.config.context_length < T:
             raise ValueError(
                 f"sequence of {T} tokens is longer than the model's context_length "
@@ -166,11 +206,13 @@ class TransformerLM(nn.Module):
                     f"{self.config.context_length} positions; use a model with a longer context"
                 )
         x = self.token_embeddings(token_ids)
-        for layer in self.layers:
-            x = layer(x, token_positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i))
+        if kv_cache is not None:
+            kv_cache.commit()
         if self.ln_final is not None:
             x = self.ln_final(x)
-        return self.lm_head(x)
+        return x
 
     def num_parameters(self, embeddings: bool = True) -> int:
         """Parameters actually allocated (shared tensors counted once)."""

@@ -1,0 +1,171 @@
+"""Key/value cache for incremental decoding with `TransformerLM`.
+
+What: per layer, preallocated key and value tensors of shape (batch, heads, max_len, head_dim) on
+the model's device and dtype, plus `lengths` (batch,): how many slots of each sequence are filled.
+Slot s of a sequence holds the token at absolute position s, so RoPE positions are slot indices
+and sequences of different lengths live side by side (ragged bookkeeping, no left padding).
+
+Protocol, driven by `TransformerLM.forward(ids (batch, seq), kv_cache=cache)`:
+
+1. `begin(seq)` returns the new tokens' positions `lengths[b] + 0..seq-1` (batch, seq) and
+   builds the attention mask once for all layers: query t of sequence b may attend to slot s iff
+   s <= lengths[b] + t (its cached prefix and the new tokens up to itself);
+2. each attention layer calls `layer(i).update(k, v)` with its RoPE-rotated keys and values
+   (batch, heads, seq, head_dim): they are written at those slots, and the keys/values of slots
+   0..max(lengths)+seq-1 come back with the mask (batch, 1, seq, slots);
+3. `commit()` advances every length by seq.
+
+Prefill is one such call over the whole prompt, decode one call per new token (seq = 1).
+Prompts of different lengths are right-padded for the prefill, then `truncate(prompt_lengths)`
+forgets the padding slots (later tokens overwrite them; the mask never lets a query see a slot
+at or past its own sequence's length). `truncate` also rolls back rejected speculative tokens,
+and `select(rows)` drops finished sequences from the batch.
+
+Memory: 2 · layers · batch · max_len · d_model elements (e.g. 4 layers, batch 32, 256 slots,
+d_model 512, float32: 128 MiB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class KVCache:
+    """Per-layer key/value buffers (batch, heads, max_len, head_dim) and per-sequence lengths."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        if min(num_layers, batch_size, num_heads, max_len, head_dim) < 1:
+            raise ValueError(
+                f"KVCache sizes must all be >= 1, got num_layers={num_layers}, batch_size="
+                f"{batch_size}, num_heads={num_heads}, max_len={max_len}, head_dim={head_dim}"
+            )
+        shape = (batch_size, num_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_len = max_len
+        self._end = 0  # max(lengths) as a Python int: slicing needs no host sync
+        self._slots: Tensor | None = None  # (batch, seq) slots being written, between begin/commit
+        self._mask: Tensor | None = None
+
+    @classmethod
+    def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None) -> KVCache:
+        """A cache matching `model` (a TransformerLM): its layers, heads, device and dtype.
+
+        `max_len` defaults to the model's context_length, and may not exceed it.
+        """
+        c = model.config
+        max_len = c.context_length if max_len is None else max_len
+        if max_len > c.context_length:
+            raise ValueError(
+                f"max_len={max_len} exceeds the model's context_length={c.context_length}; "
+                "positions past the context have no RoPE table, use max_len <= context_length"
+            )
+        p = next(model.parameters())
+        return cls(
+            c.num_layers,
+            batch_size,
+            c.num_heads,
+            max_len,
+            c.head_dim,
+            device=p.device,
+            dtype=p.dtype,
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    def begin(self, seq: int) -> Tensor:
+        """Reserve `seq` slots per sequence; return their positions (batch, seq), int64."""
+        if self._end + seq > self.max_len:
+            raise ValueError(
+                f"the KV cache holds {self.max_len} slots per sequence but {self._end} are used "
+                f"and {seq} more were requested; allocate a larger max_len (at most the model's "
+                "context_length) or generate fewer tokens"
+            )
+        offsets = torch.arange(seq, device=self.lengths.device)
+        self._slots = self.lengths[:, None] + offsets  # (batch, seq)
+        slot_ids = torch.arange(self._end + seq, device=self.lengths.device)
+        self._mask = (slot_ids <= self._slots[..., None]).unsqueeze(1)  # (batch, 1, seq, slots)
+        return self._slots
+
+    def layer(self, i: int) -> _LayerCache:
+        """Layer i's view, passed to its attention module."""
+        return _LayerCache(self, i)
+
+    def update(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Write layer i's new k, v (batch, heads, seq, head_dim) at the reserved slots.
+
+        Returns the keys and values of slots 0..max(lengths)+seq-1 (batch, heads, slots,
+        head_dim) and the boolean mask (batch, 1, seq, slots), True where attending is allowed.
+        """
+        if self._slots is None or self._mask is None:
+            raise RuntimeError("KVCache.update called outside begin()/commit()")
+        if k.shape[0] != self.batch_size or k.shape[-2] != self._slots.shape[1]:
+            raise ValueError(
+                f"keys of shape {tuple(k.shape)} do not match the cache's batch of "
+                f"{self.batch_size} and the {self._slots.shape[1]} reserved slots; feed the "
+                "model token ids of shape (cache batch size, seq)"
+            )
+        rows = torch.arange(self.batch_size, device=k.device)[:, None]  # (batch, 1)
+        # Advanced indices around a slice put their dims first: the target is (batch, seq, H, D).
+        self.keys[i][rows, :, self._slots] = k.transpose(1, 2)
+        self.values[i][rows, :, self._slots] = v.transpose(1, 2)
+        n = self._mask.shape[-1]
+        return self.keys[i][:, :, :n], self.values[i][:, :, :n], self._mask
+
+    def commit(self) -> None:
+        """Advance every sequence past the slots reserved by `begin`."""
+        if self._slots is None:
+            raise RuntimeError("KVCache.commit called without begin()")
+        seq = self._slots.shape[1]
+        self.lengths += seq
+        self._end += seq
+        self._slots = self._mask = None
+
+    def truncate(self, lengths: Sequence[int]) -> None:
+        """Keep only the first lengths[b] slots of sequence b (each <= its current length)."""
+        new = torch.as_tensor(list(lengths), dtype=torch.long, device=self.lengths.device)
+        if new.shape != self.lengths.shape or bool((new < 0).any() | (new > self.lengths).any()):
+            raise ValueError(
+                f"truncate needs one length per sequence in [0, current length], got "
+                f"{list(lengths)} for current lengths {self.lengths.tolist()}"
+            )
+        self.lengths = new
+        self._end = int(new.max())
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only the sequences at `rows` (in that order), e.g. to drop finished ones."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.lengths.device)
+        if idx.numel() == 0 or bool((idx < 0).any() | (idx >= self.batch_size).any()):
+            raise ValueError(
+                f"select needs a non-empty list of rows in [0, {self.batch_size}), got {list(rows)}"
+            )
+        self.keys = [k.index_select(0, idx) for k in self.keys]
+        self.values = [v.index_select(0, idx) for v in self.values]
+        self.lengths = self.lengths.index_select(0, idx)
+        self._end = int(self.lengths.max())
+
+
+class _LayerCache:
+    """One layer's handle on a `KVCache`: what `MultiHeadSelfAttention` calls `update` on."""
+
+    def __init__(self, cache: KVCache, index: int):
+        self.cache, self.index = cache, index
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.cache.update(self.index, k, v)

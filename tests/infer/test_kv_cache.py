@@ -1,0 +1,130 @@
+"""Tests for lmforge.infer.kv_cache.KVCache threaded through TransformerLM.forward.
+
+Reference: the uncached forward pass over the whole sequence (positions 0..T-1, causal mask),
+whose logits at position t every cached prefill/decode step must reproduce, and the recompute
+loop `generate_ids` for greedy output token for token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.infer import generate_ids
+from lmforge.infer.batch import generate_batch
+from lmforge.infer.kv_cache import KVCache
+from lmforge.model import TransformerLM
+
+ATOL = 1e-5
+
+
+def tiny(seed: int = 0, context_length: int = 32, **switches) -> TransformerLM:
+    torch.manual_seed(seed)
+    model = TransformerLM(64, context_length, 32, 2, 4, **switches)
+    return model.eval()
+
+
+SWITCHES = [
+    {},
+    {"attention": "sdpa"},
+    {"positional": "nope"},
+    {"norm_position": "post", "tie_embeddings": True},
+]
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
+@torch.inference_mode()
+def test_prefill_then_decode_matches_uncached_forward(switches):
+    model = tiny(**switches)
+    ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(1))
+    full = model(ids)  # (2, 20, 64)
+    cache = KVCache.for_model(model, batch_size=2)
+    prefill = model(ids[:, :7], kv_cache=cache)
+    torch.testing.assert_close(prefill, full[:, :7], atol=ATOL, rtol=0)
+    assert cache.lengths.tolist() == [7, 7]
+    for t in range(7, 20):  # decode one token at a time at absolute position t
+        step = model(ids[:, t : t + 1], kv_cache=cache)
+        torch.testing.assert_close(step[:, 0], full[:, t], atol=ATOL, rtol=0)
+    assert cache.lengths.tolist() == [20, 20]
+
+
+@torch.inference_mode()
+def test_chunked_prefill_matches_uncached_forward():
+    """Several tokens on top of a non-empty cache: the mask must be causal within the chunk."""
+    model = tiny(seed=3)
+    ids = torch.randint(0, 64, (1, 24), generator=torch.Generator().manual_seed(2))
+    full = model(ids)
+    cache = KVCache.for_model(model, 1, max_len=24)
+    pieces = [model(ids[:, a:b], kv_cache=cache) for a, b in [(0, 5), (5, 13), (13, 24)]]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=ATOL, rtol=0)
+
+
+@torch.inference_mode()
+def test_ragged_sequences_share_a_cache():
+    """Right-padded prefill + truncate: each row decodes as if it were alone."""
+    model = tiny(seed=4)
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randint(0, 64, (1, 15), generator=g), torch.randint(0, 64, (1, 15), generator=g)
+    cache = KVCache.for_model(model, 2)
+    padded = torch.cat([a[:, :9], torch.cat([b[:, :3], torch.zeros(1, 6, dtype=torch.long)], 1)])
+    model(padded, kv_cache=cache)
+    cache.truncate([9, 3])
+    # Row 0 continues a from position 9, row 1 continues b from position 3.
+    full_a, full_b = model(a), model(b)
+    for step in range(6):
+        tokens = torch.stack([a[0, 9 + step], b[0, 3 + step]])[:, None]
+        logits = model(tokens, kv_cache=cache)[:, 0]
+        torch.testing.assert_close(logits[0], full_a[0, 9 + step], atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits[1], full_b[0, 3 + step], atol=ATOL, rtol=0)
+    assert cache.lengths.tolist() == [15, 9]
+
+
+@torch.inference_mode()
+def test_truncate_rolls_back_and_select_keeps_rows():
+    model = tiny(seed=6)
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, 64, (3, 12), generator=g)
+    other = torch.randint(0, 64, (3, 4), generator=g)
+    cache = KVCache.for_model(model, 3)
+    model(ids[:, :8], kv_cache=cache)
+    model(other, kv_cache=cache)  # speculative tokens, then rejected
+    cache.truncate([8, 8, 8])
+    cache.select([2, 0])  # row 1 finished
+    logits = model(ids[[2, 0], 8:], kv_cache=cache)
+    torch.testing.assert_close(logits, model(ids[[2, 0]])[:, 8:], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_cached_equals_recompute_loop_to_the_end_of_the_context(seed):
+    """Greedy with the cache (batch of one) == generate_ids, until the context is full."""
+    model = tiny(seed=seed, context_length=64)
+    prompt = torch.randint(0, 64, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
+    reference = list(generate_ids(model, prompt, 59, temperature=0.0))
+    assert len(reference) == 59
+    assert generate_batch(model, [prompt], 59) == [reference]
+
+
+def test_cache_buffers_follow_model_dtype_and_shapes():
+    model = tiny().to(torch.bfloat16)
+    cache = KVCache.for_model(model, 3, max_len=10)
+    assert len(cache.keys) == len(cache.values) == 2
+    assert cache.keys[0].shape == (3, 4, 10, 8) and cache.keys[0].dtype == torch.bfloat16
+    with torch.inference_mode():
+        assert model(torch.ones(3, 4, dtype=torch.long), kv_cache=cache).shape == (3, 4, 64)
+
+
+@torch.inference_mode()
+def test_bad_use_is_refused_with_a_fix():
+    model = tiny()
+    with pytest.raises(ValueError, match="context_length"):
+        KVCache.for_model(model, 1, max_len=33)
+    cache = KVCache.for_model(model, 2, max_len=8)
+    model(torch.ones(2, 6, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="larger max_len"):
+        model(torch.ones(2, 3, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="leave token_positions=None"):
+        model(torch.ones(2, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="truncate"):
+        cache.truncate([7, 1])  # longer than what is cached
+    with pytest.raises(ValueError, match="select"):
+        cache.select([2])
