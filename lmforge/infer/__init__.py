@@ -9,10 +9,12 @@ from lmforge.infer.batch import Generation, decode, generate_batch, generate_bat
 from lmforge.infer.generate import generate, generate_ids, sample_next_token
 from lmforge.infer.kv_cache import KVCache
 from lmforge.infer.penalties import apply_penalties, token_logprobs
+from lmforge.infer.speculative import SpeculativeResult, speculative_generate, verify_draft
 
 __all__ = [
     "Generation",
     "KVCache",
+    "SpeculativeResult",
     "apply_penalties",
     "decode",
     "generate",
@@ -21,5 +23,7 @@ __all__ = [
     "generate_ids",
     "prefill",
     "sample_next_token",
+    "speculative_generate",
     "token_logprobs",
+    "verify_draft",
 ]
