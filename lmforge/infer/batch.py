@@ -47,6 +47,7 @@ from lmforge.infer.generate import (
     sample_next_token,
 )
 from lmforge.infer.kv_cache import KVCache
+from lmforge.infer.penalties import apply_penalties
 
 
 @dataclass
@@ -120,12 +121,16 @@ def generate_batch_detailed(
     eos_id: int | None = None,
     stop_ids: Iterable[int] = (),
     seed: int | None = None,
+    repetition_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
 ) -> list[Generation]:
     """Continue every prompt; one `Generation` per prompt, in order (see the module notes).
 
     Sampling arguments are `sample_next_token`'s (temperature 0 = greedy). A sequence stops at
     `eos_id` or any of `stop_ids` (not included in its output; finish_reason "stop") or after
-    `max_new_tokens` tokens ("length"). Runs in eval mode under `torch.inference_mode()`.
+    `max_new_tokens` tokens ("length"). The penalties are `apply_penalties`' and count the
+    prompt and the tokens generated so far. Runs in eval mode under `torch.inference_mode()`.
     """
     _check_sampling(temperature, top_k, top_p)
     prompts = _check_prompts(prompts, max_new_tokens, model)
@@ -139,11 +144,13 @@ def generate_batch_detailed(
     if seed is not None:
         generator = torch.Generator(device=_model_device(model)).manual_seed(seed)
     sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    penalties = dict(repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                     presence_penalty=presence_penalty)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            _run(model, prompts, max_new_tokens, stops, sample, results)
+            _run(model, prompts, max_new_tokens, stops, sample, results, penalties)
     finally:
         model.train(was_training)
     return results
@@ -156,13 +163,24 @@ def _run(
     stops: set[int],
     sample: dict,
     results: list[Generation],
+    penalties: dict,
 ) -> None:
     """The prefill + decode loop, filling `results` in place."""
+    penalised = penalties["repetition_penalty"] != 1.0 or any(
+        penalties[k] for k in ("frequency_penalty", "presence_penalty")
+    )
     # The last sampled token is never fed back, hence the - 1.
     cache, logits = prefill(model, prompts, max(len(p) for p in prompts) + max_new_tokens - 1)
     live = list(range(len(prompts)))  # prompt index of each cache row
     while True:
-        tokens = sample_next_token(logits, **sample)  # (rows,)
+        scores = logits
+        if penalised:  # per row: each has its own history (the batch is ragged)
+            scores = torch.cat([
+                apply_penalties(logits[row : row + 1], torch.tensor(
+                    [prompts[i] + results[i].token_ids], device=logits.device), **penalties)
+                for row, i in enumerate(live)
+            ])
+        tokens = sample_next_token(scores, **sample)  # (rows,)
         logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])
         keep = []
         chosen = zip(tokens.tolist(), logprobs[:, 0].tolist(), strict=True)
@@ -197,6 +215,9 @@ def generate_batch(
     eos_id: int | None = None,
     stop_ids: Iterable[int] = (),
     seed: int | None = None,
+    repetition_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
 ) -> list[list[int]]:
     """New token ids for each prompt (stop tokens excluded); see `generate_batch_detailed`."""
     results = generate_batch_detailed(
@@ -209,5 +230,8 @@ def generate_batch(
         eos_id=eos_id,
         stop_ids=stop_ids,
         seed=seed,
+        repetition_penalty=repetition_penalty,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
     )
     return [r.token_ids for r in results]

@@ -109,3 +109,22 @@ def test_bad_arguments_are_refused_with_a_fix(args, match):
 def test_bad_sampling_arguments_are_refused():
     with pytest.raises(ValueError, match="top_p"):
         generate_batch(tiny(), [[1]], 3, temperature=1.0, top_p=1.5)
+
+
+def test_penalties_match_an_uncached_greedy_loop_with_apply_penalties():
+    from lmforge.infer.penalties import apply_penalties
+
+    torch.manual_seed(5)
+    model = TransformerLM(vocab_size=64, context_length=32, d_model=32, num_layers=2,
+                          num_heads=4).eval()
+    prompts = [[3, 4, 5, 3], [7]]
+    settings = dict(repetition_penalty=1.8, frequency_penalty=0.3, presence_penalty=0.2)
+    got = generate_batch(model, prompts, 12, **settings)
+    for prompt, out in zip(prompts, got, strict=True):
+        ids = list(prompt)
+        for _ in range(12):
+            with torch.no_grad():
+                logits = model(torch.tensor([ids]))[:, -1]
+            ids.append(int(apply_penalties(logits, torch.tensor([ids]), **settings).argmax()))
+        assert out == ids[len(prompt):]
+    assert got != generate_batch(model, prompts, 12)  # the penalties change the output here
