@@ -84,6 +84,7 @@ _device = click.option("--device", default="auto", show_default=True, help="cpu,
               help="Nucleus sampling mass, e.g. 0.95.")
 @click.option("--top-k", type=COUNT, default=None, help="Sample among the k likeliest tokens.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@click.option("--stop", multiple=True, help="Stop at this text (repeatable; \\n = newline).")
 @_device
 def generate(
     run_dir: Path,
@@ -93,6 +94,7 @@ def generate(
     top_p: float | None,
     top_k: int | None,
     seed: int | None,
+    stop: tuple[str, ...],
     device: str,
 ) -> None:
     """Continue a prompt with a trained model, printing tokens as they are produced.
@@ -112,8 +114,9 @@ def generate(
     def show(piece: str) -> None:
         click.echo(piece, nl=False)
 
+    stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in stop]
     generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_p, top_k,
-                  seed=seed, stream=show)
+                  seed=seed, stream=show, stop=stops)
     click.echo()
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -240,6 +240,7 @@ def generate(
     stop_at_eos: bool = True,
     seed: int | None = None,
     stream: Callable[[str], None] | None = None,
+    stop: Sequence[str] = (),
 ) -> str:
     """Continue ``prompt`` with up to ``max_new_tokens`` tokens; return the new text only.
 
@@ -248,7 +249,10 @@ def generate(
     complete UTF-8 characters as soon as it exists, and the pieces concatenate to the returned
     text. Generation stops at ``<|endoftext|>`` when ``stop_at_eos`` (the eos is not part of the
     text). An empty prompt starts from the ``<|endoftext|>`` token (a document boundary), so
-    the model writes the opening of a new document.
+    the model writes the opening of a new document. Generation also ends at the first
+    occurrence of any ``stop`` string, which is cut off (with what follows it); while a stop
+    string may still be forming, the text that could be its beginning is held back from
+    ``stream``.
     """
     eos_id = tokenizer.id_of(EOS_TOKEN)
     prompt_ids = tokenizer.encode(prompt)
@@ -269,13 +273,53 @@ def generate(
         eos_id=eos_id if stop_at_eos else None,
         seed=seed,
     )
+    out = _StopStrings(stop, stream)
     decoder = tokenizer.stream_decoder()
-    pieces = []
     for token in ids:
-        pieces.append(decoder.feed(token))
-        if stream is not None and pieces[-1]:
-            stream(pieces[-1])
-    pieces.append(decoder.flush())
-    if stream is not None and pieces[-1]:
-        stream(pieces[-1])
-    return "".join(pieces)
+        if out.add(decoder.feed(token)):
+            return out.text
+    out.add(decoder.flush())
+    return out.finish()
+
+
+class _StopStrings:
+    """Accumulates decoded text, cuts it at the first stop string, streams what is final.
+
+    >>> s = _StopStrings(["::"], None); s.add("ab:"), s.add(":cd"), s.text
+    (False, True, 'ab')
+    """
+
+    def __init__(self, stop: Sequence[str], stream: Callable[[str], None] | None):
+        if any(not s for s in stop):
+            raise ValueError("stop strings must be non-empty")
+        self.stop, self.stream = list(stop), stream
+        self.text, self.sent = "", 0
+
+    def add(self, piece: str) -> bool:
+        """Append `piece`; True when a stop string has appeared (the text is then final)."""
+        self.text += piece
+        cuts = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if cuts:
+            self.text = self.text[: min(cuts)]
+            self._send(len(self.text))
+            return True
+        held = max((_overlap(self.text, s) for s in self.stop), default=0)
+        self._send(len(self.text) - held)
+        return False
+
+    def finish(self) -> str:
+        self._send(len(self.text))
+        return self.text
+
+    def _send(self, end: int) -> None:
+        if self.stream is not None and end > self.sent:
+            self.stream(self.text[self.sent : end])
+        self.sent = max(self.sent, end)
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if stop.startswith(text[-n:]):
+            return n
+    return 0

@@ -326,3 +326,19 @@ def test_real_transformer_generates_greedy_argmax_of_its_cropped_window():
     a = list(generate_ids(model, prompt, 10, temperature=1.0, top_p=0.9, seed=7))
     assert a == list(generate_ids(model, prompt, 10, temperature=1.0, top_p=0.9, seed=7))
     assert all(0 <= t < 64 for t in a) and len(a) == 10
+
+
+def test_stop_strings_cut_the_text_and_streaming_holds_back_partial_matches():
+    tok = byte_tokenizer()
+    model = ScriptLM([*b"one. two.. three", *b"xxxxxxxx"], tok.vocab_size)
+    pieces: list[str] = []
+    out = generate(model, tok, "x", max_new_tokens=30, stream=pieces.append, stop=[".."])
+    assert out == "one. two" == "".join(pieces)
+    assert model.calls == len("one. two..")  # stopped as soon as the stop string was complete
+    # A stop string that never completes: everything is streamed in the end.
+    model = ScriptLM([*b"ab.c", *b"dddd"], tok.vocab_size)
+    pieces = []
+    out = generate(model, tok, "x", max_new_tokens=6, stream=pieces.append, stop=[".x", "zz"])
+    assert out == "ab.cdd" == "".join(pieces)
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(model, tok, "x", max_new_tokens=2, stop=[""])
