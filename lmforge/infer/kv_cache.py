@@ -160,6 +160,25 @@ class KVCache:
         self.lengths = self.lengths.index_select(0, idx)
         self._end = int(self.lengths.max())
 
+    def extend(self, other: KVCache) -> None:
+        """Append the sequences of `other` as new rows (continuous batching: a request that was
+        prefilled on its own joins the running batch between decode steps)."""
+        if self._slots is not None or other._slots is not None:
+            raise RuntimeError("KVCache.extend called between begin() and commit()")
+        mine = (len(self.keys), *self.keys[0].shape[1:], self.keys[0].dtype, self.keys[0].device)
+        theirs = (len(other.keys), *other.keys[0].shape[1:], other.keys[0].dtype,
+                  other.keys[0].device)
+        if mine != theirs:
+            raise ValueError(
+                f"cannot merge KV caches of different layouts (layers, heads, max_len, head_dim, "
+                f"dtype, device): {mine} vs {theirs}; build both with KVCache.for_model on the "
+                "same model and max_len"
+            )
+        self.keys = [torch.cat(pair) for pair in zip(self.keys, other.keys, strict=True)]
+        self.values = [torch.cat(pair) for pair in zip(self.values, other.values, strict=True)]
+        self.lengths = torch.cat([self.lengths, other.lengths])
+        self._end = max(self._end, other._end)
+
 
 class _LayerCache:
     """One layer's handle on a `KVCache`: what `MultiHeadSelfAttention` calls `update` on."""

@@ -128,3 +128,26 @@ def test_bad_use_is_refused_with_a_fix():
         cache.truncate([7, 1])  # longer than what is cached
     with pytest.raises(ValueError, match="select"):
         cache.select([2])
+
+
+@torch.inference_mode()
+def test_a_separately_prefilled_request_joins_a_running_batch():
+    """extend(): row b is prefilled alone mid-run, then both decode in one batch as if alone."""
+    model = tiny(seed=6)
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randint(0, 64, (1, 20), generator=g), torch.randint(0, 64, (1, 12), generator=g)
+    running = KVCache.for_model(model, 1)
+    model(a[:, :8], kv_cache=running)
+    for step in range(3):  # the running batch decodes a few steps first
+        model(a[:, 8 + step : 9 + step], kv_cache=running)
+    joining = KVCache.for_model(model, 1)
+    model(b[:, :5], kv_cache=joining)
+    running.extend(joining)
+    full_a, full_b = model(a), model(b)
+    for step in range(6):
+        tokens = torch.stack([a[0, 11 + step], b[0, 5 + step]])[:, None]
+        logits = model(tokens, kv_cache=running)[:, 0]
+        torch.testing.assert_close(logits[0], full_a[0, 11 + step], atol=ATOL, rtol=0)
+        torch.testing.assert_close(logits[1], full_b[0, 5 + step], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="different layouts"):
+        running.extend(KVCache.for_model(model, 1, max_len=16))
