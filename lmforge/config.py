@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli_w
 
+from lmforge.fsutil import atomic_write_text
 from lmforge.model.config import ModelConfig
 
 
@@ -171,7 +172,4 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConf
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as TOML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(tomli_w.dumps(config.to_dict()), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, tomli_w.dumps(config.to_dict()))

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from lmforge.config import TrainConfig, load_config
+from lmforge.fsutil import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CORPUS = REPO / "data" / "small_en.txt"
@@ -126,12 +127,6 @@ def _prepare_out(out: Path) -> None:
     (out / "data").mkdir(parents=True, exist_ok=True)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def plan_schedule(config: TrainConfig, budget_seconds: float, step_seconds: float,
                   steps: int | None = None) -> TrainConfig:
     """Set max_steps to fill the budget (or to `steps`), and scale warm-up / eval / checkpoints.
@@ -183,8 +178,8 @@ def run_demo(
     _prepare_out(out)
     train_docs, val_docs = split_documents(DEMO_CORPUS.read_text(encoding="utf-8"))
     paths = {s: out / "data" / f"{s}.txt" for s in ("train", "val")}
-    _write_text(paths["train"], EOT.join(train_docs))
-    _write_text(paths["val"], EOT.join(val_docs))
+    atomic_write_text(paths["train"], EOT.join(train_docs))
+    atomic_write_text(paths["val"], EOT.join(val_docs))
     report(f"1. split {len(train_docs) + len(val_docs)} chapters: {len(train_docs)} train, "
            f"{len(val_docs)} validation")
 
@@ -220,7 +215,7 @@ def run_demo(
                for p in DEMO_PROMPTS}
     demo = DemoResult(str(out), result.step, result.tokens, result.wall_time, val_loss,
                       bigram, unigram, val_bpt, samples, time.perf_counter() - start)
-    _write_text(out / "demo.json", json.dumps(asdict(demo), indent=2) + "\n")
+    atomic_write_text(out / "demo.json", json.dumps(asdict(demo), indent=2) + "\n")
     return demo
 
 

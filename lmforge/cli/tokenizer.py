@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -229,9 +227,10 @@ def show(
     ids = tok.encode(text, special=special)
     print_tokens(tok, ids)
     if html_path is not None:
+        from lmforge.fsutil import atomic_write_text
         from lmforge.tokenizer.visualize import tokens_html
 
-        write_atomic(html_path, tokens_html(tok, ids))
+        atomic_write_text(html_path, tokens_html(tok, ids))
         console.print(f"wrote {html_path}")
 
 
@@ -396,19 +395,6 @@ def print_tokens(tok: Tokenizer, ids: list[int]) -> None:
         line.append(piece, style=TOKEN_STYLES[k % len(TOKEN_STYLES)])
     console.print(line)
     console.print(f"{len(ids)} tokens: {ids}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _shown(token: bytes) -> str:

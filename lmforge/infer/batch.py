@@ -47,7 +47,7 @@ from lmforge.infer.generate import (
     sample_next_token,
 )
 from lmforge.infer.kv_cache import KVCache
-from lmforge.infer.penalties import apply_penalties
+from lmforge.infer.penalties import apply_penalties, token_logprobs
 
 
 @dataclass
@@ -181,9 +181,9 @@ def _run(
                 for row, i in enumerate(live)
             ])
         tokens = sample_next_token(scores, **sample)  # (rows,)
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])
+        logprobs = token_logprobs(logits, tokens)
         keep = []
-        chosen = zip(tokens.tolist(), logprobs[:, 0].tolist(), strict=True)
+        chosen = zip(tokens.tolist(), logprobs.tolist(), strict=True)
         for row, (token, logprob) in enumerate(chosen):
             out = results[live[row]]
             if token in stops:

@@ -36,16 +36,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from lmforge.model.layers import softmax
+
 if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
 
 EOS_TOKEN = b"<|endoftext|>"
-
-
-def _softmax(x: torch.Tensor) -> torch.Tensor:
-    """Numerically stable softmax over the last dim: exp(x - max) / sum(exp(x - max))."""
-    e = torch.exp(x - x.amax(dim=-1, keepdim=True))
-    return e / e.sum(dim=-1, keepdim=True)
 
 
 def _is_int(x: object) -> bool:
@@ -85,7 +81,7 @@ def _filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """
     if p >= 1.0:
         return logits
-    probs, order = torch.sort(_softmax(logits), dim=-1, descending=True)
+    probs, order = torch.sort(softmax(logits), dim=-1, descending=True)
     mass_before = torch.cumsum(probs, dim=-1) - probs
     keep = torch.zeros_like(logits, dtype=torch.bool)
     keep.scatter_(-1, order, mass_before < p)
@@ -124,7 +120,7 @@ def sample_next_token(
             z = _filter_top_k(z, top_k)
         if top_p is not None:
             z = _filter_top_p(z, top_p)
-        token = torch.multinomial(_softmax(z), 1, generator=generator).squeeze(-1)
+        token = torch.multinomial(softmax(z), 1, generator=generator).squeeze(-1)
     return token.reshape(logits.shape[:-1])
 
 

@@ -42,8 +42,9 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.infer.batch import _check_prompts
-from lmforge.infer.generate import _check_sampling, _is_int, _model_device, _softmax
+from lmforge.infer.generate import _check_sampling, _is_int, _model_device
 from lmforge.infer.kv_cache import KVCache
+from lmforge.model.layers import softmax
 
 
 @dataclass
@@ -81,8 +82,8 @@ def verify_draft(
         best = target_logits.argmax(dim=-1)  # (k + 1,)
         accept = draft_tokens == best[:k]
     else:
-        p = _softmax(target_logits.float() / temperature)  # (k + 1, vocab)
-        q = _softmax(draft_logits.float().to(p.device) / temperature)  # (k, vocab)
+        p = softmax(target_logits.float() / temperature)  # (k + 1, vocab)
+        q = softmax(draft_logits.float().to(p.device) / temperature)  # (k, vocab)
         u = torch.rand(k, generator=generator, device=p.device)
         # u < p(x) / q(x), without dividing; q(x) > 0 since x was drawn from q.
         accept = u * q[rows, draft_tokens] < p[rows, draft_tokens]
@@ -188,7 +189,7 @@ def _run(
                 if temperature == 0:
                     x = int(logits.argmax())
                 else:
-                    q = _softmax(logits.float() / temperature)
+                    q = softmax(logits.float() / temperature)
                     x = int(torch.multinomial(q, 1, generator=generators.get(d_device)))
                 proposals.append(x)
                 if i < k_round - 1:

@@ -29,9 +29,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmforge.fsutil import atomic_write_text
 from lmforge.tokenizer.formats import (
     Merges,
-    _atomic_write_text,
     _encode_token,
     _encoded_vocab,
     _special_ids,
@@ -87,7 +87,7 @@ def export_hf_tokenizer_json(tokenizer: Tokenizer, path: str | os.PathLike) -> P
         "decoder": {"type": "ByteLevel", **byte_level},
         "model": model,
     }
-    return _atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=1))
+    return atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=1))
 
 
 def check_tiktoken_compatible(tokenizer: Tokenizer) -> dict[bytes, int]:
@@ -142,7 +142,7 @@ def export_tiktoken(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
     """
     ranks = sorted(check_tiktoken_compatible(tokenizer).items(), key=lambda kv: kv[1])
     text = "".join(f"{base64.b64encode(t).decode('ascii')} {i}\n" for t, i in ranks)
-    return _atomic_write_text(path, text)
+    return atomic_write_text(path, text)
 
 
 def to_tiktoken_encoding(tokenizer: Tokenizer, name: str = "lmforge-bpe") -> tiktoken.Encoding:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lmforge
-from lmforge.fsutil import give_default_permissions
+from lmforge.fsutil import atomic_write_text, give_default_permissions
 from lmforge.tokenizer.pretokenize import GPT2_PATTERN, TokenizerInputError
 
 if TYPE_CHECKING:
@@ -117,22 +117,6 @@ def _special_ids(vocab: Vocab, special_tokens: Sequence[str]) -> dict[str, int]:
     return {s: i for s, i in ids.items() if i is not None}
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` as UTF-8 to ``path`` via a temp file in the same directory + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        give_default_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise TokenizerInputError(f"{path}: no such file ({what}). Check the path.")
@@ -212,9 +196,9 @@ def write_gpt2_vocab_merges(
     The inverse of ``read_gpt2_vocab_merges`` given the same ``special_tokens``.
     """
     encoded = _encoded_vocab(vocab, special_tokens)
-    _atomic_write_text(vocab_path, json.dumps(encoded, ensure_ascii=False, indent=0) + "\n")
+    atomic_write_text(vocab_path, json.dumps(encoded, ensure_ascii=False, indent=0) + "\n")
     lines = [MERGES_HEADER, *(f"{_encode_token(a)} {_encode_token(b)}" for a, b in merges)]
-    _atomic_write_text(merges_path, "\n".join(lines) + "\n")
+    atomic_write_text(merges_path, "\n".join(lines) + "\n")
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
@@ -249,7 +233,7 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
             tmp / MERGES_FILE,
             tokenizer.special_tokens,
         )
-        _atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2))
+        atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2))
         give_default_permissions(tmp)
         _replace_dir(tmp, target)
     except BaseException:

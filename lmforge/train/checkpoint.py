@@ -33,7 +33,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from lmforge.fsutil import give_default_permissions
+from lmforge.fsutil import atomic_write_bytes, give_default_permissions
 
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "state.json", "rng.pt")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -41,18 +41,6 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or does not fit the model (says how to fix)."""
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(
@@ -66,7 +54,7 @@ def save_checkpoint(
     if isinstance(out, str | os.PathLike):
         buf = io.BytesIO()
         torch.save(obj, buf)
-        _atomic_write_bytes(Path(out), buf.getvalue())
+        atomic_write_bytes(out, buf.getvalue(), fsync=True)
     else:
         torch.save(obj, out)
 

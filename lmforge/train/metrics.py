@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lmforge.fsutil import atomic_write_text
+
 
 class MetricsLogger:
     """Appends one JSON object per line to `path`, flushed so a killed run loses nothing."""
@@ -52,9 +54,7 @@ def truncate_after(path: str | os.PathLike, step: int) -> None:
     """Keep only records with `step <= step` (atomic rewrite)."""
     path = Path(path)
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_losses(

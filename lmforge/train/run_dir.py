@@ -20,6 +20,7 @@ import torch
 
 import lmforge
 from lmforge.config import ConfigError, TrainConfig, save_config
+from lmforge.fsutil import atomic_write_text
 from lmforge.model import count_parameters, flops_per_token
 
 
@@ -85,12 +86,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def prepare_run_dir(
     run_dir: Path, config: TrainConfig, model: torch.nn.Module, device: torch.device
 ) -> None:
@@ -103,7 +98,7 @@ def prepare_run_dir(
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.toml")
     c = config.model
-    _write_json(run_dir / "run.json", {
+    atomic_write_text(run_dir / "run.json", json.dumps({
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,
         "lmforge_version": lmforge.__version__,
@@ -116,7 +111,7 @@ def prepare_run_dir(
         "non_embedding_parameters": count_parameters(c, embeddings=False),
         "train_flops_per_token": flops_per_token(c, training=True),
         "allocated_parameters": sum(p.numel() for p in model.parameters()),
-    })
+    }, indent=2) + "\n")
     if config.data.tokenizer:
         from lmforge.tokenizer import Tokenizer
 
