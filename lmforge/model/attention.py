@@ -30,11 +30,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa") -> Tensor:
     """softmax(q kᵀ / √d_k) v with query i attending to keys 0..i.
 
     q, k: (..., seq, d_k), v: (..., seq, d_v), same seq (self-attention) → (..., seq, d_v).
+    `backend`: "sdpa" (PyTorch's fused kernels, by dtype) or "flash" (ours, lmforge.kernels).
     """
+    if backend == "flash":
+        from lmforge.kernels import flash_attention
+
+        return flash_attention(q, k, v, causal=True)
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         return _matmul_causal_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)

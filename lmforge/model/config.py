@@ -16,7 +16,7 @@ _CHOICES = {
     "norm_position": ("pre", "post"),
     "positional": ("rope", "nope"),
     "ffn": ("swiglu", "silu"),
-    "attention": ("reference", "sdpa"),
+    "attention": ("reference", "sdpa", "flash"),
 }
 
 
@@ -34,7 +34,9 @@ class ModelConfig:
     positional: str = "rope"  # "rope" | "nope" (no positional information; causal mask only)
     ffn: str = "swiglu"  # "swiglu" | "silu" (ungated W2·SiLU(W1 x))
     tie_embeddings: bool = False  # share token_embeddings.weight with lm_head.weight
-    attention: str = "reference"  # "reference" (ours) | "sdpa" (fast path: torch's fused kernels)
+    attention: str = "reference"  # "reference" (ours) | "sdpa" (torch's fused kernels) | "flash"
+    # ("flash": our FlashAttention-2, Triton on GPU / TRITON_INTERPRET=1, tiled PyTorch otherwise)
+    checkpoint_activations: bool = False  # recompute each block's activations in backward
     norm_eps: float = 1e-5  # RMSNorm epsilon
 
     def __post_init__(self) -> None:

@@ -77,17 +77,17 @@ class MultiHeadSelfAttention(nn.Module):
             if token_positions is None:
                 token_positions = torch.arange(T, device=x.device)
             pos = token_positions.unsqueeze(-2)  # broadcast over the head dim
-            rotate = self.rope.rotate_fast if self.backend == "sdpa" else self.rope
+            rotate = self.rope if self.backend == "reference" else self.rope.rotate_fast
             q, k = rotate(q, pos), rotate(k, pos)
         if cache is not None:
             # All cached keys/values (batch, heads, slots, d_k), mask (batch, 1, seq, slots).
             k, v, mask = cache.update(k, v)
-            if self.backend == "sdpa":
+            if self.backend != "reference":
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             else:
                 out = scaled_dot_product_attention(q, k, v, mask)
-        elif self.backend == "sdpa":
-            out = causal_attention(q, k, v)
+        elif self.backend != "reference":
+            out = causal_attention(q, k, v, self.backend)
         else:
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             out = scaled_dot_product_attention(q, k, v, causal)
