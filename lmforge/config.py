@@ -61,6 +61,9 @@ class RunConfig:
     checkpoint_interval: int = 500  # steps between checkpoints (and at the end / on Ctrl-C)
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    teacher: str = ""  # run dir of a teacher model: distil it (e.g. a speculative-decoding draft)
+    distill_weight: float = 1.0  # loss = w·distillation + (1 - w)·next-token cross-entropy
+    distill_temperature: float = 1.0  # τ of the teacher's and student's softmax
 
 
 @dataclass
@@ -121,6 +124,8 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
     if t.dtype not in ("fp32", "bf16"):
         raise ConfigError(f"train.dtype must be 'fp32' or 'bf16', got {t.dtype!r}")
+    if not 0 <= t.distill_weight <= 1 or not t.distill_temperature > 0:
+        raise ConfigError("train.distill_weight must be in [0, 1] and distill_temperature > 0")
     if o.lr < 0 or o.min_lr < 0 or o.min_lr > o.lr:
         raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr, got min_lr={o.min_lr}, lr={o.lr}")
     if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):

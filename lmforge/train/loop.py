@@ -31,16 +31,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lmforge.config import TrainConfig
+from lmforge.config import ConfigError, TrainConfig
 from lmforge.eval.perplexity import evaluate_loss
 from lmforge.model import TransformerLM
 from lmforge.train.allocator import keep_large_allocations
 from lmforge.train.checkpoint import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
 from lmforge.train.data import BatchSampler, open_tokens
-from lmforge.train.loss import cross_entropy
+from lmforge.train.loss import cross_entropy, distillation_loss
 from lmforge.train.metrics import MetricsLogger, plot_losses, read_metrics, truncate_after
 from lmforge.train.optim import AdamW, get_lr_cosine_schedule, gradient_clipping
-from lmforge.train.run_dir import check_token_file, prepare_run_dir, select_device
+from lmforge.train.run_dir import check_token_file, load_run, prepare_run_dir, select_device
 
 
 class TrainingDiverged(RuntimeError):
@@ -100,6 +100,7 @@ class Trainer:
             check_token_file(config.data.val, self.val_tokens, config.model.vocab_size)
         torch.manual_seed(t.seed)
         self.model = TransformerLM.from_config(config.model, device=self.device)
+        self.teacher = _load_teacher(t.teacher, config, self.device) if t.teacher else None
         # Compiling the loss with the model lets inductor fuse the float32 log-softmax into the
         # output layer (measured: ~65 ms less per step than compiling the model alone).
         self.loss_fn = torch.compile(self._loss) if t.compile else self._loss
@@ -132,7 +133,16 @@ class Trainer:
         tqdm.write(f"resuming {self.run_dir} from step {self.step:,} ({ckpt.name})")
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(self.model(x), y)
+        logits = self.model(x)
+        if self.teacher is None:
+            return cross_entropy(logits, y)
+        t = self.config.train
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        soft = distillation_loss(logits, teacher_logits, temperature=t.distill_temperature)
+        if t.distill_weight == 1:
+            return soft
+        return t.distill_weight * soft + (1 - t.distill_weight) * cross_entropy(logits, y)
 
     def _autocast(self):
         if self.config.train.dtype == "bf16":
@@ -238,6 +248,19 @@ class Trainer:
         })
         plot_losses(read_metrics(self.run_dir / "metrics.jsonl"),
                     self.run_dir / "plots" / "loss.png", title=self.run_dir.name)
+
+
+def _load_teacher(run_dir: str, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher of a distillation run; it must cover the student's vocab and context."""
+    teacher, _, teacher_config = load_run(run_dir, str(device))
+    tm, sm = teacher_config.model, config.model
+    if tm.vocab_size != sm.vocab_size or tm.context_length < sm.context_length:
+        raise ConfigError(
+            f"teacher {run_dir} has vocab_size={tm.vocab_size}, context_length={tm.context_length}"
+            f"; the student needs the same vocab_size ({sm.vocab_size}) and a context of at least "
+            f"{sm.context_length}: train the student on the teacher's tokenizer and data"
+        )
+    return teacher.requires_grad_(False)
 
 
 def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> AdamW:

@@ -111,6 +111,38 @@ def cross_entropy_reference(
     return torch.where(keep, nll, torch.zeros_like(nll)).sum() / keep.sum()
 
 
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """Mean soft cross-entropy (nats/token) of the student against the teacher's distribution.
+
+    ℓ = -Σ_j p_j log q_j with p = softmax(teacher / τ), q = softmax(student / τ), averaged over
+    positions and scaled by τ² (Hinton et al. 2015, so gradient sizes do not shrink with τ). It
+    equals KL(p ‖ q) + H(p); H(p) does not depend on the student, so the gradient is KL's:
+    ∂ℓ/∂student = τ (q - p) / N. Used to train draft models for speculative decoding (a draft
+    that matches the target's distribution gets its proposals accepted). Computed in float32;
+    the teacher's logits are treated as constants.
+
+    >>> same = torch.tensor([[0.0, math.log(3.0)]])   # p = q = (1/4, 3/4): ℓ = H(p)
+    >>> round(distillation_loss(same, same).item(), 4)   # -(¼ log ¼ + ¾ log ¾)
+    0.5623
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ; both models must share the vocabulary"
+        )
+    if not temperature > 0:
+        raise ValueError(f"distillation temperature must be > 0, got {temperature!r}")
+    s = student_logits.float() / temperature
+    t = teacher_logits.detach().float() / temperature
+    m = s.amax(dim=-1, keepdim=True).detach()
+    log_q = s - m - (s - m).exp().sum(dim=-1, keepdim=True).log()
+    p = (t - t.amax(dim=-1, keepdim=True)).exp()
+    p = p / p.sum(dim=-1, keepdim=True)
+    return -(p * log_q).sum(dim=-1).mean() * temperature**2
+
+
 def _check(logits: torch.Tensor, targets: torch.Tensor) -> None:
     if logits.shape[:-1] != targets.shape:
         raise ValueError(

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.train import cross_entropy, perplexity
-from lmforge.train.loss import cross_entropy_reference
+from lmforge.train.loss import cross_entropy_reference, distillation_loss
 
 IMPLEMENTATIONS = [cross_entropy, cross_entropy_reference]
 
@@ -119,3 +119,32 @@ def test_fused_backward_equals_autograd_reference(dtype):
     torch.testing.assert_close(a.grad, b.grad, **tol)
     # Each row of the gradient sums to zero: softmax sums to 1, minus the one-hot.
     torch.testing.assert_close(a.grad.float().sum(-1), torch.zeros(2, 16), atol=1e-2, rtol=0)
+
+
+def test_distillation_loss_is_kl_plus_teacher_entropy():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 5, 11), torch.randn(3, 5, 11)
+    for tau in (1.0, 2.0):
+        p = torch.softmax(teacher / tau, -1)
+        log_q = torch.log_softmax(student / tau, -1)
+        kl = torch.nn.functional.kl_div(log_q, p, reduction="none").sum(-1).mean()
+        entropy = -(p * p.log()).sum(-1).mean()
+        got = distillation_loss(student, teacher, temperature=tau)
+        torch.testing.assert_close(got, (kl + entropy) * tau**2)
+
+
+def test_distillation_gradient_is_tau_times_q_minus_p_over_n():
+    torch.manual_seed(1)
+    student = torch.randn(4, 7, requires_grad=True)
+    teacher = torch.randn(4, 7)
+    tau = 1.5
+    distillation_loss(student, teacher, temperature=tau).backward()
+    q, p = torch.softmax(student.detach() / tau, -1), torch.softmax(teacher / tau, -1)
+    torch.testing.assert_close(student.grad, tau * (q - p) / 4)
+
+
+def test_distillation_loss_errors():
+    with pytest.raises(ValueError, match="vocabulary"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0.0)
