@@ -1,0 +1,357 @@
+"""The OpenAI-compatible HTTP API: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+
+What: `create_app(engine, model_name)` is a FastAPI app in front of a continuous-batching
+`lmforge.infer.engine.Engine`; `lmforge serve RUN_DIR` runs it with uvicorn. Any OpenAI client
+works against it (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")`).
+
+How: a request body is validated by pydantic (the field types of OpenAI's API, plus lmforge's
+`top_k` and `repetition_penalty`), its prompt encoded with the run's tokenizer (chat: the
+`lmforge.infer.chat` template), checked against the context, and submitted to the engine; the
+handler then awaits the request's events on the event loop (the engine's thread hands them over
+with `call_soon_threadsafe`, so no thread blocks per request). Responses have OpenAI's shape:
+`id, object, created, model, choices[index, text | message, logprobs, finish_reason], usage`.
+With `"stream": true` each token's text goes out as a server-sent event `data: {chunk}\\n\\n`,
+then `data: [DONE]`; when the client goes away mid-stream the generator is closed and its
+`finally` cancels the request, so its batch row is freed at the next decode step.
+
+Errors are OpenAI's body `{"error": {"message", "type", "param", "code"}}`: 400 for bad values
+or types (pydantic's 422 is mapped to 400 and names the field), a prompt longer than the
+context (the message gives both token counts) or max_tokens past it; 404 for an unknown model
+name or route; 405 for a wrong method; 500 if the model itself fails.
+
+Not supported (refused with a 400 saying so): `n > 1`, `echo`, `suffix`, several prompts in one
+request. `logprobs` follow the API: completions take an int (that many alternatives per token,
+0..20), chat takes `logprobs: true` and `top_logprobs`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, StrictBool, StrictInt
+from starlette.exceptions import HTTPException
+
+from lmforge.infer.chat import CHAT_STOP, render_chat
+from lmforge.infer.engine import Completion, Engine, Event, SamplingParams
+
+
+class APIError(Exception):
+    """An error answered with OpenAI's error body and `status`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status, message, param, code, kind)
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class _Common(BaseModel):
+    """Fields both endpoints share (OpenAI's names and defaults)."""
+
+    model: str | None = None  # None: the served model
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: StrictInt | None = Field(None, ge=1)  # lmforge extension
+    n: StrictInt = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(None, max_length=4)
+    seed: StrictInt | None = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0)  # lmforge extension
+    user: str | None = None
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[StrictInt]
+    max_tokens: StrictInt | None = Field(16, ge=1)
+    logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    echo: StrictBool = False
+    suffix: str | None = None
+
+
+class TextPart(BaseModel):
+    type: str
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None,
+           kind: str = "invalid_request_error") -> JSONResponse:
+    body = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, e: APIError) -> JSONResponse:
+        return _error(e.status, e.message, e.param, e.code, e.kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        where = ".".join(loc) or "body"
+        return _error(400, f"{where}: {first.get('msg', 'invalid value')}", where)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return _error(e.status_code, str(e.detail), kind=kind)
+
+
+def create_app(engine: Engine, model_name: str) -> FastAPI:
+    """The API for `engine` (which must have a tokenizer), serving it as `model_name`."""
+    if engine.tokenizer is None:
+        raise ValueError("the server encodes prompts: build the Engine with the run's tokenizer")
+    app = FastAPI(title="lmforge", version="1")
+    _install_error_handlers(app)
+    created = int(time.time())
+    api = _Api(engine, model_name)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "active": engine.num_active, "waiting": engine.num_waiting}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        card = {"id": model_name, "object": "model", "created": created, "owned_by": "lmforge",
+                "context_length": engine.context_length}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        return await api.complete(body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        return await api.chat(body)
+
+    return app
+
+
+class _Api:
+    """The two generation endpoints: encode, submit, then answer whole or as a stream."""
+
+    def __init__(self, engine: Engine, model_name: str):
+        self.engine, self.model_name, self.tokenizer = engine, model_name, engine.tokenizer
+
+    async def complete(self, body: CompletionRequest):
+        if body.echo or body.suffix is not None:
+            raise APIError(400, "echo and suffix are not supported", "echo" if body.echo else
+                           "suffix")
+        ids = self.tokenizer.encode(body.prompt) if isinstance(body.prompt, str) else body.prompt
+        n = body.logprobs
+        request = self._submit(body, ids, "prompt", body.max_tokens, (),
+                               logprobs=n is not None, top_logprobs=n or 0)
+        meta = self._meta("cmpl", "text_completion")
+        if body.stream:
+            return self._stream(request, meta, body, self._completion_chunk(n))
+        done = await _result(request)
+        choice = {"index": 0, "text": done.text, "finish_reason": done.finish_reason,
+                  "logprobs": self._legacy_logprobs(done, n) if n is not None else None}
+        return {**meta, "choices": [choice], "usage": _usage(done)}
+
+    async def chat(self, body: ChatRequest):
+        messages = [{"role": m.role, "content": _text(m.content, i)}
+                    for i, m in enumerate(body.messages)]
+        try:
+            prompt = render_chat(messages)
+        except ValueError as e:
+            raise APIError(400, str(e), "messages") from None
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        request = self._submit(body, self.tokenizer.encode(prompt), "messages", max_tokens,
+                               CHAT_STOP, logprobs=body.logprobs,
+                               top_logprobs=body.top_logprobs or 0)
+        meta = self._meta("chatcmpl", "chat.completion")
+        strip = _LeadingSpace()
+        if body.stream:
+            chunk = self._chat_chunk(body.logprobs, strip)
+            return self._stream(request, {**meta, "object": "chat.completion.chunk"}, body, chunk)
+        done = await _result(request)
+        logprobs = {"content": self._token_logprobs(done)} if body.logprobs else None
+        message = {"role": "assistant", "content": strip(done.text)}
+        choice = {"index": 0, "message": message, "logprobs": logprobs,
+                  "finish_reason": done.finish_reason}
+        return {**meta, "choices": [choice], "usage": _usage(done)}
+
+    def _submit(self, body: _Common, ids: list[int], field: str, max_tokens: int | None,
+                extra_stop: tuple[str, ...], **params):
+        """Check everything against the model, then hand the request to the engine."""
+        if body.model is not None and body.model != self.model_name:
+            raise APIError(404, f"The model `{body.model}` does not exist; this server serves "
+                           f"`{self.model_name}`", "model", "model_not_found")
+        if body.n != 1:
+            raise APIError(400, "n must be 1 (send several requests for several choices)", "n")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        try:
+            self.engine.check_prompt(ids, None)
+        except ValueError as e:
+            raise APIError(400, str(e), field) from None
+        try:
+            self.engine.check_prompt(ids, max_tokens)
+            sampling = SamplingParams(
+                max_tokens=max_tokens, temperature=body.temperature,
+                top_p=None if body.top_p == 1 else body.top_p, top_k=body.top_k, seed=body.seed,
+                stop=(*stop, *extra_stop), repetition_penalty=body.repetition_penalty,
+                frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                **params,
+            )
+        except ValueError as e:
+            raise APIError(400, str(e), "max_tokens" if "max_tokens" in str(e) else None) from None
+        return self.engine.submit(ids, sampling)
+
+    def _meta(self, prefix: str, kind: str) -> dict:
+        return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
+                "model": self.model_name}
+
+    def _stream(self, request, meta: dict, body: _Common, chunk) -> StreamingResponse:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_sse(request, meta, chunk, usage),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    def _completion_chunk(self, n: int | None):
+        def chunk(event: Event) -> dict | None:
+            if not event.text and event.finish_reason is None and n is None:
+                return None
+            one = Completion(0)
+            one.add(event)
+            logprobs = self._legacy_logprobs(one, n) if n is not None else None
+            return {"index": 0, "text": event.text, "logprobs": logprobs,
+                    "finish_reason": event.finish_reason}
+        return chunk
+
+    def _chat_chunk(self, logprobs: bool, strip: _LeadingSpace):
+        def chunk(event: Event) -> dict | None:
+            text = strip(event.text)
+            if not text and event.finish_reason is None and not logprobs:
+                return None
+            one = Completion(0)
+            one.add(event)
+            lp = {"content": self._token_logprobs(one)} if logprobs else None
+            delta = {"content": text} if text or event.finish_reason is None else {}
+            return {"index": 0, "delta": delta, "logprobs": lp,
+                    "finish_reason": event.finish_reason}
+        return chunk
+
+    def _piece(self, token: int) -> str:
+        if token >= self.tokenizer.vocab_size:
+            return ""
+        return self.tokenizer.token_bytes(token).decode("utf-8", errors="replace")
+
+    def _legacy_logprobs(self, done: Completion, n: int) -> dict:
+        """The completions API's logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
+        tokens = [self._piece(t) for t in done.token_ids]
+        offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+        top = [self._alternatives(alts) for alts in done.top_logprobs] if n else None
+        return {"tokens": tokens, "token_logprobs": done.logprobs, "top_logprobs": top,
+                "text_offset": offsets}
+
+    def _alternatives(self, alts: list[tuple[int, float]]) -> dict[str, float]:
+        """{token text: log p}, most likely first; on equal texts (e.g. two partial UTF-8
+        bytes both shown as U+FFFD) the likelier one is kept."""
+        out: dict[str, float] = {}
+        for token, logprob in alts:
+            out.setdefault(self._piece(token), logprob)
+        return out
+
+    def _token_logprobs(self, done: Completion) -> list[dict]:
+        """The chat API's logprobs.content: one entry per token, with its alternatives."""
+        def entry(token: int, logprob: float) -> dict:
+            piece = self._piece(token)
+            return {"token": piece, "logprob": logprob, "bytes": list(piece.encode())}
+
+        tops = done.top_logprobs or [[] for _ in done.token_ids]
+        return [{**entry(t, lp), "top_logprobs": [entry(a, alp) for a, alp in alts]}
+                for t, lp, alts in zip(done.token_ids, done.logprobs, tops, strict=True)]
+
+
+class _LeadingSpace:
+    """Strips the whitespace the model writes after the "Assistant:" cue, across pieces."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        return text
+
+
+def _text(content: str | list[TextPart], i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if any(part.type != "text" for part in content):
+        raise APIError(400, "only text content parts are supported", f"messages.{i}.content")
+    return "".join(part.text for part in content)
+
+
+async def _result(request) -> Completion:
+    try:
+        done = await request.aresult()
+    finally:
+        request.cancel()  # no-op when finished; frees the row if this handler was cancelled
+    if done.finish_reason == "error":
+        raise APIError(500, f"generation failed: {done.error}", kind="server_error")
+    return done
+
+
+def _usage(done: Completion) -> dict:
+    n, m = done.prompt_tokens, len(done.token_ids)
+    return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
+
+
+async def _sse(request, meta: dict, chunk, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events for one request; closing this generator cancels the request."""
+    done = Completion(len(request.prompt_ids))
+    try:
+        if meta["object"] == "chat.completion.chunk":  # the role comes first, as OpenAI's
+            first = {"index": 0, "delta": {"role": "assistant", "content": ""},
+                     "logprobs": None, "finish_reason": None}
+            yield _data({**meta, "choices": [first]})
+        async for event in request:
+            done.add(event)
+            if event.finish_reason == "error":
+                body = {"message": f"generation failed: {event.error}", "type": "server_error",
+                        "param": None, "code": None}
+                yield _data({"error": body})
+                break
+            choice = chunk(event)
+            if choice is not None:
+                yield _data({**meta, "choices": [choice]})
+        else:
+            if include_usage:
+                yield _data({**meta, "choices": [], "usage": _usage(done)})
+        yield "data: [DONE]\n\n"
+    finally:
+        request.cancel()
+
+
+def _data(obj: dict) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
