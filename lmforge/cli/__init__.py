@@ -77,4 +77,4 @@ def main() -> None:
     """
 
 
-from lmforge.cli import demo, export, serve, tokenizer, train  # noqa: E402, F401  (registers the subcommands)
+from lmforge.cli import data, demo, export, serve, tokenizer, train  # noqa: E402, F401  (registers the subcommands)
