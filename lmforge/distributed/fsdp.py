@@ -130,10 +130,10 @@ def _registrations(module: nn.Module) -> dict[int, tuple[nn.Parameter, list]]:
     return found
 
 
-def _wait_all(pending: Iterable[tuple]) -> None:
-    """Wait for the work (last item) of each (..., buffer, work) tuple."""
-    for item in pending:
-        item[-1].wait()
+def _wait_all(pending: Iterable[tuple[Tensor, dist.Work]]) -> None:
+    """Wait for each launched (buffer, work) pair (prefetches that will not be used)."""
+    for _, work in pending:
+        work.wait()
 
 
 class FSDP(nn.Module):
@@ -141,22 +141,24 @@ class FSDP(nn.Module):
 
     `compute_dtype`: dtype of the gathered weights, of the sharded modules' compute and of the
     gradient reduction (None: the parameters' dtype). `prefetch`: all-gathers launched ahead of
-    use, forward and backward (0 disables prefetching).
+    use, forward and backward (0 disables prefetching). The shards are registered in
+    ``self.flat_shards`` under their first state-dict name with "." replaced by "__"
+    (``flat_shards.lm_head__weight``); `full_shape` gives a shard's unsharded shape.
     """
 
     def __init__(
         self, module: nn.Module, compute_dtype: torch.dtype | None = None, *, prefetch: int = 1
     ) -> None:
         super().__init__()
+        if compute_dtype is not None and not compute_dtype.is_floating_point:
+            raise ValueError(f"compute_dtype must be a floating dtype, got {compute_dtype}.")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 (0 disables it), got {prefetch}.")
         if not dist.is_available() or not dist.is_initialized():
             raise ValueError(
                 "FSDP needs an initialised process group: call torch.distributed."
                 "init_process_group first (torchrun, or lmforge.distributed.run_distributed)."
             )
-        if compute_dtype is not None and not compute_dtype.is_floating_point:
-            raise ValueError(f"compute_dtype must be a floating dtype, got {compute_dtype}.")
-        if prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0 (0 disables it), got {prefetch}.")
         self.module, self.compute_dtype, self.prefetch = module, compute_dtype, prefetch
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         for t in [*module.parameters(), *module.buffers()]:
@@ -169,7 +171,7 @@ class FSDP(nn.Module):
             if all(isinstance(owner, UNIT_TYPES) for owner, _, _ in regs):
                 self._shard(p, regs)
         self._replicated = [p for p in module.parameters() if p.requires_grad]
-        self._reset_state()
+        self._init_state()
         self._register_hooks()
 
     def _register_hooks(self) -> None:
@@ -206,14 +208,14 @@ class FSDP(nn.Module):
             owner._parameters.pop(attr, None)
             self._units.setdefault(owner, {})[attr] = fs
 
-    def _reset_state(self) -> None:
+    def _init_state(self) -> None:
         self._in_forward = False
         self._live: dict[int, _Use] = {}  # storage pointer of a gathered buffer -> its use
         self._open: dict[nn.Module, list[_Use]] = {}  # module in forward -> its gathers
         self._fwd_plan: list[_FlatShard] = []  # gather order of the previous forward
         self._fwd_order: list[_FlatShard] = []  # gather order of this forward so far
         self._fwd_uses: list[_Use] = []
-        self._fwd_ahead: dict[int, tuple[_FlatShard, Tensor, dist.Work]] = {}  # by position
+        self._fwd_ahead: dict[int, tuple[Tensor, dist.Work]] = {}  # prefetched, by position
         self._bwd_plan: list[_Use] = []  # uses with saved tensors, reverse forward order
         self._bwd_ahead: dict[_Use, tuple[Tensor, dist.Work]] = {}
         self._reductions: list[tuple[nn.Parameter, Tensor, Tensor, dist.Work]] = []
@@ -296,10 +298,10 @@ class FSDP(nn.Module):
             self._fwd_ahead.clear()
             plan = self._fwd_plan = []
         ahead = self._fwd_ahead.pop(i, None)
-        buf, work = ahead[1:] if ahead is not None else self._all_gather(fs)
+        buf, work = ahead if ahead is not None else self._all_gather(fs)
         for j in range(i + 1, min(i + 1 + self.prefetch, len(plan))):
             if j not in self._fwd_ahead:
-                self._fwd_ahead[j] = (plan[j], *self._all_gather(plan[j]))
+                self._fwd_ahead[j] = self._all_gather(plan[j])
         work.wait()
         return buf
 
@@ -362,6 +364,8 @@ class FSDP(nn.Module):
         Runs by itself at the end of each backward; calling it again is a no-op, so training
         loops written for `lmforge.distributed.DDP` work unchanged.
         """
+        if not self._finish_queued:  # nothing since the last call
+            return
         for fs in self._flat:  # gathers whose gradients did not all arrive (unused outputs)
             if fs.acc is not None:
                 self._reduce_scatter(fs)
