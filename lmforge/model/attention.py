@@ -1,4 +1,8 @@
-"""Causal attention for the fast path (the "sdpa" backend): PyTorch's fused kernels, by dtype.
+"""Causal attention for the fast paths: "sdpa" (PyTorch's fused kernels, by dtype) and "flash".
+
+`backend="flash"` hands q, k, v to `lmforge.kernels.flash_attention` (our FlashAttention-2: Triton
+kernels on CUDA or under TRITON_INTERPRET=1, the tiled PyTorch twin otherwise; docs/systems.md).
+The rest of this note is about "sdpa".
 
 Computes exactly what `layers.scaled_dot_product_attention(q, k, v, causal_mask)` computes —
 softmax(q kᵀ / √d_k + causal mask) v, the softmax accumulated in float32 — and is tested equal to
