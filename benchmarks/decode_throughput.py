@@ -10,8 +10,13 @@ weights to bf16, no autocast). Both decode greedily with no early stop (ours `eo
 `do_sample=False`, `min_new_tokens = max_new_tokens`) from the same `--prompt-len` random ids per
 row (equal lengths, so HF needs no padding).
 
-Measured per batch size B, each call wall-clock timed (median of `--repeats`, after one untimed
-warm-up call per model; the two models take turns call by call, so a busy neighbour slows both):
+Ours runs twice: eager (`generate_batch`, whose decode step is `lmforge.infer.fast_decode`'s
+packed-weight step) and `--compile on` also compiled (`generate_batch(..., compile=True)`; the
+untimed warm-up call compiles the step for that batch size, its time is printed).
+
+Measured per batch size B, each call timed on the wall clock (`--clock cpu`: this process's CPU
+time) (median of `--repeats`, after one untimed warm-up call per model; the models take turns
+call by call, so a busy neighbour slows all of them):
 
 - TTFT (time to first token, ms) = a call asking for 1 new token: prefill of B x prompt-len
   tokens + choosing the first token (for ours that is `prefill` + argmax, plus input checks);
@@ -23,7 +28,7 @@ warm-up call per model; the two models take turns call by call, so a busy neighb
   (then the earliest differing position is printed, not raised). In bf16 the two models round
   differently (op order, fused kernels), so rows drift apart after some tokens.
 
-    python benchmarks/decode_throughput.py                     # runs/demo, ~30 s on 2 cores
+    python benchmarks/decode_throughput.py                     # runs/demo, ~2 min on 2 cores
     python benchmarks/decode_throughput.py --shape demo --dtype bf16 --json out.json
     python benchmarks/decode_throughput.py --run runs/x --batch-sizes 1,4 --new-tokens 128
 
@@ -51,6 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmforge.config import TrainConfig, load_config, save_config
+from lmforge.fsutil import atomic_write_text
 from lmforge.infer import generate_batch
 from lmforge.infer.hf_io import export_hf
 from lmforge.model import TransformerLM
@@ -65,13 +71,14 @@ DEFAULT_RUN = Path("runs/demo")
 
 @dataclass
 class Result:
-    model: str  # "lmforge" | "hf"
+    model: str  # "lmforge" | "lmforge-compiled" | "hf"
     batch: int
     ttft_ms: float  # median wall ms of a 1-new-token call
     decode_tps: float  # new tokens/s after the first: B * (N - 1) / (t_N - t_1)
     e2e_tps: float  # B * N / t_N
     total_s: float  # median wall seconds of the N-token call
     greedy_match: int | None = None  # rows equal to HF's output (lmforge rows only)
+    compile_s: float | None = None  # the compiled model's warm-up call (compilation included)
     vs_hf: float | None = None  # decode_tps / HF's decode_tps at the same batch size
 
 
@@ -87,6 +94,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="both models' weights")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: this process's CPU time (steadier on a busy machine; use with "
+                   "--threads 1, where it equals the work done)")
+    p.add_argument("--compile", choices=["on", "off"], default="on",
+                   help="also time ours with the torch.compile'd decode step")
     p.add_argument("--seed", type=int, default=0, help="prompt ids (and --shape demo weights)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
@@ -129,7 +141,9 @@ def load_models(run_dir: Path, tmp: Path, args: argparse.Namespace):
     return ours.to(dtype).eval(), hf.to(args.device, dtype).eval()
 
 
-def callers(ours, hf, prompts: torch.Tensor) -> dict[str, Callable[[int], list[list[int]]]]:
+def callers(
+    ours, hf, prompts: torch.Tensor, compile: bool
+) -> dict[str, Callable[[int], list[list[int]]]]:
     """name -> call(n) returning each row's n new greedy token ids, for one batch of prompts."""
     rows = prompts.tolist()
     mask = torch.ones_like(prompts)
@@ -138,6 +152,9 @@ def callers(ours, hf, prompts: torch.Tensor) -> dict[str, Callable[[int], list[l
 
     def call_ours(n: int) -> list[list[int]]:
         return generate_batch(ours, rows, n, eos_id=None)
+
+    def call_compiled(n: int) -> list[list[int]]:
+        return generate_batch(ours, rows, n, eos_id=None, compile=True)
 
     def call_hf(n: int) -> list[list[int]]:
         with torch.inference_mode():
@@ -152,18 +169,23 @@ def callers(ours, hf, prompts: torch.Tensor) -> dict[str, Callable[[int], list[l
             )
         return out[:, prompts.shape[1] :].tolist()
 
-    return {"lmforge": call_ours, "hf": call_hf}
+    calls = {"lmforge": call_ours, "lmforge-compiled": call_compiled, "hf": call_hf}
+    if not compile:
+        del calls["lmforge-compiled"]
+    return calls
 
 
-def time_calls(calls: dict[str, Callable], n: int, repeats: int, sync: Callable) -> dict:
-    """Median wall seconds of call(n) per model, the models taking turns call by call."""
+def time_calls(
+    calls: dict[str, Callable], n: int, repeats: int, sync: Callable, clock: Callable
+) -> dict:
+    """Median seconds of call(n) per model on `clock`, the models taking turns call by call."""
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             call(n)
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -171,41 +193,54 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
 
 
-def bench_batch(ours, hf, batch: int, args: argparse.Namespace, vocab: int) -> list[Result]:
-    """Both models' rows for one batch size; prints any greedy mismatch with HF."""
-    g = torch.Generator().manual_seed(args.seed + batch)
-    prompts = torch.randint(0, vocab, (batch, args.prompt_len), generator=g).to(args.device)
-    calls = callers(ours, hf, prompts)
-    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
-    n = args.new_tokens
-    outputs = {name: call(n) for name, call in calls.items()}  # warm-up + the equality check
-    t1 = time_calls(calls, 1, args.repeats, sync)
-    tn = time_calls(calls, n, args.repeats, sync)
+def report_mismatch(name: str, batch: int, mine: list, theirs: list) -> int:
+    """Rows of `mine` equal to HF's; prints the earliest differing token, if any."""
     diffs = [
-        (at, row, mine[at], theirs[at])
-        for row, (mine, theirs) in enumerate(zip(outputs["lmforge"], outputs["hf"], strict=True))
-        if (at := first_difference(mine, theirs)) is not None
+        (at, row, a[at], b[at])
+        for row, (a, b) in enumerate(zip(mine, theirs, strict=True))
+        if (at := first_difference(a, b)) is not None
     ]
     if diffs:
-        at, row, mine, theirs = min(diffs)
+        at, row, a, b = min(diffs)
         print(
-            f"  batch {batch}: {len(diffs)}/{batch} rows differ from HF, the earliest at new "
-            f"token {at} (row {row}: ours {mine}, HF {theirs}) — near ties flipped (expected in "
+            f"  {name} batch {batch}: {len(diffs)}/{batch} rows differ from HF, the earliest at "
+            f"new token {at} (row {row}: ours {a}, HF {b}) — near ties flipped (expected in "
             "bf16), or a real bug (not expected in fp32)"
         )
-    results = []
+    return batch - len(diffs)
+
+
+def bench_batch(ours, hf, batch: int, args: argparse.Namespace, vocab: int) -> list[Result]:
+    """Every model's row for one batch size; prints any greedy mismatch with HF."""
+    g = torch.Generator().manual_seed(args.seed + batch)
+    prompts = torch.randint(0, vocab, (batch, args.prompt_len), generator=g).to(args.device)
+    calls = callers(ours, hf, prompts, args.compile == "on")
+    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
+    n = args.new_tokens
+    outputs, warmup = {}, {}
+    for name, call in calls.items():  # warm-up (compiles) + the equality check
+        t0 = time.perf_counter()
+        outputs[name] = call(n)
+        warmup[name] = time.perf_counter() - t0
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    t1 = time_calls(calls, 1, args.repeats, sync, clock)
+    tn = time_calls(calls, n, args.repeats, sync, clock)
+    results = {}
     for name in calls:
         decode = batch * (n - 1) / max(tn[name] - t1[name], 1e-9)
-        results.append(Result(name, batch, 1e3 * t1[name], decode, batch * n / tn[name], tn[name]))
-    results[0].greedy_match = batch - len(diffs)
-    results[0].vs_hf = results[0].decode_tps / results[1].decode_tps
-    for r in results:
+        results[name] = Result(name, batch, 1e3 * t1[name], decode, batch * n / tn[name], tn[name])
+    for name, r in results.items():
+        if name != "hf":
+            r.greedy_match = report_mismatch(name, batch, outputs[name], outputs["hf"])
+            r.vs_hf = r.decode_tps / results["hf"].decode_tps
+        if name == "lmforge-compiled":
+            r.compile_s = warmup[name]
         print(
-            f"  {r.model:8s} batch {batch:3d}: TTFT {r.ttft_ms:8.1f} ms, "
-            f"decode {r.decode_tps:9.1f} tokens/s",
+            f"  {r.model:16s} batch {batch:3d}: TTFT {r.ttft_ms:8.1f} ms, "
+            f"decode {r.decode_tps:9.1f} tokens/s, warm-up {warmup[name]:.1f} s",
             flush=True,
         )
-    return results
+    return list(results.values())
 
 
 def render(results: list[Result], title: str) -> None:
@@ -241,7 +276,7 @@ def bench_all(ours, hf, args: argparse.Namespace) -> tuple[list[Result], str, ob
         f"{source} ({params / 1e6:.1f}M params, V={c.vocab_size}, d={c.d_model}, "
         f"L={c.num_layers}, H={c.num_heads}, attention={c.attention}), {args.dtype}, "
         f"{args.device}, {args.threads} threads, prompt {args.prompt_len}, "
-        f"{args.new_tokens} new tokens, median of {args.repeats}"
+        f"{args.new_tokens} new tokens, median of {args.repeats} ({args.clock} clock)"
     )
     print(title, flush=True)
     results = []
@@ -275,12 +310,12 @@ def main() -> None:
             "prompt_len": args.prompt_len,
             "new_tokens": args.new_tokens,
             "repeats": args.repeats,
+            "compile": args.compile,
+            "clock": args.clock,
             "config": c.to_dict(),
         }
-        tmp_json = args.json.with_suffix(args.json.suffix + ".tmp")
         rows = [asdict(r) for r in results]
-        tmp_json.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-        os.replace(tmp_json, args.json)
+        atomic_write_text(args.json, json.dumps({"meta": meta, "results": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ How (ragged bookkeeping, see `lmforge.infer.kv_cache`):
 2. decode: one token per live sequence, written at slot = its own length (its absolute position,
    so RoPE and the mask are exact per sequence); a sequence stops at a stop id (eos; the stop
    token is not returned) or after `max_new_tokens`, and finished sequences leave the batch
-   (`KVCache.select`), so later steps cost only what is still running.
+   (`KVCache.select`), so later steps cost only what is still running. The step itself is
+   `lmforge.infer.fast_decode`'s (packed weights; `compile=True` runs it under
+   `torch.compile`, and then finished sequences stay in the batch, ignored, so that the
+   compiled shapes never change).
 
 Greedy output is the recompute loop's (`generate_ids`), token for token, and a prompt's greedy
 output inside a batch equals its output alone (both tested): padding is masked exactly
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from lmforge.infer.fast_decode import decode_step_for
 from lmforge.infer.generate import (
     _as_ids,
     _check_sampling,
@@ -78,8 +82,16 @@ def prefill(model: nn.Module, prompts: list[list[int]], max_len: int) -> tuple[K
     return cache, model.lm_head(last)
 
 
-def decode(model: nn.Module, cache: KVCache, tokens: Tensor) -> Tensor:
-    """Feed one token per cached sequence, `tokens` (batch,); return logits (batch, vocab)."""
+def decode(model: nn.Module, cache: KVCache, tokens: Tensor, *, compile: bool = False) -> Tensor:
+    """Feed one token per cached sequence, `tokens` (batch,); return logits (batch, vocab).
+
+    Without gradients a `TransformerLM` runs the packed-weight step of
+    `lmforge.infer.fast_decode` (same logits, faster; `compile=True`: under `torch.compile`,
+    compiled once per cache shape); otherwise the model's own forward.
+    """
+    step = decode_step_for(model, compile)
+    if step is not None:
+        return step(cache, tokens)
     return model(tokens[:, None], kv_cache=cache)[:, -1]
 
 
@@ -124,6 +136,7 @@ def generate_batch_detailed(
     repetition_penalty: float = 1.0,
     frequency_penalty: float = 0.0,
     presence_penalty: float = 0.0,
+    compile: bool = False,
 ) -> list[Generation]:
     """Continue every prompt; one `Generation` per prompt, in order (see the module notes).
 
@@ -131,6 +144,9 @@ def generate_batch_detailed(
     `eos_id` or any of `stop_ids` (not included in its output; finish_reason "stop") or after
     `max_new_tokens` tokens ("length"). The penalties are `apply_penalties`' and count the
     prompt and the tokens generated so far. Runs in eval mode under `torch.inference_mode()`.
+    `compile=True` decodes with the `torch.compile`d step (`lmforge.infer.fast_decode`; the
+    first call per batch size and cache length compiles, tens of seconds): finished sequences
+    then stay in the batch (their outputs are ignored) so that its shape never changes.
     """
     _check_sampling(temperature, top_k, top_p)
     prompts = _check_prompts(prompts, max_new_tokens, model)
@@ -150,7 +166,7 @@ def generate_batch_detailed(
     model.eval()
     try:
         with torch.inference_mode():
-            _run(model, prompts, max_new_tokens, stops, sample, results, penalties)
+            _run(model, prompts, max_new_tokens, stops, sample, results, penalties, compile)
     finally:
         model.train(was_training)
     return results
@@ -164,6 +180,7 @@ def _run(
     sample: dict,
     results: list[Generation],
     penalties: dict,
+    compile: bool,
 ) -> None:
     """The prefill + decode loop, filling `results` in place."""
     penalised = penalties["repetition_penalty"] != 1.0 or any(
@@ -186,6 +203,8 @@ def _run(
         chosen = zip(tokens.tolist(), logprobs.tolist(), strict=True)
         for row, (token, logprob) in enumerate(chosen):
             out = results[live[row]]
+            if out.finish_reason is not None:  # finished, kept in a compiled batch
+                continue
             if token in stops:
                 out.finish_reason = "stop"
                 continue
@@ -197,11 +216,11 @@ def _run(
                 keep.append(row)
         if not keep:
             return
-        if len(keep) < len(live):
+        if len(keep) < len(live) and not compile:
             cache.select(keep)
             tokens = tokens[torch.tensor(keep, device=tokens.device)]
             live = [live[row] for row in keep]
-        logits = decode(model, cache, tokens)
+        logits = decode(model, cache, tokens, compile=compile)
 
 
 def generate_batch(
@@ -218,6 +237,7 @@ def generate_batch(
     repetition_penalty: float = 1.0,
     frequency_penalty: float = 0.0,
     presence_penalty: float = 0.0,
+    compile: bool = False,
 ) -> list[list[int]]:
     """New token ids for each prompt (stop tokens excluded); see `generate_batch_detailed`."""
     results = generate_batch_detailed(
@@ -233,5 +253,6 @@ def generate_batch(
         repetition_penalty=repetition_penalty,
         frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty,
+        compile=compile,
     )
     return [r.token_ids for r in results]

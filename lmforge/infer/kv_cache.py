@@ -12,8 +12,14 @@ Protocol, driven by `TransformerLM.forward(ids (batch, seq), kv_cache=cache)`:
    s <= lengths[b] + t (its cached prefix and the new tokens up to itself);
 2. each attention layer calls `layer(i).update(k, v)` with its RoPE-rotated keys and values
    (batch, heads, seq, head_dim): they are written at those slots, and the keys/values of slots
-   0..max(lengths)+seq-1 come back with the mask (batch, 1, seq, slots);
+   0..max(lengths)+seq-1 come back with the mask (see `update`);
 3. `commit()` advances every length by seq.
+
+While every sequence has the same length (a batch of one, equal prompts, or after `select`),
+the new slots are one slice of the buffers (a copy instead of an index_put) and a single new
+token needs no mask at all (`update` returns None); the lengths' min and max are kept as
+Python ints so that this check costs no host sync. Decode steps of a small model are dominated
+by such per-op costs (see `lmforge.infer.fast_decode`).
 
 Prefill is one such call over the whole prompt, decode one call per new token (seq = 1).
 Prompts of different lengths are right-padded for the prefill, then `truncate(prompt_lengths)`
@@ -58,6 +64,7 @@ class KVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_len = max_len
         self._end = 0  # max(lengths) as a Python int: slicing needs no host sync
+        self._start = 0  # min(lengths): when equal to _end, every sequence has the same length
         self._slots: Tensor | None = None  # (batch, seq) slots being written, between begin/commit
         self._mask: Tensor | None = None
 
@@ -89,6 +96,11 @@ class KVCache:
     def batch_size(self) -> int:
         return self.lengths.shape[0]
 
+    @property
+    def longest(self) -> int:
+        """max(lengths) as a Python int (known without a host sync)."""
+        return self._end
+
     def begin(self, seq: int) -> Tensor:
         """Reserve `seq` slots per sequence; return their positions (batch, seq), int64."""
         if self._end + seq > self.max_len:
@@ -97,10 +109,16 @@ class KVCache:
                 f"and {seq} more were requested; allocate a larger max_len (at most the model's "
                 "context_length) or generate fewer tokens"
             )
-        offsets = torch.arange(seq, device=self.lengths.device)
+        device = self.lengths.device
+        offsets = torch.arange(seq, device=device)
         self._slots = self.lengths[:, None] + offsets  # (batch, seq)
-        slot_ids = torch.arange(self._end + seq, device=self.lengths.device)
-        self._mask = (slot_ids <= self._slots[..., None]).unsqueeze(1)  # (batch, 1, seq, slots)
+        slot_ids = torch.arange(self._end + seq, device=device)
+        if self._start < self._end:  # ragged: each sequence has its own visible prefix
+            self._mask = (slot_ids <= self._slots[..., None]).unsqueeze(1)  # (batch, 1, seq, slots)
+        elif seq > 1:  # equal lengths: causal within the new tokens, the same for every row
+            self._mask = slot_ids <= (offsets + self._end)[:, None]  # (seq, slots)
+        else:  # equal lengths, one new token: every written slot is visible, no mask at all
+            self._mask = None
         return self._slots
 
     def layer(self, i: int) -> _LayerCache:
@@ -111,9 +129,10 @@ class KVCache:
         """Write layer i's new k, v (batch, heads, seq, head_dim) at the reserved slots.
 
         Returns the keys and values of slots 0..max(lengths)+seq-1 (batch, heads, slots,
-        head_dim) and the boolean mask (batch, 1, seq, slots), True where attending is allowed.
+        head_dim) and the boolean mask, True where attending is allowed: (batch, 1, seq, slots)
+        for ragged lengths, (seq, slots) for equal ones, None for equal ones and seq = 1.
         """
-        if self._slots is None or self._mask is None:
+        if self._slots is None:
             raise RuntimeError("KVCache.update called outside begin()/commit()")
         if k.shape[0] != self.batch_size or k.shape[-2] != self._slots.shape[1]:
             raise ValueError(
@@ -121,11 +140,16 @@ class KVCache:
                 f"{self.batch_size} and the {self._slots.shape[1]} reserved slots; feed the "
                 "model token ids of shape (cache batch size, seq)"
             )
-        rows = torch.arange(self.batch_size, device=k.device)[:, None]  # (batch, 1)
-        # Advanced indices around a slice put their dims first: the target is (batch, seq, H, D).
-        self.keys[i][rows, :, self._slots] = k.transpose(1, 2)
-        self.values[i][rows, :, self._slots] = v.transpose(1, 2)
-        n = self._mask.shape[-1]
+        n = self._end + k.shape[-2]
+        if self._start == self._end:  # equal lengths: the new slots are one slice
+            self.keys[i][:, :, self._end : n] = k
+            self.values[i][:, :, self._end : n] = v
+        else:
+            rows = torch.arange(self.batch_size, device=k.device)[:, None]  # (batch, 1)
+            # Advanced indices around a slice put their dims first: the target is (batch, seq,
+            # H, D).
+            self.keys[i][rows, :, self._slots] = k.transpose(1, 2)
+            self.values[i][rows, :, self._slots] = v.transpose(1, 2)
         return self.keys[i][:, :, :n], self.values[i][:, :, :n], self._mask
 
     def commit(self) -> None:
@@ -133,8 +157,9 @@ class KVCache:
         if self._slots is None:
             raise RuntimeError("KVCache.commit called without begin()")
         seq = self._slots.shape[1]
-        self.lengths += seq
+        self.lengths = self.lengths + seq  # a new tensor: positions handed out stay valid
         self._end += seq
+        self._start += seq
         self._slots = self._mask = None
 
     def truncate(self, lengths: Sequence[int]) -> None:
@@ -146,7 +171,7 @@ class KVCache:
                 f"{list(lengths)} for current lengths {self.lengths.tolist()}"
             )
         self.lengths = new
-        self._end = int(new.max())
+        self._start, self._end = int(new.min()), int(new.max())
 
     def select(self, rows: Sequence[int]) -> None:
         """Keep only the sequences at `rows` (in that order), e.g. to drop finished ones."""
@@ -158,7 +183,7 @@ class KVCache:
         self.keys = [k.index_select(0, idx) for k in self.keys]
         self.values = [v.index_select(0, idx) for v in self.values]
         self.lengths = self.lengths.index_select(0, idx)
-        self._end = int(self.lengths.max())
+        self._start, self._end = int(self.lengths.min()), int(self.lengths.max())
 
     def extend(self, other: KVCache) -> None:
         """Append the sequences of `other` as new rows (continuous batching: a request that was
@@ -177,7 +202,7 @@ class KVCache:
         self.keys = [torch.cat(pair) for pair in zip(self.keys, other.keys, strict=True)]
         self.values = [torch.cat(pair) for pair in zip(self.values, other.values, strict=True)]
         self.lengths = torch.cat([self.lengths, other.lengths])
-        self._end = max(self._end, other._end)
+        self._start, self._end = min(self._start, other._start), max(self._end, other._end)
 
 
 class _LayerCache:

@@ -151,3 +151,25 @@ def test_a_separately_prefilled_request_joins_a_running_batch():
         torch.testing.assert_close(logits[1], full_b[0, 5 + step], atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="different layouts"):
         running.extend(KVCache.for_model(model, 1, max_len=16))
+
+
+@torch.inference_mode()
+def test_equal_lengths_need_no_mask_and_ragged_ones_get_one():
+    """The slice path (equal lengths) hands out no mask for one new token; ragged rows do."""
+    cache = KVCache(1, 2, 1, 8, 2)
+    k = torch.arange(8.0).view(2, 1, 2, 2)  # (batch, heads, seq, head_dim)
+    cache.begin(2)
+    _, _, mask = cache.update(0, k, k)
+    assert mask.tolist() == [[True, False], [True, True]]  # causal within the new tokens
+    cache.commit()
+    cache.begin(1)
+    keys, _, mask = cache.update(0, k[:, :, :1] + 100, k[:, :, :1])
+    cache.commit()
+    assert mask is None and cache.longest == 3
+    assert keys[:, 0, :, 0].tolist() == [[0.0, 2.0, 100.0], [4.0, 6.0, 104.0]]
+    cache.truncate([1, 3])
+    assert cache.longest == 3
+    cache.begin(1)
+    keys, _, mask = cache.update(0, k[:, :, :1] - 1, k[:, :, :1])
+    assert keys[:, 0, :, 0].tolist() == [[0.0, -1.0, 100.0, 0.0], [4.0, 6.0, 104.0, 3.0]]
+    assert mask[:, 0, 0].tolist() == [[True, True, False, False], [True, True, True, True]]

@@ -1,0 +1,242 @@
+"""A lean decode step for `TransformerLM`: one new token per sequence from packed weights.
+
+What: `DecodeStep(model)(cache, tokens)` computes what `model(tokens[:, None],
+kv_cache=cache)[:, -1]` computes — next-token logits (batch, vocab) after feeding one token per
+cached sequence — and writes the same keys/values into the same `KVCache`. `decode` in
+`lmforge.infer.batch` uses it whenever it applies (`decode_step_for`), so `generate_batch`, the
+server and speculative decoding all get it. `DecodeStep(model, compile=True)` runs it under
+`torch.compile` (`StaticStep`).
+
+How, and why (profiled on the demo model, 13.8M params, fp32, batch 1, 2-core AVX-512 CPU: a
+decode step of the module path took 4.4 ms, 3.4 ms of it in its 43 matrix-vector products):
+
+- Eager: weights are packed once as (in_features, out_features) matrices, so the products run
+  `x @ W` on a row-major right operand; MKL's matrix-vector kernel is ~1.7x faster that way than
+  on the module layout `x @ W.T` (the demo model's 48 MB of weights: 2.0 ms instead of 3.4 ms,
+  one thread). q/k/v are one product with their concatenated weight, SwiGLU's w1/w3 another:
+  4 products per layer instead of 7. RoPE rotates q and k in one call, norms are `F.rms_norm`,
+  and the equal-length cache path needs no mask (`KVCache.begin`).
+- Compiled (batch <= 4; larger batches run eagerly): the rest of a step (norms, RoPE, softmax,
+  activations) is per-op dispatch overhead that inductor fuses into a few C++ loops, and the
+  products become row reductions over the (out, in) weights, which inductor streams faster
+  than BLAS does (`_rows_product`). Batch-1 step, one thread, process CPU time under load:
+  module path 4.1 ms, eager step 2.8 ms, compiled 2.05 ms.
+
+Numerics: the same operations in the same dtype as the modules (the backend's own RoPE and
+attention), so logits agree to float rounding (tested) and greedy tokens match the module path.
+Memory: the packed copy holds the weight matrices once more (eager: all of them; compiled: the
+concatenated q/k/v and w1/w3). `decode_step_for` keeps one step per (model, compile) and rebuilds
+it when any parameter changes (tracked by storage pointer and in-place version counter), so
+training between generations cannot leave a stale copy.
+
+>>> cache, logits = prefill(model, [[1, 2, 3]], max_len=16)     # doctest: +SKIP
+>>> logits = DecodeStep(model)(cache, logits.argmax(-1))         # (1, vocab)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.infer.kv_cache import KVCache
+from lmforge.model import TransformerLM
+from lmforge.model.layers import scaled_dot_product_attention
+
+Linear = Callable[[Tensor, Tensor], Tensor]  # (x (batch, in), packed matrix) → (batch, out)
+Attend = Callable[[int, Tensor, Tensor, Tensor], Tensor]  # (layer, q, k, v) → output
+
+
+@dataclass
+class _Layer:
+    """One block's packed weights: (in, out) matrices when eager, (out, in) when compiled."""
+
+    ln1: Tensor | None  # RMSNorm gains (d_model,), None without normalisation
+    ln2: Tensor | None
+    qkv: Tensor  # d_model → 3 d_model: [Wq; Wk; Wv]
+    out: Tensor  # d_model → d_model
+    up: Tensor  # d_model → 2 d_ff: [W1; W3] for SwiGLU, d_model → d_ff: W1 for SiLU
+    down: Tensor  # d_ff → d_model
+
+
+class DecodeStep:
+    """`model`'s decode step (seq = 1 per sequence) on weights packed at construction."""
+
+    def __init__(self, model: TransformerLM, compile: bool = False):
+        c = self.config = model.config
+        self.eps, self.heads = c.norm_eps, c.num_heads
+        self.gated, self.post_norm = c.ffn == "swiglu", c.norm_position == "post"
+        self.reference = c.attention == "reference"
+        self.rope = model.layers[0].attn.rope
+        self.embeddings = model.token_embeddings.weight
+        self.final = None if model.ln_final is None else model.ln_final.weight
+        self.in_out = not compile  # layout of the packed matrices
+        pack = (lambda w: w.t().contiguous()) if self.in_out else (lambda w: w)
+        with torch.no_grad():
+            self.layers = [self._pack(block, pack) for block in model.layers]
+            self.lm_head = pack(model.lm_head.weight)
+        self.static = StaticStep(self) if compile else None
+
+    def _pack(self, block: nn.Module, pack: Callable[[Tensor], Tensor]) -> _Layer:
+        a, f = block.attn, block.ffn
+        qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        up = torch.cat([f.w1.weight, f.w3.weight]) if self.gated else f.w1.weight
+        gains = [getattr(n, "weight", None) for n in (block.ln1, block.ln2)]
+        return _Layer(*gains, pack(qkv), pack(a.output_proj.weight), pack(up), pack(f.w2.weight))
+
+    def __call__(self, cache: KVCache, tokens: Tensor) -> Tensor:
+        """tokens (batch,) int64, one per cached sequence → logits (batch, vocab)."""
+        if cache.longest >= self.config.context_length:
+            raise ValueError(
+                f"a cached sequence already holds {cache.longest} tokens, the model's whole "
+                f"context_length={self.config.context_length}; allocate the cache with "
+                "KVCache.for_model, whose max_len is at most the context length"
+            )
+        positions = cache.begin(1)  # (batch, 1)
+        if self.static is not None:
+            return self.static(cache, tokens)
+        return self.eager(cache, tokens, positions)
+
+    def eager(self, cache: KVCache, tokens: Tensor, positions: Tensor) -> Tensor:
+        """The step without compilation, after `cache.begin(1)` returned `positions`."""
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            keys, values, mask = cache.update(i, k, v)
+            return self.attention(q, keys, values, mask)
+
+        linear = (lambda x, w: x @ w) if self.in_out else (lambda x, w: x @ w.t())
+        logits = self.forward(tokens, positions, attend, linear)
+        cache.commit()
+        return logits
+
+    def forward(self, tokens: Tensor, positions: Tensor, attend: Attend, linear: Linear) -> Tensor:
+        """All layers for one token per sequence: tokens (batch,), positions (batch, 1) → logits.
+
+        `attend(i, q, k, v)` stores layer i's k, v (batch, H, 1, D) and returns the attention
+        output (batch, H, 1, D); `linear(x, w)` applies a packed matrix.
+        """
+        x = self.embeddings[tokens]  # (batch, d_model)
+        pos = positions[:, None, :, None]  # (batch, 1, 1, 1): broadcasts over (q|k, heads)
+        for i, layer in enumerate(self.layers):
+            if self.post_norm:
+                x = self._norm(x + self._attn(i, layer, x, pos, attend, linear), layer.ln1)
+                x = self._norm(x + self._ffn(layer, x, linear), layer.ln2)
+            else:
+                x = x + self._attn(i, layer, self._norm(x, layer.ln1), pos, attend, linear)
+                x = x + self._ffn(layer, self._norm(x, layer.ln2), linear)
+        return linear(self._norm(x, self.final), self.lm_head)
+
+    def _attn(
+        self, i: int, layer: _Layer, h: Tensor, pos: Tensor, attend: Attend, linear: Linear
+    ) -> Tensor:
+        """Block i's attention sublayer: h (batch, d_model) → (batch, d_model)."""
+        qkv = linear(h, layer.qkv).view(h.shape[0], 3, self.heads, 1, -1)  # (batch, 3, H, 1, D)
+        qk = qkv[:, :2]
+        if self.rope is not None:  # the backend's own variant, as MultiHeadSelfAttention
+            qk = self.rope(qk, pos) if self.reference else self.rope.rotate_fast(qk, pos)
+        out = attend(i, qk[:, 0], qk[:, 1], qkv[:, 2])  # (batch, H, 1, D)
+        return linear(out.reshape(h.shape), layer.out)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """The model's attention backend; `mask` broadcasts to (batch, 1, 1, slots) or is None."""
+        if self.reference:
+            return scaled_dot_product_attention(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def _norm(self, x: Tensor, gain: Tensor | None) -> Tensor:
+        """RMSNorm in float32 (as `lmforge.model.layers.RMSNorm`); identity when gain is None."""
+        if gain is None:
+            return x
+        return F.rms_norm(x.float(), gain.shape, gain.float(), self.eps).to(x.dtype)
+
+    def _ffn(self, layer: _Layer, x: Tensor, linear: Linear) -> Tensor:
+        h = linear(x, layer.up)
+        if self.gated:
+            gate, lin = h.chunk(2, dim=-1)
+            h = F.silu(gate) * lin
+        else:
+            h = F.silu(h)
+        return linear(h, layer.down)
+
+
+_REDUCE_MAX_BATCH = 4  # batches above it skip compilation (their products are BLAS-bound)
+COMPILE_BACKEND = "inductor"  # torch.compile backend of StaticStep (tests trace with "aot_eager")
+
+
+def _rows_product(x: Tensor, w: Tensor) -> Tensor:
+    """x (batch, in) @ w (out, in)ᵀ written as a reduction, so that inductor emits one streaming
+    loop: faster than BLAS at small batch (demo model's 48 MB of weights, one thread: 1.7 vs
+    2.0 ms at batch 1, 2.7 vs 4.3 ms at batch 2)."""
+    return (x[:, None, :] * w).sum(-1)
+
+
+class StaticStep:
+    """A `DecodeStep` under `torch.compile`: fixed shapes, no Python bookkeeping in the graph.
+
+    The compiled function reads the whole cache buffers (batch, heads, max_len, head_dim),
+    writes the new keys/values at slot lengths[b] with a scatter and masks the slots past
+    lengths[b], so its shapes depend only on (batch, max_len): one compilation per such pair
+    (tens of seconds on 2 cores; another batch size or max_len compiles again). Only batches of
+    at most `_REDUCE_MAX_BATCH` rows are compiled: larger ones are bound by the matrix products
+    (1 thread, demo model: compiled 0.89x HF at batch 32 where eager is 1.15x), so they run the
+    eager step. If compilation fails (no C++ compiler, say), it warns and the step runs eagerly
+    from then on.
+    """
+
+    def __init__(self, step: DecodeStep):
+        self.step = step
+        self.compiled = torch.compile(
+            self._run, backend=COMPILE_BACKEND, dynamic=False, fullgraph=True
+        )
+
+    def __call__(self, cache: KVCache, tokens: Tensor) -> Tensor:
+        """After `cache.begin(1)`: the compiled function writes the reserved slots itself."""
+        if cache.batch_size > _REDUCE_MAX_BATCH:  # measured no faster compiled: skip compiling
+            return self.step.eager(cache, tokens, cache.lengths[:, None])
+        try:
+            logits = self.compiled(tokens, cache.lengths, cache.keys, cache.values)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            warnings.warn(f"torch.compile failed, decoding eagerly instead: {err}", stacklevel=2)
+            self.step.static = None
+            return self.step.eager(cache, tokens, cache.lengths[:, None])
+        cache.commit()
+        return logits
+
+    def _run(self, tokens: Tensor, lengths: Tensor, keys: list, values: list) -> Tensor:
+        s = self.step
+        (batch, heads, slots, head_dim), device = keys[0].shape, keys[0].device
+        mask = (torch.arange(slots, device=device) <= lengths[:, None])[:, None, None, :]
+        where = lengths[:, None, None, None].expand(batch, heads, 1, head_dim)
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            keys[i].scatter_(2, where, k)
+            values[i].scatter_(2, where, v)
+            return s.attention(q, keys[i], values[i], mask)  # (batch, 1, 1, slots) mask
+
+        return s.forward(tokens, lengths[:, None], attend, _rows_product)
+
+
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {compile: entry}
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """Changes whenever a parameter is replaced, moved, cast or updated in place."""
+    return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+
+
+def decode_step_for(model: nn.Module, compile: bool = False) -> DecodeStep | None:
+    """The cached `DecodeStep` of `model`, rebuilt if its weights changed; None where it does
+    not apply (not a `TransformerLM`, or gradients enabled: packed copies carry no autograd)."""
+    if type(model) is not TransformerLM or torch.is_grad_enabled():
+        return None
+    key = _fingerprint(model)
+    steps = _STEPS.setdefault(model, {})
+    entry = steps.get(compile)
+    if entry is None or entry[0] != key:
+        entry = steps[compile] = (key, DecodeStep(model, compile))
+    return entry[1]
