@@ -54,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token decode steps on both sides")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
 
@@ -72,14 +74,14 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def measure(target, draft, prompts, k: int, n: int) -> dict:
+def measure(target, draft, prompts, k: int, n: int, compile: bool) -> dict:
     """Run reference and speculative decoding prompt by prompt; totals and mismatch count."""
     base_s = spec_s = 0.0
     proposed = accepted = mismatches = rounds = 0
     for prompt in prompts:
-        ref, t_ref = timed(lambda p=prompt: generate_batch(target, [p], n)[0])
+        ref, t_ref = timed(lambda p=prompt: generate_batch(target, [p], n, compile=compile)[0])
         res, t_spec = timed(lambda p=prompt: speculative_generate(
-            target, draft, p, n, k=k, temperature=0.0))
+            target, draft, p, n, k=k, temperature=0.0, compile=compile))
         base_s, spec_s = base_s + t_ref, spec_s + t_spec
         proposed, accepted = proposed + res.proposed, accepted + res.accepted
         rounds += -(-res.proposed // k) if res.proposed else 0
@@ -105,13 +107,14 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     console = Console()
     rows = []
-    generate_batch(target, [prompts[0]], 8)  # warm-up
+    generate_batch(target, [prompts[0]], 8, compile=args.compile)  # warm-up (and compile)
     for draft_dir in args.draft:
         draft = load_run(draft_dir, "cpu")[0]
-        speculative_generate(target, draft, prompts[0], 8, k=2, temperature=0.0)  # warm-up
+        speculative_generate(target, draft, prompts[0], 8, k=2, temperature=0.0,
+                             compile=args.compile)  # warm-up (and compile)
         for k in ks:
-            rows.append({"draft": str(draft_dir), **measure(target, draft, prompts, k,
-                                                             args.new_tokens)})
+            result = measure(target, draft, prompts, k, args.new_tokens, args.compile)
+            rows.append({"draft": str(draft_dir), **result})
     table = Table(title=f"speculative decoding, target {args.target}, greedy, batch 1, "
                         f"{args.prompts} prompts x {args.new_tokens} tokens")
     for col in ("draft", "k", "acceptance", "tokens/round", "target tok/s", "spec tok/s",

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lmforge.infer.batch import _check_prompts
+from lmforge.infer.batch import _check_prompts, decode
 from lmforge.infer.generate import _check_sampling, _is_int, _model_device
 from lmforge.infer.kv_cache import KVCache
 from lmforge.model.layers import softmax
@@ -100,10 +100,16 @@ def verify_draft(
     return j, int(torch.multinomial(dist, 1, generator=generator))
 
 
-def _feed(model: nn.Module, cache: KVCache, tokens: list[int]) -> Tensor:
-    """Run `tokens` through the cached model; logits (len(tokens), vocab) of its one sequence."""
-    ids = torch.tensor([tokens], dtype=torch.long, device=_model_device(model))
-    return model(ids, kv_cache=cache)[0]
+def _feed(model: nn.Module, cache: KVCache, tokens: list[int], compile: bool = False) -> Tensor:
+    """Run `tokens` through the cached model; logits (len(tokens), vocab) of its one sequence.
+
+    One token (every draft step but a round's first) takes the lean decode step of
+    `lmforge.infer.fast_decode`, as plain decoding does; several take the model's forward.
+    """
+    ids = torch.tensor(tokens, dtype=torch.long, device=_model_device(model))
+    if len(tokens) == 1:
+        return decode(model, cache, ids, compile=compile)
+    return model(ids[None], kv_cache=cache)[0]
 
 
 def _check(target: nn.Module, draft: nn.Module, prompt_ids, max_new_tokens: int, k: int) -> list:
@@ -132,12 +138,14 @@ def speculative_generate(
     temperature: float = 1.0,
     eos_id: int | None = None,
     seed: int | None = None,
+    compile: bool = False,
 ) -> SpeculativeResult:
     """Continue `prompt_ids` with up to `max_new_tokens` tokens from `target`, drafted by `draft`.
 
     Output is distributed as `target` sampled at `temperature` (0 = greedy) and stops before
-    `eos_id` (not included). `seed` fixes the draws. Both models run in eval mode under
-    `torch.inference_mode()`; see the module notes for the algorithm and the statistics.
+    `eos_id` (not included). `seed` fixes the draws. `compile=True` runs the draft's one-token
+    steps under `torch.compile` (see `lmforge.infer.fast_decode`). Both models run in eval mode
+    under `torch.inference_mode()`; see the module notes for the algorithm and the statistics.
     """
     _check_sampling(temperature, None, None)
     prompt = _check(target, draft, prompt_ids, max_new_tokens, k)
@@ -152,7 +160,8 @@ def speculative_generate(
     draft.eval()
     try:
         with torch.inference_mode():
-            return _run(target, draft, prompt, max_new_tokens, k, temperature, eos_id, generators)
+            return _run(target, draft, prompt, max_new_tokens, k, temperature, eos_id, generators,
+                        compile)
     finally:
         target.train(modes[0])
         draft.train(modes[1])
@@ -167,6 +176,7 @@ def _run(
     temperature: float,
     eos_id: int | None,
     generators: dict[torch.device, torch.Generator],
+    compile: bool,
 ) -> SpeculativeResult:
     """The draft / verify / roll-back loop (see the module notes)."""
     max_len = len(prompt) + max_new_tokens - 1
@@ -193,7 +203,7 @@ def _run(
                     x = int(torch.multinomial(q, 1, generator=generators.get(d_device)))
                 proposals.append(x)
                 if i < k_round - 1:
-                    logits = _feed(draft, dcache, [x])[-1]
+                    logits = _feed(draft, dcache, [x], compile)[-1]
         target_logits = _feed(target, tcache, [tokens[-1], *proposals])  # (k_round + 1, vocab)
         vocab = target_logits.shape[-1]
         draft_logits = torch.stack(draft_rows) if draft_rows else target_logits.new_zeros(0, vocab)
