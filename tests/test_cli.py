@@ -32,6 +32,9 @@ COMMANDS = [
     "eval perplexity",
     "export hf",
     "import hf",
+    "serve",
+    *(f"data {c}" for c in ("run", "stats", "extract", "dedup", "langid", "train-classifier")),
+    *(f"bench {c}" for c in ("model", "attention")),
     *(f"tokenizer {c}" for c in ("train", "encode", "stats", "show", "export", "import-gpt2")),
 ]
 VOCAB = 300  # 1 special + 256 bytes + 43 merges: a few seconds at most

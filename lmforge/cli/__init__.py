@@ -3,7 +3,8 @@
 The CLI only parses arguments, calls the library API and prints; all logic lives in the library,
 where it is tested directly. Library imports happen inside each command so ``lmforge --help``
 stays fast. One module per stage: `tokenizer.py` (`lmforge tokenizer ...`), `train.py`
-(`lmforge train`, `generate`, `eval`), `demo.py` (`lmforge demo`).
+(`lmforge train`, `generate`, `eval`), `export.py`, `serve.py`, `data.py` (`lmforge data ...`),
+`bench.py` (`lmforge bench ...`), `demo.py` (`lmforge demo`).
 
 Errors a user can fix (bad files, settings or configs, a diverged run) print ``error: <message>``
 on stderr and exit with status 1, without a traceback. Usage errors (unknown option, bad choice)
@@ -73,8 +74,11 @@ def main() -> None:
       generate    sample text from a trained run
       eval        perplexity of a run on a token file
       export      a run as a HuggingFace Llama model (import: the reverse)
+      serve       an OpenAI-compatible HTTP server for a run (continuous batching)
+      data        curate training text: WARC/HTML/JSONL -> filtered, deduplicated text
+      bench       time and profile models and attention kernels (tokens/s, MFU, memory)
       demo        the whole pipeline on data/small_en.txt
     """
 
 
-from lmforge.cli import data, demo, export, serve, tokenizer, train  # noqa: E402, F401  (registers the subcommands)
+from lmforge.cli import bench, data, demo, export, serve, tokenizer, train  # noqa: E402, F401  (registers the subcommands)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.model.attention import causal_attention
+from lmforge.model.checkpointing import checkpoint
 from lmforge.model.config import ModelConfig
 from lmforge.model.layers import (
     Embedding,
@@ -80,7 +81,8 @@ class MultiHeadSelfAttention(nn.Module):
             rotate = self.rope if self.backend == "reference" else self.rope.rotate_fast
             q, k = rotate(q, pos), rotate(k, pos)
         if cache is not None:
-            # All cached keys/values (batch, heads, slots, d_k), mask (batch, 1, seq, slots).
+            # All cached keys/values (batch, heads, slots, d_k); the boolean mask broadcasts to
+            # (batch, 1, seq, slots), or is None when every cached slot is visible.
             k, v, mask = cache.update(k, v)
             if self.backend != "reference":
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -206,8 +208,13 @@ class TransformerLM(nn.Module):
                     f"{self.config.context_length} positions; use a model with a longer context"
                 )
         x = self.token_embeddings(token_ids)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i))
+        if self.config.checkpoint_activations and kv_cache is None and torch.is_grad_enabled():
+            # Keep only each block's input; recompute its activations in backward.
+            for layer in self.layers:
+                x = checkpoint(layer, x, token_positions)
+        else:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i))
         if kv_cache is not None:
             kv_cache.commit()
         if self.ln_final is not None:
