@@ -20,6 +20,8 @@ import tomli_w
 from lmforge.fsutil import atomic_write_text
 from lmforge.model.config import ModelConfig
 
+PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # train.parallel values (see train/parallel.py)
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and how to fix it."""
@@ -64,6 +66,9 @@ class RunConfig:
     teacher: str = ""  # run dir of a teacher model: distil it (e.g. a speculative-decoding draft)
     distill_weight: float = 1.0  # loss = w·distillation + (1 - w)·next-token cross-entropy
     distill_temperature: float = 1.0  # τ of the teacher's and student's softmax
+    parallel: str = "none"  # "none", or under torchrun / --nproc: "ddp", "zero1", "fsdp"
+    bucket_size_mb: float = 25.0  # DDP/zero1 gradient bucket size (MiB); 0: one per parameter
+    dist_timeout_s: int = 600  # seconds a collective may wait for a stuck or dead rank
 
 
 @dataclass
@@ -124,6 +129,12 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
     if t.dtype not in ("fp32", "bf16"):
         raise ConfigError(f"train.dtype must be 'fp32' or 'bf16', got {t.dtype!r}")
+    if t.parallel not in PARALLEL_MODES:
+        raise ConfigError(
+            f"train.parallel must be one of {', '.join(PARALLEL_MODES)}, got {t.parallel!r}"
+        )
+    if t.bucket_size_mb < 0 or t.dist_timeout_s < 1:
+        raise ConfigError("train.bucket_size_mb must be >= 0 and train.dist_timeout_s >= 1")
     if not 0 <= t.distill_weight <= 1 or not t.distill_temperature > 0:
         raise ConfigError("train.distill_weight must be in [0, 1] and distill_temperature > 0")
     if o.lr < 0 or o.min_lr < 0 or o.min_lr > o.lr:

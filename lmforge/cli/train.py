@@ -2,6 +2,7 @@
 
     lmforge train --config runs/demo/config.toml --out runs/my-run --set optim.lr=3e-3
     lmforge train --resume runs/my-run
+    lmforge train --config runs/demo/config.toml --out runs/ddp --parallel ddp --nproc 2
     lmforge generate --run runs/my-run --prompt "Alice was"
     lmforge eval perplexity --run runs/my-run --data runs/demo/val.npy
 """
@@ -27,37 +28,73 @@ from lmforge.cli import COUNT, PATH, UserError, console, main
     help="Override one config value (repeatable), e.g. --set optim.lr=3e-4.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
+@click.option(
+    "--parallel",
+    type=click.Choice(["none", "ddp", "zero1", "fsdp"]),
+    default=None,
+    help="Data parallelism (sets train.parallel): ddp, zero1 (DDP + sharded optimizer state) or "
+    "fsdp (sharded weights). Global batch = batch_size × ranks × grad_accum_steps.",
+)
+@click.option("--nproc", type=COUNT, default=None,
+              help="Launch this many local ranks with torchrun (gloo on CPU, nccl on CUDA).")
 def train_command(
     config_path: Path | None,
     out: Path | None,
     resume: Path | None,
     overrides: tuple[str, ...],
     progress: bool,
+    parallel: str | None,
+    nproc: int | None,
 ) -> None:
     """Train a Transformer LM; writes a run directory (config, metrics, checkpoints, plots).
 
     Ctrl-C finishes the current step, saves a checkpoint and exits; `--resume RUN_DIR` then
     continues exactly where it stopped (same losses as an uninterrupted run).
 
+    Data parallel: `--parallel ddp|zero1|fsdp --nproc N` (or `torchrun --nproc_per_node N -m
+    lmforge.cli train ... --parallel ddp`) runs N ranks, each drawing its own batches, so one
+    step sees batch_size × N × grad_accum_steps sequences. Rank 0 writes the run directory.
+
     \b
     Examples:
       lmforge train --config runs/demo/config.toml --out runs/demo-long --set train.max_steps=5000
       lmforge train --resume runs/demo-long
+      lmforge train --config runs/demo/config.toml --out runs/ddp --parallel ddp --nproc 2
     """
     from lmforge.config import load_config
+    from lmforge.train import parallel as par
     from lmforge.train.loop import train
 
     if (config_path is None) == (resume is None):
         raise click.UsageError("give exactly one of --config FILE (new run) or --resume RUN_DIR")
+    if resume is not None and out is not None:
+        raise click.UsageError("--out cannot be combined with --resume (the run dir is fixed)")
+    overrides = (*overrides, f"train.parallel={parallel}") if parallel else overrides
     if resume is not None:
-        if out is not None:
-            raise click.UsageError("--out cannot be combined with --resume (the run dir is fixed)")
         config = load_config(resume / "config.toml", list(overrides))
         run_dir = resume
     else:
         config = load_config(config_path, list(overrides))
         run_dir = out or Path("runs") / config_path.stem
-    result = train(config, run_dir, resume=resume is not None, progress=progress)
+    if nproc is not None:
+        _launch(nproc, config.train.parallel, config_path, run_dir, resume, overrides, progress)
+        return
+    rank, world = par.torchrun_rank()
+    try:
+        with par.record_rank_failure():
+            result = train(config, run_dir, resume=resume is not None, progress=progress)
+    except Exception as e:
+        if world == 1 or isinstance(e, click.ClickException):
+            raise
+        raise UserError(f"rank {rank} of {world}: {type(e).__name__}: {e}") from e
+    if rank == 0:  # rank 0 (or the single process) reports
+        _report(result, run_dir, world)
+    if world > 1:
+        par.exit_rank()
+
+
+def _report(result, run_dir: Path, world: int) -> None:
+    """Print the summary of a finished or interrupted run and how to continue it."""
     state = "interrupted at" if result.interrupted else "finished"
     summary = f"{state} step {result.step:,} ({result.tokens:,} tokens, {result.wall_time:.0f} s)"
     if result.train_loss is not None:
@@ -67,7 +104,37 @@ def train_command(
     console.print(summary)
     console.print(f"run directory: {run_dir}")
     if result.interrupted:
-        console.print(f"continue with: lmforge train --resume {run_dir}")
+        ranks = f" --nproc {world}" if world > 1 else ""
+        console.print(f"continue with: lmforge train --resume {run_dir}{ranks}")
+
+
+def _launch(
+    nproc: int,
+    mode: str,
+    config_path: Path | None,
+    run_dir: Path,
+    resume: Path | None,
+    overrides: tuple[str, ...],
+    progress: bool,
+) -> None:
+    """`lmforge train ... --nproc N`: start N ranks through torchrun's API and wait for them."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from lmforge.train.parallel import RankFailedError, launch_local
+
+    if mode == "none":
+        raise click.UsageError("--nproc needs --parallel ddp, zero1 or fsdp (train.parallel)")
+    argv = ["--resume", str(run_dir)] if resume else ["--config", str(config_path),
+                                                      "--out", str(run_dir)]
+    for item in overrides:
+        argv += ["--set", item]
+    argv.append("--progress" if progress else "--no-progress")
+    try:
+        launch_local(nproc, argv)
+    except RankFailedError as e:
+        raise UserError(str(e)) from None
+    except SignalException:
+        pass  # Ctrl-C / SIGTERM: the ranks checkpointed and rank 0 said how to continue
 
 
 _run = click.option("--run", "run_dir", type=PATH, required=True, help="Run directory.")

@@ -16,6 +16,11 @@ It is written into ``step_0001000.tmp-<pid>`` and renamed into place with ``os.r
 crash leaves either the old checkpoint or the new one, never half of one; ``latest_checkpoint``
 ignores temporaries and directories missing any of the four files. Restoring weights, optimizer,
 RNGs and the sampler state makes the continued run reproduce an uninterrupted one bit for bit.
+
+A data-parallel run (`lmforge.train.parallel`) writes the same four files from rank 0 plus one
+part per other rank, ``optimizer.rank<r>.pt`` (its ZeRO-1 / FSDP shard) and ``rng.rank<r>.pt``
+(`rank_file`): every rank fills the one staging directory (`staging_dir`,
+`write_checkpoint_part`), then rank 0 renames it into place (`commit_checkpoint`).
 """
 
 from __future__ import annotations
@@ -107,6 +112,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore_rng_state(path: str | os.PathLike) -> None:
+    """Set the torch, python, numpy (and CUDA) RNGs to the state saved in an ``rng.pt`` file."""
+    _set_rng_state(torch.load(path, weights_only=True))
+
+
 def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete ``step_*`` directories under ``run_dir/checkpoints``, oldest first."""
     root = Path(run_dir) / "checkpoints"
@@ -118,6 +128,97 @@ def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
         if m and d.is_dir() and all((d / f).is_file() for f in CHECKPOINT_FILES):
             found.append((int(m.group(1)), d))
     return sorted(found)
+
+
+def rank_file(name: str, rank: int) -> str:
+    """Name of one rank's part of a checkpoint file; rank 0 keeps the single-process name.
+
+    >>> rank_file("optimizer.pt", 0), rank_file("optimizer.pt", 3)
+    ('optimizer.pt', 'optimizer.rank3.pt')
+    """
+    if rank == 0:
+        return name
+    stem, dot, ext = name.partition(".")
+    return f"{stem}.rank{rank}{dot}{ext}"
+
+
+def _state_json(state: dict, step: int) -> str:
+    try:
+        return json.dumps({**state, "step": step}, indent=1) + "\n"
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"the trainer state is not JSON-serializable ({e}); store plain numbers, strings, "
+            "lists and dicts in it."
+        ) from e
+
+
+def staging_dir(run_dir: str | os.PathLike, step: int, token: int) -> tuple[Path, Path]:
+    """(temporary, final) directories of the checkpoint of `step`; `token` names the temporary.
+
+    The temporary ``step_XXXXXXX.tmp-<token>`` is emptied and created; writers fill it with
+    `write_checkpoint_part` and `commit_checkpoint` moves it into place.
+    """
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{step:07d}"
+    tmp = root / f"{final.name}.tmp-{token}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp, final
+
+
+def write_checkpoint_part(
+    directory: Path,
+    rank: int,
+    optimizer_state: dict | None,
+    *,
+    weights: torch.nn.Module | dict[str, torch.Tensor] | None = None,
+    state: dict | None = None,
+) -> None:
+    """Write (and fsync) one rank's files of a checkpoint into `directory`.
+
+    Every rank writes its RNG state and, if given, its optimizer state (``rng.pt`` /
+    ``optimizer.pt`` on rank 0, ``rng.rank<r>.pt`` / ``optimizer.rank<r>.pt`` on rank r).
+    `weights` (a module, or a full state dict) goes to ``model.safetensors``, `state` (whose
+    ``"step"`` must be set) to ``state.json``; only rank 0 passes them.
+    """
+    written = [directory / rank_file("rng.pt", rank)]
+    torch.save(_rng_state(), written[0])
+    if optimizer_state is not None:
+        written.append(directory / rank_file("optimizer.pt", rank))
+        torch.save(optimizer_state, written[-1])
+    if weights is not None:
+        written.append(directory / "model.safetensors")
+        if isinstance(weights, torch.nn.Module):
+            safetensors.torch.save_model(weights, str(written[-1]), force_contiguous=True)
+        else:  # a tensor listed under several names (tied weights) is stored once
+            firsts = {id(t): name for name, t in reversed(weights.items())}
+            tensors = {n: weights[n].detach().cpu().contiguous() for n in firsts.values()}
+            safetensors.torch.save_file(tensors, str(written[-1]))
+        give_default_permissions(written[-1])
+    if state is not None:
+        written.append(directory / "state.json")
+        written[-1].write_text(_state_json(state, state["step"]))
+    for f in written:
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def commit_checkpoint(
+    tmp: Path, final: Path, *, keep_last: int | None = None
+) -> Path:
+    """Rename a filled staging directory onto `final`, then keep only the newest `keep_last`."""
+    missing = [f for f in CHECKPOINT_FILES if not (tmp / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{tmp} lacks {', '.join(missing)}; the checkpoint was not saved.")
+    try:
+        _replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if keep_last is not None:
+        others = [d for _, d in _step_dirs(final.parent.parent) if d != final]  # oldest first
+        for d in others[: max(0, len(others) - (keep_last - 1))]:
+            shutil.rmtree(d, ignore_errors=True)
+    return final
 
 
 def save_run_checkpoint(
@@ -137,36 +238,16 @@ def save_run_checkpoint(
     """
     if keep_last is not None and keep_last < 1:
         raise CheckpointError(f"keep_last must be >= 1 or None, got {keep_last}.")
+    _state_json(state, step)  # fail before touching the disk
+    tmp, final = staging_dir(run_dir, step, os.getpid())
     try:
-        state_json = json.dumps({**state, "step": step}, indent=1) + "\n"
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"the trainer state is not JSON-serializable ({e}); store plain numbers, strings, "
-            "lists and dicts in it."
-        ) from e
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    tmp = root / f"{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        safetensors.torch.save_model(model, str(tmp / "model.safetensors"), force_contiguous=True)
-        give_default_permissions(tmp / "model.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(state_json)
-        for f in CHECKPOINT_FILES:
-            with open(tmp / f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _replace_dir(tmp, final)
-    finally:
+        write_checkpoint_part(
+            tmp, 0, optimizer.state_dict(), weights=model, state={**state, "step": step}
+        )
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-    if keep_last is not None:
-        others = [d for _, d in _step_dirs(Path(run_dir)) if d != final]  # by step, oldest first
-        for d in others[: max(0, len(others) - (keep_last - 1))]:
-            shutil.rmtree(d, ignore_errors=True)
-    return final
+        raise
+    return commit_checkpoint(tmp, final, keep_last=keep_last)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -254,6 +335,21 @@ def load_model_weights(path_or_ckpt_dir: str | os.PathLike, model: torch.nn.Modu
     return file
 
 
+def merged_optimizer_state(ckpt_dir: str | os.PathLike, world_size: int) -> dict:
+    """The union of a checkpoint's optimizer parts (``optimizer.pt``, ``optimizer.rank<r>.pt``).
+
+    The parts hold disjoint ``state`` entries keyed by global parameter index (ZeRO-1 shards)
+    or, for a single part, everything; their union is one optimizer's ``state_dict``.
+    """
+    d = Path(ckpt_dir)
+    files = [d / rank_file("optimizer.pt", r) for r in range(world_size)]
+    parts = [torch.load(f, map_location="cpu", weights_only=True) for f in files if f.is_file()]
+    merged = {"state": {}, "param_groups": parts[0]["param_groups"]}
+    for part in parts:
+        merged["state"].update(part["state"])
+    return merged
+
+
 def load_run_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -273,5 +369,5 @@ def load_run_checkpoint(
             torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
         )
     if restore_rng:
-        _set_rng_state(torch.load(d / "rng.pt", weights_only=True))
+        restore_rng_state(d / "rng.pt")
     return json.loads((d / "state.json").read_text())

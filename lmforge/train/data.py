@@ -21,7 +21,7 @@ so that every token after the first is a target exactly once (for validation los
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,9 @@ def get_batch(
 class BatchSampler:
     """Seeded, resumable source of random training batches from one token array.
 
+    ``seed`` is an int or a sequence of ints (entropy for ``np.random.default_rng``); the
+    distributed trainer gives rank ``r`` the seed ``seed + r`` (its own data stream).
+
     >>> s = BatchSampler(np.arange(100), batch_size=2, context_length=4, device="cpu", seed=0)
     >>> _ = s.next(); saved = s.state_dict(); x1, _ = s.next()
     >>> s.load_state_dict(saved); x2, _ = s.next()
@@ -124,7 +127,7 @@ class BatchSampler:
         batch_size: int,
         context_length: int,
         device: str | torch.device,
-        seed: int,
+        seed: int | Sequence[int],
     ) -> None:
         _check_window(tokens, batch_size, context_length)
         self.tokens, self.batch_size, self.context_length = tokens, batch_size, context_length

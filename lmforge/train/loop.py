@@ -16,6 +16,11 @@ Run directory layout:
 Stopping: Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and returns
 (a second Ctrl-C aborts at once). A non-finite loss or gradient stops the run with
 `TrainingDiverged` before the bad update is applied; earlier checkpoints are kept.
+
+Data parallelism (`train.parallel = "ddp" | "zero1" | "fsdp"`, under torchrun) keeps this loop
+and delegates the differences to `lmforge.train.parallel`: the wrapped module `self.net` runs
+the forward, gradients are averaged across ranks before clipping, rank 0 alone writes, and
+checkpoints hold every rank's part.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ from tqdm.auto import tqdm
 from lmforge.config import ConfigError, TrainConfig
 from lmforge.eval.perplexity import evaluate_loss
 from lmforge.model import TransformerLM
+from lmforge.train import parallel
 from lmforge.train.allocator import keep_large_allocations
-from lmforge.train.checkpoint import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
+from lmforge.train.checkpoint import latest_checkpoint, load_model_weights
 from lmforge.train.data import BatchSampler, open_tokens
 from lmforge.train.loss import cross_entropy, distillation_loss
-from lmforge.train.metrics import MetricsLogger, plot_losses, read_metrics, truncate_after
-from lmforge.train.optim import AdamW, get_lr_cosine_schedule, gradient_clipping
+from lmforge.train.metrics import plot_losses, read_metrics, truncate_after
+from lmforge.train.optim import AdamW, get_lr_cosine_schedule
 from lmforge.train.run_dir import check_token_file, load_run, prepare_run_dir, select_device
 
 
@@ -59,10 +65,16 @@ class TrainResult:
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM → finish the step and checkpoint; a second SIGINT aborts immediately."""
+    """SIGINT/SIGTERM → finish the step and checkpoint; a second SIGINT aborts immediately.
 
-    def __init__(self) -> None:
+    Under torchrun (`abort_on_second=False`) signals only set the flag: a rank aborting alone
+    would leave the others blocked in a collective. There the agent forwards the signal to
+    every rank, and its SIGKILL after a grace period (30 s) is the hard stop.
+    """
+
+    def __init__(self, abort_on_second: bool = True, announce: bool = True) -> None:
         self.requested = False
+        self.abort_on_second, self.announce = abort_on_second, announce
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _StopRequest:
@@ -72,10 +84,11 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and self.abort_on_second:
             raise KeyboardInterrupt
+        if not self.requested and self.announce:
+            tqdm.write("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
         self.requested = True
-        tqdm.write("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -90,7 +103,9 @@ class Trainer:
         t = config.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = select_device(t.device)
+        self.ctx, self.device = parallel.setup_parallel(
+            t.parallel, select_device(t.device), t.dist_timeout_s
+        )
         if self.device.type == "cpu":
             keep_large_allocations()
         train_tokens = open_tokens(config.data.train)
@@ -98,42 +113,61 @@ class Trainer:
         self.val_tokens = open_tokens(config.data.val) if config.data.val else None
         if self.val_tokens is not None:
             check_token_file(config.data.val, self.val_tokens, config.model.vocab_size)
+        self.train_tokens = train_tokens
         torch.manual_seed(t.seed)
         self.model = TransformerLM.from_config(config.model, device=self.device)
+        ckpt = self._checkpoint_to_resume() if resume else None
+        if ckpt is not None:  # before wrapping: DDP broadcasts these weights, FSDP shards them
+            load_model_weights(ckpt, self.model)
+        self.net = parallel.wrap_model(self.model, self.ctx, t.bucket_size_mb)
         self.teacher = _load_teacher(t.teacher, config, self.device) if t.teacher else None
         # Compiling the loss with the model lets inductor fuse the float32 log-softmax into the
         # output layer (measured: ~65 ms less per step than compiling the model alone).
         self.loss_fn = torch.compile(self._loss) if t.compile else self._loss
-        self.optimizer = _make_optimizer(self.model, config)
-        self.sampler = BatchSampler(
-            train_tokens, t.batch_size, config.model.context_length, self.device, t.seed
-        )
+        self.optimizer = _make_optimizer(self.net, config, self.ctx)
+        self.sampler = self._make_sampler(t.seed + self.ctx.rank)
         self.step, self.tokens, self.wall_offset = 0, 0, 0.0
+        self._t0 = time.perf_counter()  # reset by run(); wall_time() counts from here
         self.interval_losses: list[float] = []
         self.val_loss: float | None = None
-        if resume:
-            self._restore()
+        if ckpt is not None:
+            self._restore(ckpt)
         else:
-            prepare_run_dir(self.run_dir, config, self.model, self.device)
-        self.metrics = MetricsLogger(self.run_dir / "metrics.jsonl")
+            parallel.run_on_main(
+                lambda: prepare_run_dir(self.run_dir, config, self.model, self.device), self.ctx
+            )
+        self.metrics = parallel.metrics_logger(self.run_dir / "metrics.jsonl", self.ctx)
 
-    def _restore(self) -> None:
+    def _make_sampler(self, seed: int | list[int]) -> BatchSampler:
+        t, T = self.config.train, self.config.model.context_length
+        return BatchSampler(self.train_tokens, t.batch_size, T, self.device, seed)
+
+    def _checkpoint_to_resume(self) -> Path:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             raise FileNotFoundError(
                 f"{self.run_dir} has no checkpoint to resume from (the run stopped before its "
                 "first checkpoint); start it again without --resume"
             )
-        state = load_run_checkpoint(ckpt, self.model, self.optimizer)
-        self.sampler.load_state_dict(state["sampler"])
+        return ckpt
+
+    def _restore(self, ckpt: Path) -> None:
+        state = parallel.load_training_state(ckpt, self.optimizer, self.ctx)
         self.step, self.tokens = state["step"], state["tokens"]
         self.wall_offset, self.interval_losses = state["wall_time"], state["interval_losses"]
         self.val_loss = state.get("val_loss")
-        truncate_after(self.run_dir / "metrics.jsonl", self.step)
-        tqdm.write(f"resuming {self.run_dir} from step {self.step:,} ({ckpt.name})")
+        stream = parallel.sampler_state(state, self.ctx)
+        if stream is None:  # another world size: a fresh stream per rank
+            self.sampler = self._make_sampler([self.config.train.seed, self.ctx.rank, self.step])
+        else:
+            self.sampler.load_state_dict(stream)
+        parallel.run_on_main(lambda: truncate_after(self.run_dir / "metrics.jsonl", self.step),
+                             self.ctx)
+        if self.ctx.is_main:
+            tqdm.write(f"resuming {self.run_dir} from step {self.step:,} ({ckpt.name})")
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
+        logits = self.net(x)
         if self.teacher is None:
             return cross_entropy(logits, y)
         t = self.config.train
@@ -155,32 +189,48 @@ class Trainer:
         return get_lr_cosine_schedule(step, o.lr, o.min_lr, o.warmup_iters, cycle)
 
     def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step; returns (mean micro-batch loss, pre-clip grad norm, lr)."""
+        """One optimizer step; returns (mean micro-batch loss, pre-clip grad norm, lr).
+
+        Under data parallelism the loss is the mean over ranks (the global batch's loss) and
+        the gradients are averaged across ranks before clipping, so every rank agrees on both.
+        """
         lr = self._lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         accum = self.config.train.grad_accum_steps
         loss_sum = 0.0
-        for _ in range(accum):
+        for i in range(accum):
             x, y = self.sampler.next()
-            with self._autocast():
-                loss = self.loss_fn(x, y)
-            (loss / accum).backward()
+            with parallel.micro_step(self.net, self.ctx, last=i == accum - 1):
+                with self._autocast():
+                    loss = self.loss_fn(x, y)
+                (loss / accum).backward()
             loss_sum += loss.item()
-        loss = loss_sum / accum
+        parallel.finish_gradients(self.net, self.ctx)
+        loss = parallel.mean_over_ranks(loss_sum / accum, self.ctx)
         clip = self.config.optim.grad_clip or math.inf
-        grad_norm = gradient_clipping(self.model.parameters(), clip)
+        grad_norm = parallel.clip_gradients(self.net, self.ctx, clip)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(_diverged_message(self.step + 1, loss, grad_norm, self.run_dir))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens += accum * self.sampler.batch_size * self.sampler.context_length
+        self.tokens += accum * self.sampler.batch_size * self.sampler.context_length * (
+            self.ctx.world_size
+        )
         return loss, grad_norm, lr
 
     def evaluate(self) -> float:
         t = self.config.train
+        if self.ctx.distributed:
+            net = self.net if self.ctx.mode == "fsdp" else self.model  # replicas are equal
+            with self._autocast():
+                return parallel.sharded_eval_loss(
+                    net, self.val_tokens, self.ctx, context_length=self.config.model.context_length,
+                    batch_size=t.eval_batch_size, max_tokens=t.eval_tokens or None,
+                    device=self.device,
+                )
         with self._autocast():
             result = evaluate_loss(
                 self.model, self.val_tokens, batch_size=t.eval_batch_size, device=self.device,
@@ -193,13 +243,13 @@ class Trainer:
             "tokens": self.tokens,
             "wall_time": self.wall_time(),
             "interval_losses": self.interval_losses,
-            "sampler": self.sampler.state_dict(),
             "val_loss": self.val_loss,
             "lr": self._lr(self.step),
         }
-        keep = self.config.train.keep_checkpoints or None
-        return save_run_checkpoint(
-            self.run_dir, self.step, self.model, self.optimizer, state, keep_last=keep
+        return parallel.save_checkpoint(
+            self.run_dir, self.step, self.ctx, model=self.model, net=self.net,
+            optimizer=self.optimizer, sampler=self.sampler, state=state,
+            keep_last=self.config.train.keep_checkpoints or None,
         )
 
     def wall_time(self) -> float:
@@ -210,12 +260,15 @@ class Trainer:
         self._t0 = time.perf_counter()
         last_log = (self._t0, self.tokens)
         train_loss = None
-        bar = tqdm(total=t.max_steps, initial=self.step, unit="step", disable=not self.progress,
-                   desc="train", dynamic_ncols=True)
-        self.model.train()
-        with _StopRequest() as stop, bar:
+        bar = tqdm(total=t.max_steps, initial=self.step, unit="step", desc="train",
+                   disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
+        self.net.train()
+        alone = not self.ctx.distributed
+        with _StopRequest(abort_on_second=alone, announce=self.ctx.is_main) as stop, bar:
             while self.step < t.max_steps and not stop.requested:
                 loss, grad_norm, lr = self.train_step()
+                parallel.check_launcher(self.ctx)
+                stop.requested = parallel.any_rank(stop.requested, self.ctx)
                 self.interval_losses.append(loss)
                 bar.update(1)
                 done = self.step == t.max_steps
@@ -246,8 +299,9 @@ class Trainer:
             "step": self.step, "tokens": self.tokens, "val_loss": self.val_loss,
             "val_ppl": math.exp(min(self.val_loss, 700)), "wall_time": round(self.wall_time(), 3),
         })
-        plot_losses(read_metrics(self.run_dir / "metrics.jsonl"),
-                    self.run_dir / "plots" / "loss.png", title=self.run_dir.name)
+        if self.ctx.is_main:
+            plot_losses(read_metrics(self.run_dir / "metrics.jsonl"),
+                        self.run_dir / "plots" / "loss.png", title=self.run_dir.name)
 
 
 def _load_teacher(run_dir: str, config: TrainConfig, device: torch.device) -> torch.nn.Module:
@@ -263,16 +317,21 @@ def _load_teacher(run_dir: str, config: TrainConfig, device: torch.device) -> to
     return teacher.requires_grad_(False)
 
 
-def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> AdamW:
-    """AdamW with weight decay on matrices only; norm gains (1-D) are not decayed."""
+def _make_optimizer(
+    net: torch.nn.Module, config: TrainConfig, ctx: parallel.ParallelContext
+) -> AdamW:
+    """AdamW with weight decay on matrices only; norm gains (1-D) are not decayed.
+
+    Under zero1 its state is sharded across ranks (`parallel.build_optimizer`).
+    """
     o = config.optim
-    params = list(model.parameters())
+    decay, no_decay = parallel.decay_split(net, ctx)
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": decay, "weight_decay": o.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    return AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    return parallel.build_optimizer(groups, ctx, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
 
 def _diverged_message(step: int, loss: float, grad_norm: float, run_dir: Path) -> str:
@@ -291,7 +350,8 @@ def train(
     """Train `config` into `run_dir` (a new run, or continue its latest checkpoint)."""
     trainer = Trainer(config, Path(run_dir), resume=resume, progress=progress)
     result = trainer.run()
-    if trainer.val_tokens is None:
+    if trainer.val_tokens is None and trainer.ctx.is_main:
         plot_losses(read_metrics(trainer.run_dir / "metrics.jsonl"),
                     trainer.run_dir / "plots" / "loss.png", title=trainer.run_dir.name)
+    parallel.teardown(trainer.ctx)
     return result
