@@ -91,19 +91,29 @@ class DecodeStep:
 
     def __call__(self, cache: KVCache, tokens: Tensor) -> Tensor:
         """tokens (batch,) int64, one per cached sequence → logits (batch, vocab)."""
-        if cache.longest >= self.config.context_length:
-            raise ValueError(
-                f"a cached sequence already holds {cache.longest} tokens, the model's whole "
-                f"context_length={self.config.context_length}; allocate the cache with "
-                "KVCache.for_model, whose max_len is at most the context length"
-            )
+        self._check_room(cache, 1)
         positions = cache.begin(1)  # (batch, 1)
         if self.static is not None:
             return self.static(cache, tokens)
-        return self.eager(cache, tokens, positions)
+        return self.eager(cache, tokens[:, None], positions)[:, 0]
+
+    def extend(self, cache: KVCache, tokens: Tensor) -> Tensor:
+        """tokens (batch, seq) int64 appended to every cached sequence → logits (batch, seq,
+        vocab), always eager: e.g. the target's pass over a speculative round's draft tokens."""
+        self._check_room(cache, tokens.shape[1])
+        return self.eager(cache, tokens, cache.begin(tokens.shape[1]))
+
+    def _check_room(self, cache: KVCache, seq: int) -> None:
+        if cache.longest + seq > self.config.context_length:
+            raise ValueError(
+                f"a cached sequence already holds {cache.longest} tokens; {seq} more exceed the "
+                f"model's context_length={self.config.context_length}; allocate the cache with "
+                "KVCache.for_model, whose max_len is at most the context length"
+            )
 
     def eager(self, cache: KVCache, tokens: Tensor, positions: Tensor) -> Tensor:
-        """The step without compilation, after `cache.begin(1)` returned `positions`."""
+        """The step without compilation, after `cache.begin(seq)` returned `positions`:
+        tokens (batch, seq) → logits (batch, seq, vocab)."""
 
         def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             keys, values, mask = cache.update(i, k, v)
@@ -115,13 +125,13 @@ class DecodeStep:
         return logits
 
     def forward(self, tokens: Tensor, positions: Tensor, attend: Attend, linear: Linear) -> Tensor:
-        """All layers for one token per sequence: tokens (batch,), positions (batch, 1) → logits.
+        """All layers: tokens (batch, seq), positions (batch, seq) → logits (batch, seq, vocab).
 
-        `attend(i, q, k, v)` stores layer i's k, v (batch, H, 1, D) and returns the attention
-        output (batch, H, 1, D); `linear(x, w)` applies a packed matrix.
+        `attend(i, q, k, v)` stores layer i's k, v (batch, H, seq, D) and returns the attention
+        output (batch, H, seq, D); `linear(x, w)` applies a packed matrix to (..., in).
         """
-        x = self.embeddings[tokens]  # (batch, d_model)
-        pos = positions[:, None, :, None]  # (batch, 1, 1, 1): broadcasts over (q|k, heads)
+        x = self.embeddings[tokens]  # (batch, seq, d_model)
+        pos = positions[:, None, None, :]  # (batch, 1, 1, seq): broadcasts over (q|k, heads)
         for i, layer in enumerate(self.layers):
             if self.post_norm:
                 x = self._norm(x + self._attn(i, layer, x, pos, attend, linear), layer.ln1)
@@ -134,13 +144,14 @@ class DecodeStep:
     def _attn(
         self, i: int, layer: _Layer, h: Tensor, pos: Tensor, attend: Attend, linear: Linear
     ) -> Tensor:
-        """Block i's attention sublayer: h (batch, d_model) → (batch, d_model)."""
-        qkv = linear(h, layer.qkv).view(h.shape[0], 3, self.heads, 1, -1)  # (batch, 3, H, 1, D)
-        qk = qkv[:, :2]
+        """Block i's attention sublayer: h (batch, seq, d_model) → (batch, seq, d_model)."""
+        batch, seq, _ = h.shape
+        qkv = linear(h, layer.qkv).view(batch, seq, 3, self.heads, -1).permute(0, 2, 3, 1, 4)
+        qk = qkv[:, :2]  # (batch, 2, H, seq, D)
         if self.rope is not None:  # the backend's own variant, as MultiHeadSelfAttention
             qk = self.rope(qk, pos) if self.reference else self.rope.rotate_fast(qk, pos)
-        out = attend(i, qk[:, 0], qk[:, 1], qkv[:, 2])  # (batch, H, 1, D)
-        return linear(out.reshape(h.shape), layer.out)
+        out = attend(i, qk[:, 0], qk[:, 1], qkv[:, 2])  # (batch, H, seq, D)
+        return linear(out.transpose(1, 2).reshape(h.shape), layer.out)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """The model's attention backend; `mask` broadcasts to (batch, 1, 1, slots) or is None."""
@@ -169,10 +180,10 @@ COMPILE_BACKEND = "inductor"  # torch.compile backend of StaticStep (tests trace
 
 
 def _rows_product(x: Tensor, w: Tensor) -> Tensor:
-    """x (batch, in) @ w (out, in)ᵀ written as a reduction, so that inductor emits one streaming
+    """x (..., in) @ w (out, in)ᵀ written as a reduction, so that inductor emits one streaming
     loop: faster than BLAS at small batch (demo model's 48 MB of weights, one thread: 1.7 vs
     2.0 ms at batch 1, 2.7 vs 4.3 ms at batch 2)."""
-    return (x[:, None, :] * w).sum(-1)
+    return (x[..., None, :] * w).sum(-1)
 
 
 class StaticStep:
@@ -197,13 +208,13 @@ class StaticStep:
     def __call__(self, cache: KVCache, tokens: Tensor) -> Tensor:
         """After `cache.begin(1)`: the compiled function writes the reserved slots itself."""
         if cache.batch_size > _REDUCE_MAX_BATCH:  # measured no faster compiled: skip compiling
-            return self.step.eager(cache, tokens, cache.lengths[:, None])
+            return self.step.eager(cache, tokens[:, None], cache.lengths[:, None])[:, 0]
         try:
             logits = self.compiled(tokens, cache.lengths, cache.keys, cache.values)
         except torch._dynamo.exc.BackendCompilerFailed as err:
             warnings.warn(f"torch.compile failed, decoding eagerly instead: {err}", stacklevel=2)
             self.step.static = None
-            return self.step.eager(cache, tokens, cache.lengths[:, None])
+            return self.step.eager(cache, tokens[:, None], cache.lengths[:, None])[:, 0]
         cache.commit()
         return logits
 
@@ -218,7 +229,7 @@ class StaticStep:
             values[i].scatter_(2, where, v)
             return s.attention(q, keys[i], values[i], mask)  # (batch, 1, 1, slots) mask
 
-        return s.forward(tokens, lengths[:, None], attend, _rows_product)
+        return s.forward(tokens[:, None], lengths[:, None], attend, _rows_product)[:, 0]
 
 
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {compile: entry}

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.infer.batch import _check_prompts, decode
+from lmforge.infer.fast_decode import decode_step_for
 from lmforge.infer.generate import _check_sampling, _is_int, _model_device
 from lmforge.infer.kv_cache import KVCache
 from lmforge.model.layers import softmax
@@ -103,13 +104,17 @@ def verify_draft(
 def _feed(model: nn.Module, cache: KVCache, tokens: list[int], compile: bool = False) -> Tensor:
     """Run `tokens` through the cached model; logits (len(tokens), vocab) of its one sequence.
 
-    One token (every draft step but a round's first) takes the lean decode step of
-    `lmforge.infer.fast_decode`, as plain decoding does; several take the model's forward.
+    Both take the lean packed-weight step of `lmforge.infer.fast_decode`, as plain decoding
+    does: one token (the draft's steps) its `decode` step, several (the target's verification
+    pass) its eager `extend`.
     """
     ids = torch.tensor(tokens, dtype=torch.long, device=_model_device(model))
     if len(tokens) == 1:
         return decode(model, cache, ids, compile=compile)
-    return model(ids[None], kv_cache=cache)[0]
+    step = decode_step_for(model)
+    if step is None:
+        return model(ids[None], kv_cache=cache)[0]
+    return step.extend(cache, ids[None])[0]
 
 
 def _check(target: nn.Module, draft: nn.Module, prompt_ids, max_new_tokens: int, k: int) -> list:

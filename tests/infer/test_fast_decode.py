@@ -58,6 +58,23 @@ def test_step_matches_the_model_forward_through_the_cache(switches, lengths):
             torch.testing.assert_close(mine[row, :, :n], ref[row, :, :n], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("switches", SWITCHES)
+@pytest.mark.parametrize("lengths", [[5, 5], [3, 9, 1]])
+@torch.inference_mode()
+def test_extend_by_several_tokens_matches_the_model_forward(switches, lengths):
+    """`extend` (a speculative round's verification pass): causal within the new tokens."""
+    model = tiny(seed=5, **switches)
+    ours, theirs, _ = ragged_caches(model, lengths)
+    step = DecodeStep(model)
+    for seq in (4, 1, 3):
+        tokens = torch.randint(0, 64, (len(lengths), seq), generator=torch.Generator())
+        got, want = step.extend(ours, tokens), model(tokens, kv_cache=theirs)
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert ours.lengths.tolist() == theirs.lengths.tolist() == [n + 8 for n in lengths]
+    with pytest.raises(ValueError, match="context_length"):
+        step.extend(ours, torch.zeros(len(lengths), 32, dtype=torch.long))
+
+
 @torch.inference_mode()
 def test_step_matches_the_uncached_forward_after_select_and_truncate():
     model = tiny(seed=2, attention="sdpa")
