@@ -58,22 +58,33 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _key_tile_scores(q, K, V, skt, svt, offs_m, start_n, T_K, qk_scale, MASK: tl.constexpr,
+                     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """Load the key/value tile starting at row `start_n` and score q against it: (k, v, s) with
+    s = q kᵀ · qk_scale (log2 units), -inf past T_K and, when CAUSAL, above the diagonal."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n[:, None] < T_K) & (offs_d[None, :] < HEAD_DIM)
+    k = tl.load(K + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+    s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
+    if MASK:
+        keep = offs_n[None, :] < T_K
+        if CAUSAL:
+            keep = keep & (offs_m[:, None] >= offs_n[None, :])
+        s = tl.where(keep, s, float("-inf"))
+    return k, v, s
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K, V, skt, svt, offs_m, lo, hi, T_K, qk_scale,
                MASK: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
                UPCAST: tl.constexpr):
-    offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < T_K) & (offs_d[None, :] < HEAD_DIM)
-        k = tl.load(K + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
-        if MASK:
-            keep = offs_n[None, :] < T_K
-            if CAUSAL:
-                keep = keep & (offs_m[:, None] >= offs_n[None, :])
-            s = tl.where(keep, s, float("-inf"))
+        _k, v, s = _key_tile_scores(q, K, V, skt, svt, offs_m, start_n, T_K, qk_scale, MASK,
+                                    CAUSAL, BLOCK_N, BLOCK_D, HEAD_DIM, PRECISION, UPCAST)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
@@ -187,18 +198,9 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, skt, svt, offs_m, lo, hi, T_K, qk_sc
               MASK: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_D: tl.constexpr,
                HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < T_K) & (offs_d[None, :] < HEAD_DIM)
-        k = tl.load(K + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
-        if MASK:
-            keep = offs_n[None, :] < T_K
-            if CAUSAL:
-                keep = keep & (offs_m[:, None] >= offs_n[None, :])
-            s = tl.where(keep, s, float("-inf"))
+        k, v, s = _key_tile_scores(q, K, V, skt, svt, offs_m, start_n, T_K, qk_scale, MASK,
+                                   CAUSAL, BLOCK_N, BLOCK_D, HEAD_DIM, PRECISION, UPCAST)
         p = tl.math.exp2(s - lse2[:, None])
         dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
