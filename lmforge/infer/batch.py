@@ -35,7 +35,7 @@ cannot reuse).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -89,10 +89,17 @@ def decode(model: nn.Module, cache: KVCache, tokens: Tensor, *, compile: bool = 
     `lmforge.infer.fast_decode` (same logits, faster; `compile=True`: under `torch.compile`,
     compiled once per cache shape); otherwise the model's own forward.
     """
+    return decoder(model, compile)(cache, tokens)
+
+
+def decoder(model: nn.Module, compile: bool = False) -> Callable[[KVCache, Tensor], Tensor]:
+    """`decode` for `model` as a function (cache, tokens) → logits, resolved once: loops that
+    run many steps with unchanged weights skip the per-call check that the packed weights are
+    current (it walks every parameter: ~0.16 ms for the demo model, 5% of its step)."""
     step = decode_step_for(model, compile)
     if step is not None:
-        return step(cache, tokens)
-    return model(tokens[:, None], kv_cache=cache)[:, -1]
+        return step
+    return lambda cache, tokens: model(tokens[:, None], kv_cache=cache)[:, -1]
 
 
 def _check_prompts(prompts: list[list[int]], max_new_tokens: int, model: nn.Module) -> list:
@@ -188,6 +195,7 @@ def _run(
     )
     # The last sampled token is never fed back, hence the - 1.
     cache, logits = prefill(model, prompts, max(len(p) for p in prompts) + max_new_tokens - 1)
+    step = decoder(model, compile)
     live = list(range(len(prompts)))  # prompt index of each cache row
     while True:
         scores = logits
@@ -220,7 +228,7 @@ def _run(
             cache.select(keep)
             tokens = tokens[torch.tensor(keep, device=tokens.device)]
             live = [live[row] for row in keep]
-        logits = decode(model, cache, tokens, compile=compile)
+        logits = step(cache, tokens)
 
 
 def generate_batch(

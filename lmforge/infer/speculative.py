@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lmforge.infer.batch import _check_prompts, decode
+from lmforge.infer.batch import _check_prompts, decoder
 from lmforge.infer.fast_decode import decode_step_for
 from lmforge.infer.generate import _check_sampling, _is_int, _model_device
 from lmforge.infer.kv_cache import KVCache
@@ -101,20 +101,26 @@ def verify_draft(
     return j, int(torch.multinomial(dist, 1, generator=generator))
 
 
-def _feed(model: nn.Module, cache: KVCache, tokens: list[int], compile: bool = False) -> Tensor:
-    """Run `tokens` through the cached model; logits (len(tokens), vocab) of its one sequence.
+class _Feeder:
+    """Runs tokens through one cached model: logits (len(tokens), vocab) of its one sequence.
 
-    Both take the lean packed-weight step of `lmforge.infer.fast_decode`, as plain decoding
-    does: one token (the draft's steps) its `decode` step, several (the target's verification
-    pass) its eager `extend`.
+    Both models take the lean packed-weight step of `lmforge.infer.fast_decode`, as plain
+    decoding does, resolved once per generation: one token (the draft's steps) its decode
+    step, several (the target's verification pass) its eager `extend`.
     """
-    ids = torch.tensor(tokens, dtype=torch.long, device=_model_device(model))
-    if len(tokens) == 1:
-        return decode(model, cache, ids, compile=compile)
-    step = decode_step_for(model)
-    if step is None:
-        return model(ids[None], kv_cache=cache)[0]
-    return step.extend(cache, ids[None])[0]
+
+    def __init__(self, model: nn.Module, cache: KVCache, compile: bool):
+        self.model, self.cache, self.device = model, cache, _model_device(model)
+        self.step = decoder(model, compile)
+        self.packed = decode_step_for(model)
+
+    def __call__(self, tokens: list[int]) -> Tensor:
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        if len(tokens) == 1:
+            return self.step(self.cache, ids)
+        if self.packed is None:
+            return self.model(ids[None], kv_cache=self.cache)[0]
+        return self.packed.extend(self.cache, ids[None])[0]
 
 
 def _check(target: nn.Module, draft: nn.Module, prompt_ids, max_new_tokens: int, k: int) -> list:
@@ -192,13 +198,14 @@ def _run(
             model.hidden_states(ids, kv_cache=cache)
     tcache, dcache = caches
     t_device, d_device = _model_device(target), _model_device(draft)
+    feed_target, feed_draft = _Feeder(target, tcache, False), _Feeder(draft, dcache, compile)
     tokens, out = list(prompt), []
     proposed = accepted = 0
     while len(out) < max_new_tokens:
         k_round = min(k, max_new_tokens - len(out) - 1)
         proposals, draft_rows = [], []
         if k_round:
-            logits = _feed(draft, dcache, tokens[int(dcache.lengths[0]) :])[-1]
+            logits = feed_draft(tokens[int(dcache.lengths[0]) :])[-1]
             for i in range(k_round):
                 draft_rows.append(logits)
                 if temperature == 0:
@@ -208,8 +215,8 @@ def _run(
                     x = int(torch.multinomial(q, 1, generator=generators.get(d_device)))
                 proposals.append(x)
                 if i < k_round - 1:
-                    logits = _feed(draft, dcache, [x], compile)[-1]
-        target_logits = _feed(target, tcache, [tokens[-1], *proposals])  # (k_round + 1, vocab)
+                    logits = feed_draft([x])[-1]
+        target_logits = feed_target([tokens[-1], *proposals])  # (k_round + 1, vocab)
         vocab = target_logits.shape[-1]
         draft_logits = torch.stack(draft_rows) if draft_rows else target_logits.new_zeros(0, vocab)
         j, nxt = verify_draft(
