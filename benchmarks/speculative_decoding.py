@@ -110,9 +110,9 @@ def main() -> None:
     generate_batch(target, [prompts[0]], 8, compile=args.compile)  # warm-up (and compile)
     for draft_dir in args.draft:
         draft = load_run(draft_dir, "cpu")[0]
-        speculative_generate(target, draft, prompts[0], 8, k=2, temperature=0.0,
-                             compile=args.compile)  # warm-up (and compile)
         for k in ks:
+            speculative_generate(target, draft, prompts[0], 2 * k + 2, k=k, temperature=0.0,
+                                 compile=args.compile)  # warm-up (compiles each k's shapes)
             result = measure(target, draft, prompts, k, args.new_tokens, args.compile)
             rows.append({"draft": str(draft_dir), **result})
     table = Table(title=f"speculative decoding, target {args.target}, greedy, batch 1, "

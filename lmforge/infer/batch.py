@@ -194,7 +194,9 @@ def _run(
         penalties[k] for k in ("frequency_penalty", "presence_penalty")
     )
     # The last sampled token is never fed back, hence the - 1.
-    cache, logits = prefill(model, prompts, max(len(p) for p in prompts) + max_new_tokens - 1)
+    # A compiled step compiles once per cache shape: give every call the same one.
+    max_len = None if compile else max(len(p) for p in prompts) + max_new_tokens - 1
+    cache, logits = prefill(model, prompts, max_len or _model_limits(model)[0])
     step = decoder(model, compile)
     live = list(range(len(prompts)))  # prompt index of each cache row
     while True:

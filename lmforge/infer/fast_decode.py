@@ -97,11 +97,15 @@ class DecodeStep:
             return self.static(cache, tokens)
         return self.eager(cache, tokens[:, None], positions)[:, 0]
 
-    def extend(self, cache: KVCache, tokens: Tensor) -> Tensor:
+    def extend(self, cache: KVCache, tokens: Tensor, *, eager: bool = False) -> Tensor:
         """tokens (batch, seq) int64 appended to every cached sequence → logits (batch, seq,
-        vocab), always eager: e.g. the target's pass over a speculative round's draft tokens."""
+        vocab): e.g. the target's pass over a speculative round's draft tokens. A compiled step
+        compiles once per seq length too; `eager=True` skips that for one-off lengths."""
         self._check_room(cache, tokens.shape[1])
-        return self.eager(cache, tokens, cache.begin(tokens.shape[1]))
+        positions = cache.begin(tokens.shape[1])
+        if self.static is not None and not eager:
+            return self.static.extend(cache, tokens, positions)
+        return self.eager(cache, tokens, positions)
 
     def _check_room(self, cache: KVCache, seq: int) -> None:
         if cache.longest + seq > self.config.context_length:
@@ -209,35 +213,63 @@ class StaticStep:
         """After `cache.begin(1)`: the compiled function writes the reserved slots itself."""
         if cache.batch_size > _REDUCE_MAX_BATCH:  # measured no faster compiled: skip compiling
             return self.step.eager(cache, tokens[:, None], cache.lengths[:, None])[:, 0]
-        try:
-            logits = self.compiled(tokens, cache.lengths, cache.keys, cache.values)
-        except torch._dynamo.exc.BackendCompilerFailed as err:
-            warnings.warn(f"torch.compile failed, decoding eagerly instead: {err}", stacklevel=2)
-            self.step.static = None
+        logits = self._compiled(cache, tokens)
+        if logits is None:
             return self.step.eager(cache, tokens[:, None], cache.lengths[:, None])[:, 0]
         cache.commit()
         return logits
 
+    def extend(self, cache: KVCache, tokens: Tensor, positions: Tensor) -> Tensor:
+        """`DecodeStep.extend` after `cache.begin(seq)` returned `positions`: tokens (batch, seq)
+        → logits (batch, seq, vocab)."""
+        if cache.batch_size > _REDUCE_MAX_BATCH:
+            return self.step.eager(cache, tokens, positions)
+        logits = self._compiled(cache, tokens)
+        if logits is None:
+            return self.step.eager(cache, tokens, positions)
+        cache.commit()
+        return logits
+
+    def _compiled(self, cache: KVCache, tokens: Tensor) -> Tensor | None:
+        """The compiled function's logits, or None (with a warning, and the step decodes eagerly
+        from then on) if compilation fails or dynamo's recompilation limit is reached (each new
+        (batch, seq, max_len) shape compiles again; `generate_batch` and speculative decoding
+        keep max_len fixed at the context length to avoid that)."""
+        try:
+            return self.compiled(tokens, cache.lengths, cache.keys, cache.values)
+        except (torch._dynamo.exc.BackendCompilerFailed,
+                torch._dynamo.exc.FailOnRecompileLimitHit) as err:
+            warnings.warn(f"torch.compile failed, decoding eagerly instead: {err}", stacklevel=2)
+            self.step.static = None
+            return None
+
     def _run(self, tokens: Tensor, lengths: Tensor, keys: list, values: list) -> Tensor:
-        s = self.step
+        """tokens (batch,) or (batch, seq) written at slots lengths[b] + 0..seq-1 → logits."""
+        s, one = self.step, tokens.dim() == 1
+        ids = tokens[:, None] if one else tokens
         (batch, heads, slots, head_dim), device = keys[0].shape, keys[0].device
-        mask = (torch.arange(slots, device=device) <= lengths[:, None])[:, None, None, :]
-        where = lengths[:, None, None, None].expand(batch, heads, 1, head_dim)
+        positions = lengths[:, None] + torch.arange(ids.shape[1], device=device)  # (batch, seq)
+        mask = (torch.arange(slots, device=device) <= positions[..., None])[:, None]
+        where = positions[:, None, :, None].expand(batch, heads, ids.shape[1], head_dim)
 
         def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             keys[i].scatter_(2, where, k)
             values[i].scatter_(2, where, v)
-            return s.attention(q, keys[i], values[i], mask)  # (batch, 1, 1, slots) mask
+            return s.attention(q, keys[i], values[i], mask)  # (batch, 1, seq, slots) mask
 
-        return s.forward(tokens[:, None], lengths[:, None], attend, _rows_product)[:, 0]
+        logits = s.forward(ids, positions, attend, _rows_product)
+        return logits[:, 0] if one else logits
 
 
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {compile: entry}
 
 
 def _fingerprint(model: nn.Module) -> tuple:
-    """Changes whenever a parameter is replaced, moved, cast or updated in place."""
-    return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+    """Changes whenever a parameter is replaced, moved, cast or updated in place (inference
+    tensors, from a model built under `torch.inference_mode`, keep no version counter: for them
+    only replacement, moves and casts count)."""
+    return tuple((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype)
+                 for p in model.parameters())
 
 
 def decode_step_for(model: nn.Module, compile: bool = False) -> DecodeStep | None:

@@ -18,7 +18,7 @@ import itertools
 import pytest
 import torch
 
-from lmforge.infer import generate_ids
+from lmforge.infer import generate_batch, generate_ids
 from lmforge.infer.speculative import speculative_generate, verify_draft
 from lmforge.model import TransformerLM
 
@@ -206,3 +206,16 @@ def test_bad_arguments_raise_value_errors():
         speculative_generate(target, draft, [1], 5, temperature=-1.0)
     with pytest.raises(ValueError, match="empty"):
         speculative_generate(target, draft, [], 5)
+
+
+def test_compiled_greedy_speculative_equals_the_target_alone(monkeypatch):
+    from lmforge.infer import fast_decode
+
+    monkeypatch.setattr(fast_decode, "COMPILE_BACKEND", "aot_eager")
+    torch.manual_seed(0)
+    target = TransformerLM(64, 48, 32, 2, 4, attention="sdpa").eval()
+    draft = TransformerLM(64, 48, 16, 1, 2, attention="sdpa").eval()
+    prompt = [3, 1, 4, 1, 5]
+    want = generate_batch(target, [prompt], 20)[0]
+    got = speculative_generate(target, draft, prompt, 20, k=3, temperature=0.0, compile=True)
+    assert got.token_ids == want
