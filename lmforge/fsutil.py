@@ -43,7 +43,7 @@ def atomic_writer(
     untouched. Parent directories are created. `mode` is "wb" or "w" (then pass encoding=...).
 
     >>> with atomic_writer("out/shard.jsonl", "w", encoding="utf-8") as f:  # doctest: +SKIP
-    ...     f.write('{"text": "hello"}\n')
+    ...     f.write("one line of a shard")
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_writer writes new files: mode must be 'w' or 'wb', not {mode!r}")

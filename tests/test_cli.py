@@ -29,6 +29,7 @@ COMMANDS = [
     "demo",
     "train",
     "generate",
+    "generate-corpus",
     "eval perplexity",
     "export hf",
     "import hf",

@@ -71,7 +71,7 @@ def main() -> None:
     Stages:
       tokenizer   train / encode / inspect byte-level BPE tokenizers
       train       train a Transformer LM from a TOML config (resumable)
-      generate    sample text from a trained run
+      generate    sample text from a trained run (generate-corpus: many, as a token file)
       eval        perplexity of a run on a token file
       export      a run as a HuggingFace Llama model (import: the reverse)
       serve       an OpenAI-compatible HTTP server for a run (continuous batching)

@@ -1,9 +1,10 @@
-"""`lmforge train`, `lmforge generate` and `lmforge eval perplexity`.
+"""`lmforge train`, `lmforge generate`, `lmforge generate-corpus` and `lmforge eval perplexity`.
 
     lmforge train --config runs/demo/config.toml --out runs/my-run --set optim.lr=3e-3
     lmforge train --resume runs/my-run
     lmforge train --config runs/demo/config.toml --out runs/ddp --parallel ddp --nproc 2
     lmforge generate --run runs/my-run --prompt "Alice was"
+    lmforge generate-corpus --run runs/my-run --tokens 800000 --out runs/greedy.npy
     lmforge eval perplexity --run runs/my-run --data runs/demo/val.npy
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from lmforge.cli import COUNT, PATH, UserError, console, main
+from lmforge.cli import COUNT, EOT, PATH, UserError, console, main
 
 
 @main.command("train")
@@ -185,6 +186,50 @@ def generate(
     generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_p, top_k,
                   seed=seed, stream=show, stop=stops)
     click.echo()
+
+
+@main.command("generate-corpus")
+@_run
+@click.option("--tokens", type=COUNT, required=True, help="Write at least this many token ids.")
+@click.option("--out", type=PATH, required=True, help="Token file (.npy) to write.")
+@click.option("--source", type=PATH, default=None,
+              help="Token file to cut prompts from (default: the run's data.train).")
+@click.option("--prompt-len", type=COUNT, default=32, show_default=True)
+@click.option("--new-tokens", type=COUNT, default=128, show_default=True)
+@click.option("--batch-size", type=COUNT, default=32, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 = greedy (for drafts used at greedy decoding).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_device
+def generate_corpus(run_dir: Path, tokens: int, out: Path, source: Path | None, prompt_len: int,
+                    new_tokens: int, batch_size: int, temperature: float, seed: int,
+                    device: str) -> None:
+    """Write a run's own continuations of prompts as a token file (to distil a draft model).
+
+    Each record is a prompt cut from the source tokens, the model's continuation and
+    <|endoftext|>. Train a speculative-decoding draft on it with train.teacher set to the run.
+
+    \b
+    Example:
+      lmforge generate-corpus --run runs/demo --tokens 800000 --out runs/greedy.npy
+      lmforge train --config runs/demo/config.toml --out runs/draft \\
+          --set data.train=runs/greedy.npy --set train.teacher=runs/demo \\
+          --set model.num_layers=1 --set model.d_model=256 --set model.num_heads=4
+    """
+    import numpy as np
+
+    from lmforge.infer.corpus import sample_corpus, write_corpus
+    from lmforge.train.data import open_tokens
+    from lmforge.train.run_dir import load_run
+
+    model, tokenizer, config = load_run(run_dir, device)
+    source_tokens = open_tokens(source or config.data.train)
+    eos = tokenizer.id_of(EOT.encode()) if tokenizer is not None else None
+    ids = sample_corpus(model, np.asarray(source_tokens), tokens, prompt_len=prompt_len,
+                        new_tokens=new_tokens, batch_size=batch_size, temperature=temperature,
+                        seed=seed, eos_id=eos, progress=True)
+    write_corpus(out, ids, config.model.vocab_size)
+    console.print(f"wrote {len(ids):,} token ids to {out}")
 
 
 @main.group("eval")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -173,6 +174,8 @@ class RayExecutor:
                 'or use [executor] kind = "local"') from None
         self.ray = ray
         self.started = not ray.is_initialized()
+        # ray.init installs a SIGTERM handler and leaves it after shutdown; restored in close().
+        self.sigterm = signal.getsignal(signal.SIGTERM)
         if self.started:
             kwargs: dict[str, Any] = {"address": address} if address else {
                 "num_cpus": workers or None, "include_dashboard": False}
@@ -193,6 +196,7 @@ class RayExecutor:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+            signal.signal(signal.SIGTERM, self.sigterm)
 
 
 def make_executor(kind: str, workers: int = 0, address: str = "") -> LocalExecutor | RayExecutor:

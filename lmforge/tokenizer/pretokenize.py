@@ -22,6 +22,7 @@ chunk simply grows (worst case: one chunk per file).
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -323,5 +324,9 @@ def _map_chunks(jobs: list, workers: int) -> Iterator[tuple[int, dict[bytes, int
     import multiprocessing as mp
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(workers) as pool:
+    # Workers take SIGTERM's default action: a forked worker would otherwise inherit a Python
+    # handler installed by the parent (Ray's driver installs one), ignore `Pool.terminate()`
+    # while blocked on the task queue, and hang the parent in `join()`.
+    with mp.get_context(method).Pool(workers, initializer=signal.signal,
+                                      initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
         yield from pool.imap_unordered(_count_chunk, jobs)

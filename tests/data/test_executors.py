@@ -3,6 +3,7 @@ same pipeline on a local Ray instance giving the same files and counts as the lo
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -77,9 +78,11 @@ def test_missing_ray_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
+    sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    signal.signal(signal.SIGTERM, sigterm)  # Ray leaves its handler; later tests fork workers
 
 
 def _pipeline(tmp_path: Path, out: str, kind: str) -> dict:
