@@ -104,15 +104,13 @@ class DecodeStep:
             return self.static(cache, tokens)
         return self.eager(cache, tokens[:, None], positions)[:, 0]
 
-    def extend(self, cache: KVCache, tokens: Tensor, *, eager: bool = False) -> Tensor:
+    def extend(self, cache: KVCache, tokens: Tensor) -> Tensor:
         """tokens (batch, seq) int64 appended to every cached sequence → logits (batch, seq,
-        vocab): e.g. the target's pass over a speculative round's draft tokens. A compiled step
-        compiles once per seq length too; `eager=True` skips that for one-off lengths."""
+        vocab): e.g. the target's pass over a speculative round's draft tokens. Always eager:
+        several rows already take the fast (W @ Xᵀ)ᵀ products, and a compiled version would
+        compile again for every seq length."""
         self._check_room(cache, tokens.shape[1])
-        positions = cache.begin(tokens.shape[1])
-        if self.static is not None and not eager:
-            return self.static.extend(cache, tokens, positions)
-        return self.eager(cache, tokens, positions)
+        return self.eager(cache, tokens, cache.begin(tokens.shape[1]))
 
     def _check_room(self, cache: KVCache, seq: int) -> None:
         if cache.longest + seq > self.config.context_length:
@@ -254,17 +252,6 @@ class StaticStep:
         cache.commit()
         return logits
 
-    def extend(self, cache: KVCache, tokens: Tensor, positions: Tensor) -> Tensor:
-        """`DecodeStep.extend` after `cache.begin(seq)` returned `positions`: tokens (batch, seq)
-        → logits (batch, seq, vocab)."""
-        if cache.batch_size > _REDUCE_MAX_BATCH:
-            return self.step.eager(cache, tokens, positions)
-        logits = self._compiled(cache, tokens)
-        if logits is None:
-            return self.step.eager(cache, tokens, positions)
-        cache.commit()
-        return logits
-
     def _compiled(self, cache: KVCache, tokens: Tensor) -> Tensor | None:
         """The compiled function's logits, or None (with a warning, and the step decodes eagerly
         from then on) if compilation fails or dynamo's recompilation limit is reached (each new
@@ -279,21 +266,17 @@ class StaticStep:
             return None
 
     def _run(self, tokens: Tensor, lengths: Tensor, keys: list, values: list) -> Tensor:
-        """tokens (batch,) or (batch, seq) written at slots lengths[b] + 0..seq-1 → logits."""
-        s, one = self.step, tokens.dim() == 1
-        ids = tokens[:, None] if one else tokens
+        s = self.step
         (batch, heads, slots, head_dim), device = keys[0].shape, keys[0].device
-        positions = lengths[:, None] + torch.arange(ids.shape[1], device=device)  # (batch, seq)
-        mask = (torch.arange(slots, device=device) <= positions[..., None])[:, None]
-        where = positions[:, None, :, None].expand(batch, heads, ids.shape[1], head_dim)
+        mask = (torch.arange(slots, device=device) <= lengths[:, None])[:, None, None, :]
+        where = lengths[:, None, None, None].expand(batch, heads, 1, head_dim)
 
         def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             keys[i].scatter_(2, where, k)
             values[i].scatter_(2, where, v)
-            return s.attention(q, keys[i], values[i], mask)  # (batch, 1, seq, slots) mask
+            return s.attention(q, keys[i], values[i], mask)  # (batch, 1, 1, slots) mask
 
-        logits = s.forward(ids, positions, attend, _rows_product)
-        return logits[:, 0] if one else logits
+        return s.forward(tokens[:, None], lengths[:, None], attend, _rows_product)[:, 0]
 
 
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → {compile: entry}

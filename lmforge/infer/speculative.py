@@ -109,8 +109,8 @@ class _Feeder:
     step, several (the target's verification pass) its eager `extend`.
     """
 
-    def __init__(self, model: nn.Module, cache: KVCache, compile: bool, k: int):
-        self.model, self.cache, self.device, self.k = model, cache, _model_device(model), k
+    def __init__(self, model: nn.Module, cache: KVCache, compile: bool):
+        self.model, self.cache, self.device = model, cache, _model_device(model)
         self.step = decoder(model, compile)
         self.packed = decode_step_for(model, compile)
 
@@ -120,8 +120,7 @@ class _Feeder:
             return self.step(self.cache, ids)
         if self.packed is None:
             return self.model(ids[None], kv_cache=self.cache)[0]
-        # A compiled step compiles once per length: only the full rounds' k + 1 tokens.
-        return self.packed.extend(self.cache, ids[None], eager=len(tokens) != self.k + 1)[0]
+        return self.packed.extend(self.cache, ids[None])[0]
 
 
 def _check(target: nn.Module, draft: nn.Module, prompt_ids, max_new_tokens: int, k: int) -> list:
@@ -155,11 +154,10 @@ def speculative_generate(
     """Continue `prompt_ids` with up to `max_new_tokens` tokens from `target`, drafted by `draft`.
 
     Output is distributed as `target` sampled at `temperature` (0 = greedy) and stops before
-    `eos_id` (not included). `seed` fixes the draws. `compile=True` runs the draft's steps and
-    the target's (k + 1)-token verification under `torch.compile` (see
-    `lmforge.infer.fast_decode`; the first call compiles, tens of seconds). Both models run in
-    eval mode under `torch.inference_mode()`; see the module notes for the algorithm and the
-    statistics.
+    `eos_id` (not included). `seed` fixes the draws. `compile=True` runs both models' one-token
+    steps under `torch.compile` (see `lmforge.infer.fast_decode`; the first call compiles, tens
+    of seconds). Both models run in eval mode under `torch.inference_mode()`; see the module
+    notes for the algorithm and the statistics.
     """
     _check_sampling(temperature, None, None)
     prompt = _check(target, draft, prompt_ids, max_new_tokens, k)
@@ -202,8 +200,7 @@ def _run(
             model.hidden_states(ids, kv_cache=cache)
     tcache, dcache = caches
     t_device, d_device = _model_device(target), _model_device(draft)
-    feed_target = _Feeder(target, tcache, compile, k)
-    feed_draft = _Feeder(draft, dcache, compile, k)
+    feed_target, feed_draft = _Feeder(target, tcache, compile), _Feeder(draft, dcache, compile)
     tokens, out = list(prompt), []
     proposed = accepted = 0
     while len(out) < max_new_tokens:

@@ -155,19 +155,3 @@ def test_a_model_built_under_inference_mode_gets_a_step():
         torch.testing.assert_close(step(cache, tokens), model(tokens[:, None],
                                    kv_cache=prefill(model, [[1, 2, 3]], 8)[0])[:, 0],
                                    atol=ATOL, rtol=0)
-
-
-@torch.inference_mode()
-def test_compiled_extend_matches_the_model_forward(monkeypatch):
-    """The static step's several-token path (speculative verification), ragged rows."""
-    monkeypatch.setattr(fast_decode, "COMPILE_BACKEND", "aot_eager")
-    model = tiny(seed=8, attention="sdpa")
-    ours, theirs, _ = ragged_caches(model, [3, 9])
-    step = DecodeStep(model, compile=True)
-    for _ in range(2):
-        tokens = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(9))
-        got, want = step.extend(ours, tokens), model(tokens, kv_cache=theirs)
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
-        torch.testing.assert_close(step.extend(ours, tokens[:, :1], eager=True),
-                                   model(tokens[:, :1], kv_cache=theirs), atol=ATOL, rtol=0)
-    assert ours.lengths.tolist() == theirs.lengths.tolist() == [13, 19]
