@@ -174,16 +174,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
-    """Read a TOML config, apply `--set` overrides and validate (data paths stay as written)."""
+def read_toml(
+    path: str | os.PathLike, error: type[Exception] = ConfigError, examples: str = "configs/"
+) -> dict[str, Any]:
+    """The TOML file `path` as a dict; `error` (saying where to find examples) if it is missing
+    or not valid TOML."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        raise error(f"config file {path} does not exist; see {examples} for examples")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    return TrainConfig.from_dict(apply_overrides(data, list(overrides)))
+        raise error(f"{path} is not valid TOML: {e}") from None
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
+    """Read a TOML config, apply `--set` overrides and validate (data paths stay as written)."""
+    return TrainConfig.from_dict(apply_overrides(read_toml(path), list(overrides)))
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:

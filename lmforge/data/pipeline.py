@@ -43,11 +43,11 @@ import os
 import re
 import shutil
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge.config import read_toml
 from lmforge.data.document import DataInputError
 from lmforge.data.executors import (
     EXECUTORS,
@@ -157,13 +157,7 @@ def load_pipeline(
     path: str | os.PathLike, *, inputs: list[str] | None = None, output_dir: str | None = None
 ) -> PipelineConfig:
     """Read a pipeline TOML; `inputs` / `output_dir` replace [input] paths / [output] dir."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"pipeline file {path} does not exist; see configs/data/ for examples")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise PipelineError(f"{path} is not valid TOML: {e}") from None
+    data = read_toml(path, PipelineError, "configs/data/")
     if inputs:
         data.setdefault("input", {})["paths"] = list(inputs)
     if output_dir:
