@@ -317,7 +317,9 @@ def test_installed_script_reports_errors_without_traceback(tmp_path):
 
 
 def test_a_missing_optional_dependency_names_the_extra_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ModuleNotFoundError
+    # `import uvicorn` comes first in `lmforge serve`; a None entry makes it raise
+    # ModuleNotFoundError even when an earlier test imported uvicorn for real.
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
     (tmp_path / "run").mkdir()
     result = run("serve", str(tmp_path / "run"))
     assert result.exit_code == 1

@@ -63,6 +63,7 @@ def train_command(
       lmforge train --config runs/demo/config.toml --out runs/ddp --parallel ddp --nproc 2
     """
     from lmforge.config import load_config
+    from lmforge.distributed.launch import exit_rank
     from lmforge.train import parallel as par
     from lmforge.train.loop import train
 
@@ -91,7 +92,7 @@ def train_command(
     if rank == 0:  # rank 0 (or the single process) reports
         _report(result, run_dir, world)
     if world > 1:
-        par.exit_rank()
+        exit_rank()
 
 
 def _report(result, run_dir: Path, world: int) -> None:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -79,6 +80,20 @@ def _worker(
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    exit_rank()
+
+
+def exit_rank() -> NoReturn:
+    """End a rank process that finished its work: flush stdout/stderr, then `os._exit(0)`.
+
+    At interpreter shutdown gloo's C++ threads can abort a process that already destroyed its
+    process group ("terminate called without an active exception", SIGABRT; about 1 run in 10
+    here, torch 2.13), which the launcher (torchrun, `mp.spawn`) reports as a failed rank after
+    a successful run. Callers close and flush everything they write before this point.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(

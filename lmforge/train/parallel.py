@@ -51,7 +51,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,19 +162,6 @@ def check_launcher(ctx: ParallelContext) -> None:
             f"rank {ctx.rank}: the torchrun agent (pid {ctx.launcher_pid}) that started this "
             "rank is gone; stopping (resume the run from its last checkpoint)"
         )
-
-
-def exit_rank() -> NoReturn:
-    """End a torchrun rank that finished: flush stdout/stderr, then `os._exit(0)`.
-
-    At interpreter shutdown gloo's C++ threads can abort a rank that already destroyed its
-    process group ("terminate called without an active exception", SIGABRT; about 1 run in
-    10 here, torch 2.13), which torchrun reports as a failed rank after a successful run.
-    Everything the run writes is closed and fsynced before this point.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def torchrun_rank() -> tuple[int, int]:
