@@ -16,6 +16,7 @@ Transformer"), RoPE (Su et al. 2021, "RoFormer"), attention (Vaswani et al. 2017
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -181,6 +182,12 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     return (e / e.sum(dim=dim, keepdim=True)).to(in_dtype)
 
 
+def _named_range(name: str):
+    """A `torch.profiler` range, or nothing under `torch.compile` (which would drop it, with a
+    warning per compilation)."""
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else record_function(name)
+
+
 def scaled_dot_product_attention(
     Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None
 ) -> Tensor:
@@ -191,11 +198,11 @@ def scaled_dot_product_attention(
     Returns (..., n_q, d_v). The three stages are named ranges in a `torch.profiler` trace
     (`lmforge bench model --profile`); outside a profiler a range costs about a microsecond.
     """
-    with record_function("attention_scores"):
+    with _named_range("attention_scores"):
         scores = (Q @ K.transpose(-1, -2)) / math.sqrt(Q.shape[-1])
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-    with record_function("attention_softmax"):
+    with _named_range("attention_softmax"):
         weights = softmax(scores, dim=-1)
-    with record_function("attention_weighted_sum"):
+    with _named_range("attention_weighted_sum"):
         return weights @ V
