@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lmforge.infer.batch import decode, prefill
+from lmforge.infer.batch import decoder, prefill
 from lmforge.infer.generate import (
     EOS_TOKEN,
     _as_ids,
@@ -243,6 +243,7 @@ class Engine:
         self._rows: list[Request] = []  # the request of each cache row
         self._cache = None
         self._next: Tensor | None = None  # (rows,) each row's last chosen token, fed next step
+        self._decode = None  # the resolved decode step (`batch.decoder`), refreshed on admission
         self._thread = threading.Thread(target=self._loop, name="lmforge-engine", daemon=True)
         self._thread.start()
 
@@ -334,7 +335,9 @@ class Engine:
             else:
                 self._admit(request)
         if self._rows:
-            logits = decode(self.model, self._cache, self._next)  # (rows, vocab)
+            if admits or self._decode is None:  # weights changed since? checked per admission
+                self._decode = decoder(self.model)
+            logits = self._decode(self._cache, self._next)  # (rows, vocab)
             tokens, keep = self._advance(self._rows, logits)
             self._next = tokens
             self._keep(keep)
