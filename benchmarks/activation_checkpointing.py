@@ -69,7 +69,7 @@ def measure(size: str, batch: int, context: int, steps: int) -> list[Row]:
     runs = {}
     for variant in VARIANTS:
         c = replace(config, checkpoint_activations=variant == "ours")
-        model, x, y, _ = build(c, "forward-backward", batch, device)
+        model, x, y = build(c, batch, device)
         forward = (lambda m=model, x=x: torch_checkpoint_forward(m, x)) if variant == "torch" \
             else (lambda m=model, x=x: m(x))
         runs[variant] = (model, forward, y)

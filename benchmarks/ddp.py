@@ -31,6 +31,7 @@ smaller than on GPUs, where NCCL runs on the network hardware.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -41,16 +42,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from torch.nn.parallel import DistributedDataParallel
 
 from lmforge.distributed import DDP, FlatDDP, NaiveDDP, run_distributed
-from lmforge.distributed.ddp import _make_buckets
+from lmforge.distributed.ddp import make_buckets
 from lmforge.fsutil import atomic_write_text
 from lmforge.model import ModelConfig, TransformerLM
-from lmforge.train.optim import AdamW
+from lmforge.train.loss import cross_entropy
+from lmforge.train.optim import AdamW, gradient_clipping
+from lmforge.train.step import TrainStep
 
 
 def parse_args() -> argparse.Namespace:
@@ -138,7 +140,7 @@ def variants(buckets: list[float]) -> dict[str, tuple]:
         "per-parameter": (DDP, lambda ps: [p.numel() for p in ps], True),
     }
     for mb in buckets:
-        sizes = lambda ps, mb=mb: [sum(p.numel() for p in b.params) for b in _make_buckets(ps, mb)]  # noqa: E731
+        sizes = lambda ps, mb=mb: [sum(p.numel() for p in b.params) for b in make_buckets(ps, mb)]  # noqa: E731
         table[f"bucketed {mb:g} MB"] = (lambda m, mb=mb: DDP(m, bucket_size_mb=mb), sizes, True)
     cap = torch_bucket(buckets)
     table[f"torch DDP {cap:g} MB"] = (
@@ -149,19 +151,28 @@ def variants(buckets: list[float]) -> dict[str, tuple]:
     return table
 
 
+class WrapperSync:
+    """`TrainStep` gradient sync for a wrapper whose hooks average gradients during backward
+    (ours: wait for the last buckets with `finish_gradient_synchronization`; torch's DDP: done)."""
+
+    def __init__(self, wrapped):
+        self.wrapped = wrapped
+
+    def micro_step(self, last: bool):
+        return contextlib.nullcontext()
+
+    def finish(self, loss: float, max_norm: float) -> tuple[float, float]:
+        if hasattr(self.wrapped, "finish_gradient_synchronization"):
+            self.wrapped.finish_gradient_synchronization()
+        return loss, gradient_clipping(self.wrapped.parameters(), max_norm)
+
+
 def make_step(wrapped, model: TransformerLM, ids: torch.Tensor):
-    """One training step of `wrapped` on `ids` (rows, seq + 1): a closure for `timed`."""
+    """One training step (the trainer's `TrainStep`) of `wrapped` on `ids` (rows, seq + 1)."""
     opt = AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        logits = wrapped(ids[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
-        if hasattr(wrapped, "finish_gradient_synchronization"):
-            wrapped.finish_gradient_synchronization()
-        opt.step()
-
-    return step
+    train_step = TrainStep(wrapped, opt, lambda x, y: cross_entropy(wrapped(x), y),
+                           device=ids.device, grad_clip=1.0, sync=WrapperSync(wrapped))
+    return lambda: train_step([(ids[:, :-1], ids[:, 1:])])
 
 
 def step_times(rank: int, args: argparse.Namespace, config: ModelConfig) -> list[dict]:

@@ -5,7 +5,8 @@ Claim (issue 3): our fast path (SDPA attention backend, optionally `torch.compil
 HF compiled, ours uncompiled vs HF uncompiled, same dtype); the table also shows how far our
 readable reference path is.
 
-One training step = forward + our `cross_entropy` + backward + our `AdamW.step()`, on the same
+One training step = the trainer's own `lmforge.train.step.TrainStep` (forward + our
+`cross_entropy` + backward + global-norm clipping at 1.0 + our `AdamW.step()`), on the same
 random batch, the same weights (ours mapped with `lmforge.model.hf.to_llama_state_dict`), the same
 threads and dtype for both models. bf16 runs use CPU autocast (`torch.autocast(device,
 torch.bfloat16)`, fp32 master weights). After `--warmup` untimed steps (which also compile), each
@@ -26,7 +27,6 @@ Timings on a shared machine are noisy: rerun (or raise --steps) and compare the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import json
@@ -47,6 +47,7 @@ from lmforge.model.hf import llama_config_kwargs, to_llama_state_dict
 from lmforge.train.allocator import keep_large_allocations
 from lmforge.train.loss import cross_entropy
 from lmforge.train.optim import AdamW
+from lmforge.train.step import TrainStep
 
 SHAPES = {
     "demo": dict(vocab_size=4096, context_length=256, d_model=384, num_layers=6, num_heads=6),
@@ -156,7 +157,7 @@ def build(name: str, config: ModelConfig, device: str) -> tuple[torch.nn.Module,
 
 
 def make_step(model, forward, dtype: str, args: argparse.Namespace, compiled: bool) -> Callable:
-    """A closure running one training step on (x, y); returns nothing (no host sync on loss).
+    """A closure running one training step on (x, y): the trainer's own `TrainStep`.
 
     `torch.compile` wraps the model's forward, or with --compile-loss the forward and the loss
     together (so inductor also fuses the cross-entropy over the (batch, seq, vocab) logits).
@@ -170,21 +171,9 @@ def make_step(model, forward, dtype: str, args: argparse.Namespace, compiled: bo
         loss_fn = torch.compile(loss_fn)
     elif compiled:
         forward = torch.compile(forward)
-    device_type = torch.device(args.device).type
-    autocast = (
-        (lambda: torch.autocast(device_type, dtype=torch.bfloat16))
-        if dtype == "bf16"
-        else contextlib.nullcontext
-    )
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            loss = loss_fn(x, y)
-        loss.backward()
-        opt.step()
-
-    return step
+    train_step = TrainStep(model, opt, loss_fn, device=torch.device(args.device), dtype=dtype,
+                           grad_clip=1.0)
+    return lambda x, y: train_step([(x, y)])
 
 
 def time_group(steps: dict[str, Callable], x, y, args: argparse.Namespace) -> dict[str, list]:

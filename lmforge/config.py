@@ -9,6 +9,7 @@ string). The run directory stores the fully resolved config, so a run can be rep
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -20,7 +21,8 @@ import tomli_w
 from lmforge.fsutil import atomic_write_text
 from lmforge.model.config import ModelConfig
 
-PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # train.parallel values (see train/parallel.py)
+PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # train.parallel values (see train/parallel/)
+MAX_THREADS = 1024  # train.threads upper bound: torch crashes on absurd thread counts
 
 
 class ConfigError(ValueError):
@@ -57,10 +59,13 @@ class RunConfig:
     dtype: str = "fp32"  # "fp32" or "bf16" (autocast; weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the model
     log_interval: int = 10  # steps between metrics.jsonl train records
-    eval_interval: int = 100  # steps between validation passes (and at the end)
+    eval_interval: int = 100  # steps between validation passes (and at the end); 0: max_steps // 8
+    time_budget_s: float = 0.0  # > 0: train for this many wall-clock seconds (all resumes
+    #   together): max_steps becomes an upper bound, re-planned from measured step times
     eval_tokens: int = 0  # validation tokens per pass; 0: the whole validation split
     eval_batch_size: int = 16  # sequences per validation batch
-    checkpoint_interval: int = 500  # steps between checkpoints (and at the end / on Ctrl-C)
+    checkpoint_interval: int = 500  # steps between checkpoints (and at the end, on Ctrl-C);
+    #   0: max_steps // 4
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     teacher: str = ""  # run dir of a teacher model: distil it (e.g. a speculative-decoding draft)
@@ -121,28 +126,58 @@ def _build(cls, table: str, values: dict[str, Any]):
 
 
 def validate(config: TrainConfig) -> None:
-    """Reject impossible combinations with a message that says how to fix them."""
+    """Range-check every numeric setting and reject impossible combinations, naming the setting
+    (`train.keep_checkpoints`) and the allowed range; run before anything is written."""
     t, o = config.train, config.optim
-    for name in ("max_steps", "batch_size", "grad_accum_steps", "log_interval", "eval_interval",
-                 "checkpoint_interval", "eval_batch_size"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name} must be at least 1, got {getattr(t, name)}")
+    for name in ("max_steps", "batch_size", "grad_accum_steps", "log_interval", "eval_batch_size",
+                 "dist_timeout_s"):
+        _require(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "at least 1")
+    for name, zero in (("eval_interval", "automatic"), ("checkpoint_interval", "automatic"),
+                       ("eval_tokens", "the whole validation split"),
+                       ("keep_checkpoints", "keep all")):
+        _require(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), f">= 0 (0: {zero})")
+    _require(t.seed >= 0, "train.seed", t.seed, ">= 0 (numpy seeds are non-negative)")
+    _require(0 <= t.threads <= MAX_THREADS, "train.threads", t.threads,
+             f"in [0, {MAX_THREADS}] (0: torch's default; more threads than cores only slows down)")
+    _require(math.isfinite(t.time_budget_s) and t.time_budget_s >= 0, "train.time_budget_s",
+             t.time_budget_s, "a number of seconds >= 0 (0: no budget)")
+    _require(math.isfinite(t.bucket_size_mb) and t.bucket_size_mb >= 0, "train.bucket_size_mb",
+             t.bucket_size_mb, ">= 0 MiB (0: one bucket per parameter)")
+    _require(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "in [0, 1]")
+    _require(math.isfinite(t.distill_temperature) and t.distill_temperature > 0,
+             "train.distill_temperature", t.distill_temperature, "a finite number > 0")
     if t.dtype not in ("fp32", "bf16"):
         raise ConfigError(f"train.dtype must be 'fp32' or 'bf16', got {t.dtype!r}")
     if t.parallel not in PARALLEL_MODES:
         raise ConfigError(
             f"train.parallel must be one of {', '.join(PARALLEL_MODES)}, got {t.parallel!r}"
         )
-    if t.bucket_size_mb < 0 or t.dist_timeout_s < 1:
-        raise ConfigError("train.bucket_size_mb must be >= 0 and train.dist_timeout_s >= 1")
-    if not 0 <= t.distill_weight <= 1 or not t.distill_temperature > 0:
-        raise ConfigError("train.distill_weight must be in [0, 1] and distill_temperature > 0")
-    if o.lr < 0 or o.min_lr < 0 or o.min_lr > o.lr:
+    _require(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a finite number > 0 (e.g. 3e-4)")
+    if not (math.isfinite(o.min_lr) and 0 <= o.min_lr <= o.lr):
         raise ConfigError(f"need 0 <= optim.min_lr <= optim.lr, got min_lr={o.min_lr}, lr={o.lr}")
-    if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
-        raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
-    if o.warmup_iters < 0 or o.grad_clip < 0 or o.weight_decay < 0:
-        raise ConfigError("optim.warmup_iters, grad_clip and weight_decay must be >= 0")
+    for name in ("beta1", "beta2"):
+        _require(0 <= getattr(o, name) < 1, f"optim.{name}", getattr(o, name), "in [0, 1)")
+    _require(math.isfinite(o.eps) and o.eps > 0, "optim.eps", o.eps,
+             "a finite number > 0 (e.g. 1e-8)")
+    for name, rule in (("weight_decay", ">= 0"), ("grad_clip", ">= 0 (0: no clipping)")):
+        value = getattr(o, name)
+        _require(math.isfinite(value) and value >= 0, f"optim.{name}", value,
+                 f"a finite number {rule}")
+    for name in ("warmup_iters", "cosine_cycle_iters"):
+        _require(getattr(o, name) >= 0, f"optim.{name}", getattr(o, name), ">= 0")
+    if o.cosine_cycle_iters and o.warmup_iters > o.cosine_cycle_iters:
+        raise ConfigError(f"optim.warmup_iters = {o.warmup_iters} is past optim.cosine_cycle_iters"
+                          f" = {o.cosine_cycle_iters}; the decay starts after the warm-up: lower "
+                          "warmup_iters or raise cosine_cycle_iters")
+    if not o.cosine_cycle_iters and not t.time_budget_s and o.warmup_iters > t.max_steps:
+        raise ConfigError(f"optim.warmup_iters = {o.warmup_iters} is longer than the run "
+                          f"(train.max_steps = {t.max_steps}); lower optim.warmup_iters (e.g. "
+                          f"--set optim.warmup_iters={t.max_steps // 10})")
+
+
+def _require(ok: bool, setting: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{setting} must be {rule}, got {value!r}")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -6,9 +6,13 @@
 1. split the chapters into train / validation documents (a seeded shuffle; no chapter is in both);
 2. train a byte-level BPE tokenizer on the training documents only, then encode both splits;
 3. fit honest baselines on the same tokens: add-one-smoothed unigram and bigram models;
-4. time a few optimizer steps of the `configs/demo.toml` model, then set `train.max_steps` so
-   training fills the budget, and train (cosine schedule over exactly that many steps);
+4. train the `configs/demo.toml` model for what is left of the budget: the trainer times its
+   own first steps and re-plans the last step as it goes (`train.time_budget_s`), so the run ends
+   on time on a slow or busy machine too, with the cosine schedule ending at the last step;
 5. report validation cross-entropy against the baselines, and print samples for a few prompts.
+
+Ctrl-C or SIGTERM during training ends the demo after the checkpoint (`lmforge train --resume
+OUT` continues it); `--steps N` trains exactly N steps instead of filling the budget.
 
 The output directory is a normal run directory (`lmforge generate --run OUT` works on it) plus
 `data/` (the split text and token files) and `demo.json` (the summary).
@@ -22,10 +26,9 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
 
 from lmforge.config import TrainConfig, load_config
 from lmforge.fsutil import atomic_write_text
@@ -35,6 +38,7 @@ DEMO_CORPUS = REPO / "data" / "small_en.txt"
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 DEMO_PROMPTS = ("Alice was", "The whale", "Sherlock Holmes said", "Tom Sawyer")
 EOT = "<|endoftext|>"
+SAMPLES_RESERVE_S = 5.0  # kept from the budget for loading the model and printing samples
 _OUTPUTS = ("data", "tokenizer", "checkpoints", "plots", "metrics.jsonl", "config.toml",
             "run.json", "demo.json")
 
@@ -45,12 +49,15 @@ class DemoResult:
     steps: int  # optimizer steps trained
     tokens_trained: int
     train_seconds: float
-    val_loss: float  # nats/token on the validation split
+    val_loss: float  # nats/token on the validation split (the trainer's final pass, bf16 if
+    #   the model trained in bf16)
     bigram_loss: float  # add-one bigram, same tokens
     unigram_loss: float  # add-one unigram, same tokens
     val_bytes_per_token: float
     samples: dict[str, str] = field(default_factory=dict)
     total_seconds: float = 0.0  # the whole demo, wall clock
+    train_budget_s: float = 0.0  # the training time planned (0: a fixed number of steps)
+    interrupted: bool = False  # Ctrl-C / SIGTERM during training: no samples, no demo.json
 
     @property
     def beats_bigram(self) -> bool:
@@ -77,40 +84,6 @@ def split_documents(
             [d for i, d in enumerate(docs) if i in val_ids])
 
 
-def measure_step_seconds(config: TrainConfig, probe_steps: int = 3, warmup: int = 3) -> float:
-    """Fastest of `probe_steps` optimizer steps of `config` on random tokens, after warm-up.
-
-    The steady-state step time: the first steps of a process are slower (page faults, kernel
-    selection), and the median of the early steps over-estimated real steps by 15-25%.
-
-    Uses a throw-away model and optimizer with a private RNG, so the real run is unaffected.
-    """
-    from lmforge.model import TransformerLM
-    from lmforge.train.loop import _make_optimizer
-    from lmforge.train.loss import cross_entropy
-    from lmforge.train.run_dir import select_device
-
-    device = select_device(config.train.device)
-    c, t = config.model, config.train
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(12345)
-        model = TransformerLM.from_config(c, device=device)
-        opt = _make_optimizer(model, config)
-        x = torch.randint(0, c.vocab_size, (t.batch_size, c.context_length + 1), device=device)
-        dtype = torch.bfloat16 if t.dtype == "bf16" else torch.float32
-        times = []
-        for _ in range(warmup + probe_steps):
-            start = time.perf_counter()
-            for _ in range(t.grad_accum_steps):
-                with torch.autocast(device.type, dtype=dtype, enabled=t.dtype == "bf16"):
-                    loss = cross_entropy(model(x[:, :-1]), x[:, 1:])
-                loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - start)
-    return min(times[warmup:])
-
-
 def _prepare_out(out: Path) -> None:
     """Use `out` for the demo; clear a previous demo's outputs, refuse other non-empty dirs."""
     if out.exists() and any(out.iterdir()):
@@ -127,28 +100,26 @@ def _prepare_out(out: Path) -> None:
     (out / "data").mkdir(parents=True, exist_ok=True)
 
 
-def plan_schedule(config: TrainConfig, budget_seconds: float, step_seconds: float,
-                  steps: int | None = None) -> TrainConfig:
-    """Set max_steps to fill the budget (or to `steps`), and scale warm-up / eval / checkpoints.
+def plan_budget(config: TrainConfig, train_seconds: float, steps: int | None = None) -> None:
+    """Train for `steps` steps, or for `train_seconds` of wall time (the trainer re-plans).
 
-    Periodic validation passes score the whole validation split (about 4% of the time at the
-    demo's shape). 10% of the training budget is kept for them, for checkpoints and
-    for step-time noise.
+    Validation passes and checkpoints are automatic (about 8 and 4 per run); the warm-up is at
+    most a tenth of the steps.
     """
     t = config.train
-    t.max_steps = steps or max(1, math.floor(0.9 * budget_seconds / step_seconds))
-    config.optim.warmup_iters = min(config.optim.warmup_iters, max(1, t.max_steps // 10))
-    t.eval_interval = max(1, t.max_steps // 8)
-    t.checkpoint_interval = max(1, t.max_steps // 4)
-    t.log_interval = max(1, min(t.log_interval, t.max_steps // 50))
-    return config
+    t.eval_interval = t.checkpoint_interval = 0
+    if steps is not None:
+        t.max_steps, t.time_budget_s = steps, 0.0
+        config.optim.warmup_iters = min(config.optim.warmup_iters, max(1, steps // 10))
+    else:
+        t.max_steps, t.time_budget_s = 1_000_000, max(train_seconds, 1.0)
 
 
 def run_demo(
     out: str | os.PathLike = "runs/demo",
     minutes: float = 10.0,
     *,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     steps: int | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -160,7 +131,7 @@ def run_demo(
     `model.d_model`); `steps` fixes the number of optimizer steps instead of timing them.
     `report(str)` receives the human-readable progress lines.
     """
-    from lmforge.eval import bigram_cross_entropy, evaluate_loss, unigram_cross_entropy
+    from lmforge.eval import bigram_cross_entropy, unigram_cross_entropy
     from lmforge.infer import generate
     from lmforge.tokenizer import Tokenizer, train_bpe
     from lmforge.train.data import open_tokens
@@ -200,21 +171,28 @@ def run_demo(
 
     config.data.train, config.data.val = str(out / "data/train.npy"), str(out / "data/val.npy")
     config.data.tokenizer = str(out / "tokenizer")
-    step_s = measure_step_seconds(config) if steps is None else 0.0
-    budget = minutes * 60 - (time.perf_counter() - start) - 20.0  # final eval + samples
-    plan_schedule(config, max(budget, 0.0), step_s or 1.0, steps)
-    report(f"4. training {config.train.max_steps:,} steps ({step_s:.3f} s/step measured) of "
-           f"{_shape(config)}")
+    budget = minutes * 60 - (time.perf_counter() - start) - SAMPLES_RESERVE_S
+    plan_budget(config, budget, steps)
+    if steps is None:
+        report(f"4. training {_shape(config)} for {config.train.time_budget_s:.0f} s (the steps "
+               "are planned from the run's own measured step times)")
+    else:
+        report(f"4. training {_shape(config)} for {steps:,} steps")
     result = train(TrainConfig.from_dict(config.to_dict()), out, progress=progress)
+    demo = DemoResult(str(out), result.step, result.tokens, result.wall_time,
+                      result.val_loss if result.val_loss is not None else math.nan,
+                      bigram, unigram, val_bpt, train_budget_s=config.train.time_budget_s,
+                      interrupted=result.interrupted)
+    if result.interrupted:  # Ctrl-C / SIGTERM: the checkpoint is written; skip the rest
+        demo.total_seconds = time.perf_counter() - start
+        return demo
 
     plot_losses(read_metrics(out / "metrics.jsonl"), out / "plots" / "loss.png",
                 title="lmforge demo", baselines={"bigram (add-one)": bigram})
     model = _load_trained(out)
-    val_loss = evaluate_loss(model, val_ids, batch_size=config.train.eval_batch_size).loss
-    samples = {p: generate(model, tok, p, 40, temperature=0.7, top_p=0.95, seed=0)
-               for p in DEMO_PROMPTS}
-    demo = DemoResult(str(out), result.step, result.tokens, result.wall_time, val_loss,
-                      bigram, unigram, val_bpt, samples, time.perf_counter() - start)
+    demo.samples = {p: generate(model, tok, p, 40, temperature=0.7, top_p=0.95, seed=0)
+                    for p in DEMO_PROMPTS}
+    demo.total_seconds = time.perf_counter() - start
     atomic_write_text(out / "demo.json", json.dumps(asdict(demo), indent=2) + "\n")
     return demo
 

@@ -5,16 +5,27 @@ directories (0700). Artifacts that are renamed into place from them should look 
 file the user writes, so `give_default_permissions` applies the process umask to them.
 `atomic_writer` (streaming, a context manager) and `atomic_write_bytes` / `atomic_write_text`
 (whole small files) are the one temp-file-and-rename writer every stage uses.
+Temp files are named ``.{name}.{pid}.{random}.tmp`` (`temp_prefix`): a later run removes those
+whose writer is dead (`remove_stale_temps`), e.g. after a ``kill -9``.
+`refuse_overwriting_inputs` is the one check, made before anything is written, that a command's
+outputs neither destroy its inputs nor collide with a directory or file in the way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
+
+from lmforge.procutil import pid_alive
+
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp")
 
 
 def _umask() -> int:
@@ -32,6 +43,43 @@ def give_default_permissions(path: str | os.PathLike) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The start of this process's temp names for `path`: ``.{name}.{pid}.``.
+
+    A temp file or directory for `path` is created beside it as ``{temp_prefix}{random}.tmp``
+    (random: letters, digits, ``_``), which `remove_stale_temps` recognises.
+    """
+    return f".{Path(path).name}.{os.getpid()}."
+
+
+def remove_stale_temps(
+    directory: str | os.PathLike, names: Iterable[str] | None = None
+) -> list[Path]:
+    """Remove the temp files (and directories) in `directory` whose writing process is dead.
+
+    Only names of the form ``.{name}.{pid}.{random}.tmp`` (`temp_prefix`) whose pid is not a
+    live process on this machine are removed, and with `names` only those for these target
+    names; a missing `directory` has none. Returns the removed paths. On a shared file system a
+    writer on another machine looks dead: run one writer per output directory at a time.
+    """
+    directory, wanted = Path(directory), None if names is None else set(names)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match is None or (wanted is not None and match["name"] not in wanted):
+            continue
+        if pid_alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_writer(
     path: str | os.PathLike, mode: str = "wb", *, fsync: bool = False, **open_kwargs
@@ -40,7 +88,8 @@ def atomic_writer(
 
     Readers see the old file or the new complete one, never a half-written one; if the block
     raises (Ctrl-C and kill-by-exception included) the temp file is removed and `path` is
-    untouched. Parent directories are created. `mode` is "wb" or "w" (then pass encoding=...).
+    untouched (after a SIGKILL the temp stays, for `remove_stale_temps`). Parent directories
+    are created. `mode` is "wb" or "w" (then pass encoding=...).
 
     >>> with atomic_writer("out/shard.jsonl", "w", encoding="utf-8") as f:  # doctest: +SKIP
     ...     f.write("one line of a shard")
@@ -49,7 +98,7 @@ def atomic_writer(
         raise ValueError(f"atomic_writer writes new files: mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
@@ -77,3 +126,75 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """`atomic_write_bytes` of `text` as UTF-8 (newlines written as given)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class OutputPathError(ValueError):
+    """An output path cannot be written safely (it is an input, a directory, ...); says why."""
+
+
+def _same(a: Path, b: Path) -> bool:
+    """`a` and `b` name the same file or directory (resolved paths, or one inode: hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path.resolve().is_relative_to(directory.resolve())
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[str | os.PathLike | None],
+    inputs: Iterable[str | os.PathLike | None],
+    *,
+    output_dirs: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """Raise `OutputPathError` before anything is written if the outputs cannot be written safely.
+
+    `outputs` are files a command writes (or replaces); `output_dirs` are directories it creates,
+    fills or replaces as a whole; `inputs` are the files and directories it reads. None entries
+    (options not given) are skipped. Refused:
+
+    - an output file that is an input (the same path, or the same file under another name: a
+      symlink or a hard link), or an existing file inside an input directory;
+    - an output directory that is an input, contains one, or is an existing part of an input
+      directory;
+    - an output file that is an existing directory, an output directory that is an existing
+      file, and an output whose parent path is an existing file (it cannot be created).
+
+    >>> refuse_overwriting_inputs(["docs.jsonl"], ["docs.jsonl"])
+    Traceback (most recent call last):
+    lmforge.fsutil.OutputPathError: output docs.jsonl is the input docs.jsonl, which would be \
+overwritten; choose another output path
+    """
+    sources = [Path(p) for p in inputs if p is not None]
+    files = [Path(p) for p in outputs if p is not None]
+    dirs = [Path(p) for p in output_dirs if p is not None]
+    for out in files:
+        if out.is_dir():
+            raise OutputPathError(f"output {out} is a directory; give a file path instead "
+                                  "(e.g. a new name inside it)")
+    for out in dirs:
+        if out.exists() and not out.is_dir():
+            raise OutputPathError(f"output directory {out} is an existing file; give a directory "
+                                  "path, or remove the file first")
+    for out in [*files, *dirs]:
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise OutputPathError(f"cannot create {out}: {parent} is a file, not a directory; "
+                                  "choose another output path")
+    for src in sources:
+        for out in [*files, *dirs]:
+            if _same(out, src):
+                problem = "is"
+            elif out in dirs and src.exists() and _inside(src, out):
+                problem = "contains"
+            elif src.is_dir() and out.exists() and _inside(out, src):
+                problem = "is part of"
+            else:
+                continue
+            raise OutputPathError(f"output {out} {problem} the input {src}, which would be "
+                                  "overwritten; choose another output path")

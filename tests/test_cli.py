@@ -324,3 +324,78 @@ def test_a_missing_optional_dependency_names_the_extra_to_install(tmp_path, monk
     result = run("serve", str(tmp_path / "run"))
     assert result.exit_code == 1
     assert "pip install 'lmforge[serve]'" in result.stderr
+
+
+def _overwrite_cases(tmp: Path, corpus: Path, tok_dir: Path) -> dict:
+    """name -> (args, the input file that must survive, what the error says)."""
+    from lmforge.config import TrainConfig, save_config
+    from lmforge.model import ModelConfig
+
+    tok = tmp / "tok"
+    Tokenizer.load(tok_dir).save(tok)
+    text = tmp / "corpus.npy"  # a text file whose name could be an encode output
+    text.write_text(corpus.read_text("utf-8"), "utf-8")
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    save_config(TrainConfig(model=ModelConfig(64, 16, 32, 1, 2)), run_dir / "config.toml")
+    vocab = tok / "vocab.json"
+    return {
+        "tokenizer train": (["tokenizer", "train", str(vocab), "--vocab-size", "300", "--out",
+                             str(tok)], vocab, "which would be overwritten"),
+        "tokenizer encode": (["tokenizer", "encode", str(text), "--tokenizer", str(tok), "--out",
+                              str(text)], text, "which would be overwritten"),
+        "tokenizer show --html": (["tokenizer", "show", "x", "--tokenizer", str(tok), "--html",
+                                   str(vocab)], vocab, "which would be overwritten"),
+        "tokenizer export": (["tokenizer", "export", "--tokenizer", str(tok), "--format", "gpt2",
+                              "--out", str(tok)], vocab, "which would be overwritten"),
+        "tokenizer export to a dir": (["tokenizer", "export", "--tokenizer", str(tok), "--format",
+                                       "hf", "--out", str(tok)], vocab, "is a directory"),
+        "tokenizer import-gpt2": (["tokenizer", "import-gpt2", str(vocab), str(tok / "merges.txt"),
+                                   "--out", str(tok)], vocab, "which would be overwritten"),
+        "generate-corpus": (["generate-corpus", "--run", str(run_dir), "--tokens", "8", "--out",
+                             str(run_dir / "config.toml")], run_dir / "config.toml",
+                            "which would be overwritten"),
+        "train": (["train", "--config", str(run_dir / "config.toml"), "--out", str(run_dir)],
+                  run_dir / "config.toml", "which would be overwritten"),
+        "bench model": (["bench", "model", "--config", str(run_dir / "config.toml"), "--json",
+                         str(run_dir / "config.toml")], run_dir / "config.toml",
+                        "which would be overwritten"),
+        "bench attention": (["bench", "attention", "--json", str(tok)], vocab, "is a directory"),
+        "export hf": (["export", "hf", str(run_dir), str(tmp)], run_dir / "config.toml",
+                      "which would be overwritten"),
+        "import hf": (["import", "hf", str(tok), str(tmp)], vocab, "which would be overwritten"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "tokenizer train", "tokenizer encode", "tokenizer show --html", "tokenizer export",
+    "tokenizer export to a dir", "tokenizer import-gpt2", "generate-corpus", "train",
+    "bench model", "bench attention", "export hf", "import hf"])
+def test_no_command_overwrites_its_input(case, corpus, tok_dir, tmp_path):
+    args, survivor, needle = _overwrite_cases(tmp_path, corpus, tok_dir)[case]
+    before = survivor.read_bytes()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and needle in result.stderr
+    assert survivor.read_bytes() == before
+
+
+def test_every_path_a_help_text_cites_exists():
+    root = Path(__file__).resolve().parents[1]
+    cited = set()
+    for command in ["", "tokenizer", "data", "bench", "export", "import", "eval", *COMMANDS]:
+        text = run(*command.split(), "--help").stdout
+        cited |= set(re.findall(r"(?<![\w/.])((?:configs|data)/[\w./-]+\.\w+)", text))
+    assert "configs/data/text_clean.toml" in cited
+    assert sorted(p for p in cited if not (root / p).exists()) == []
+
+
+def test_show_caps_what_it_displays(tok_dir, corpus):
+    shown = run("tokenizer", "show", "--file", str(corpus), "--max-bytes", "2000",
+                "--tokenizer", str(tok_dir), "--cap-bytes", "1000")
+    assert shown.exit_code == 1 and "--max-bytes 2,000 is more than" in shown.stderr
+    long_text = CliRunner().invoke(main, ["tokenizer", "show", "é" * 600, "--tokenizer",
+                                          str(tok_dir), "--cap-bytes", "1000"])
+    assert long_text.exit_code == 1 and "TEXT is 1,200 bytes" in long_text.stderr
+    default = run("tokenizer", "show", "--help").stdout
+    assert "1000000" in default

@@ -83,3 +83,45 @@ def test_shipped_configs_load():
     m = ts.model
     assert (m.vocab_size, m.context_length, m.d_model, m.hidden_dim, m.num_layers, m.num_heads,
             m.rope_theta) == (10_000, 256, 512, 1344, 4, 16, 10_000.0)
+
+
+def _numeric_fields():
+    from dataclasses import fields
+
+    from lmforge.config import OptimConfig, RunConfig
+
+    for table, cls in (("optim", OptimConfig), ("train", RunConfig), ("model", ModelConfig)):
+        for f in fields(cls):
+            kind = f.type.split(" | ")[0]  # annotations are strings (`from __future__ ...`)
+            if kind in ("int", "float"):
+                yield f"{table}.{f.name}", "nan" if kind == "float" else "-1"
+
+
+@pytest.mark.parametrize(("key", "value"), list(_numeric_fields()))
+def test_every_numeric_setting_is_range_checked(tmp_path, key, value):
+    """NaN (floats) and -1 (ints) are out of range for every numeric setting, named in the error."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(_write(tmp_path, MODEL), [f"{key}={value}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.threads=5000", r"train\.threads must be in \[0, 1024\]"),
+        ("optim.grad_clip=inf", r"optim\.grad_clip must be a finite number >= 0"),
+        ("optim.warmup_iters=2000", r"optim\.warmup_iters = 2000 is longer than the run"),
+        ("optim.cosine_cycle_iters=50", r"past optim\.cosine_cycle_iters = 50"),
+        ("model.vocab_size=true", r"model\.vocab_size must be a positive integer, got True"),
+        ("model.tie_embeddings=1", r"model\.tie_embeddings must be true or false"),
+        ("model.rope_theta=inf", r"model\.rope_theta must be a positive finite number"),
+    ],
+)
+def test_out_of_range_values_name_the_setting(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, MODEL), [override])
+
+
+def test_a_budgeted_run_may_have_a_warmup_longer_than_max_steps(tmp_path):
+    config = load_config(_write(tmp_path, MODEL), ["optim.warmup_iters=2000",
+                                                   "train.time_budget_s=60"])
+    assert config.optim.warmup_iters == 2000  # the planner caps it at a tenth of the plan

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lmforge import demo
 from lmforge.cli import main
-from lmforge.demo import EOT, plan_schedule, split_documents
+from lmforge.demo import EOT, plan_budget, split_documents
 from lmforge.eval import evaluate_loss
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.run_dir import load_run
@@ -18,6 +24,12 @@ from lmforge.train.run_dir import load_run
 TINY = ["--set", "model.vocab_size=320", "--set", "model.d_model=32", "--set",
         "model.num_layers=1", "--set", "model.num_heads=2", "--set", "model.context_length=32",
         "--set", "train.batch_size=4", "--set", "train.threads=1"]  # fmt: skip
+
+
+# Big enough to beat the bigram baseline within half a minute of training, small enough for CI.
+SMALL = ["--set", "model.vocab_size=320", "--set", "model.d_model=64", "--set",
+         "model.num_layers=2", "--set", "model.num_heads=2", "--set", "model.context_length=64",
+         "--set", "train.batch_size=8", "--set", "train.threads=1"]  # fmt: skip
 
 
 def run(*args: str):
@@ -42,10 +54,13 @@ def test_demo_pipeline_runs_end_to_end(demo_run):
     for needle in ("unigram (add-one)", "bigram (add-one)", "transformer, 12 steps", "[Alice was]"):
         assert needle in stdout
     assert (out / "plots" / "loss.png").stat().st_size > 0
-    # The reported validation loss is the full-split loss of the saved model.
+    # The reported validation loss is the full-split loss of the saved model (the trainer's
+    # final pass: bf16 autocast, as the model trained).
     model, _, _ = load_run(out, "cpu")
     val = np.load(out / "data" / "val.npy", mmap_mode="r")
-    assert evaluate_loss(model, val).loss == pytest.approx(summary["val_loss"], rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = evaluate_loss(model, val, batch_size=16).loss
+    assert loss == pytest.approx(summary["val_loss"], rel=1e-6)
     assert summary["unigram_loss"] > summary["bigram_loss"]
 
 
@@ -83,8 +98,8 @@ def test_generate_and_eval_commands_on_the_demo_run(demo_run):
     ppl = run("eval", "perplexity", "--run", str(out), "--data", str(out / "data" / "val.npy"),
               "--no-progress")  # fmt: skip
     assert ppl.exit_code == 0, ppl.stderr
-    summary = json.loads((out / "demo.json").read_text())
-    assert f"loss {summary['val_loss']:.4f}" in ppl.stdout
+    fp32 = evaluate_loss(model, np.load(out / "data" / "val.npy", mmap_mode="r")).loss
+    assert f"loss {fp32:.4f}" in ppl.stdout
 
 
 def test_split_documents_is_seeded_and_disjoint():
@@ -96,12 +111,16 @@ def test_split_documents_is_seeded_and_disjoint():
         split_documents("only one document")
 
 
-def test_plan_schedule_fills_the_budget():
+def test_plan_budget_sets_steps_or_a_time_budget():
     from lmforge.config import load_config
 
-    config = plan_schedule(load_config(demo.DEMO_CONFIG), budget_seconds=100, step_seconds=0.5)
-    assert config.train.max_steps == 180  # floor(0.9 · 100 / 0.5)
-    assert config.optim.warmup_iters == 18 and config.train.eval_interval == 22
+    config = load_config(demo.DEMO_CONFIG)
+    plan_budget(config, 100.0, steps=50)
+    assert (config.train.max_steps, config.train.time_budget_s, config.optim.warmup_iters) == (
+        50, 0.0, 5)
+    plan_budget(config, 100.0)
+    assert config.train.time_budget_s == 100.0 and config.train.max_steps >= 10**6
+    assert config.train.eval_interval == config.train.checkpoint_interval == 0  # automatic
 
 
 def test_demo_refuses_a_directory_that_is_not_a_demo(tmp_path):
@@ -109,3 +128,55 @@ def test_demo_refuses_a_directory_that_is_not_a_demo(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--steps", "1"])
     assert result.exit_code == 1 and "not a previous demo" in result.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_demo_default_path_holds_its_budget_and_beats_the_bigram(tmp_path):
+    """The README's `lmforge demo` (no --steps: the budget path), at a half-minute budget."""
+    if not demo.DEMO_CORPUS.is_file():
+        pytest.skip(f"{demo.DEMO_CORPUS} is absent (not a source checkout)")
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--minutes", "0.5", *SMALL],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["val_loss"] < summary["bigram_loss"] < summary["unigram_loss"]
+    assert "the transformer beats the bigram baseline" in result.stdout
+    for prompt in demo.DEMO_PROMPTS:
+        assert f"[{prompt}]" in result.stdout and summary["samples"][prompt]
+    assert "training planned" in result.stdout
+    # The trainer planned its steps from its own step times and ended on time.
+    budget = summary["train_budget_s"]
+    assert 0 < budget < 30 and summary["train_seconds"] <= 1.25 * budget + 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    planned = [r["planned_steps"] for r in records if "planned_steps" in r]
+    assert planned and planned[-1] == summary["steps"] > 100
+    assert sum("val_loss" in r for r in records) >= 5  # automatic: about 8 per run
+    assert summary["total_seconds"] <= 1.25 * 30
+    assert (out / "plots" / "loss.png").stat().st_size > 0
+    assert load_run(out, "cpu")[0] is not None
+
+
+def test_sigterm_ends_the_demo_after_the_checkpoint(tmp_path):
+    if not demo.DEMO_CORPUS.is_file():
+        pytest.skip(f"{demo.DEMO_CORPUS} is absent (not a source checkout)")
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmforge", "demo", "--out", str(out), "--minutes", "2", *SMALL,
+         "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        metrics = out / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - sent < 20  # no validation pass over the budget, no samples
+    assert "interrupted" in stdout and "lmforge train --resume" in stdout
+    assert "samples" not in stdout and not (out / "demo.json").exists()
+    assert list((out / "checkpoints").glob("step_*"))

@@ -1,12 +1,16 @@
-"""Saved artifacts get umask permissions, not mkstemp's or safetensors' private 0600."""
+"""Saved artifacts get umask permissions, not mkstemp's or safetensors' private 0600; temp files
+name their writer's pid, and those of dead writers are removed by the next run."""
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from lmforge.fsutil import atomic_writer
+from lmforge.fsutil import atomic_writer, remove_stale_temps, temp_prefix
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.checkpoint import save_run_checkpoint
 from lmforge.train.optim import AdamW
@@ -44,3 +48,54 @@ def test_atomic_writer_replaces_only_on_success(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["shard.txt"]  # no temp file left behind
     with pytest.raises(ValueError, match="mode"), atomic_writer(path, "a"):
         pass
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)  # exited and reaped: no process has this pid (until it is reused)
+
+
+def test_atomic_writer_temp_name_carries_the_writer_pid(tmp_path):
+    with atomic_writer(tmp_path / "shard.txt", "w", encoding="utf-8") as f:
+        f.write("x")
+        (temp,) = [p.name for p in tmp_path.iterdir()]
+    assert temp.startswith(f".shard.txt.{os.getpid()}.") and temp.endswith(".tmp")
+    assert temp.startswith(temp_prefix(tmp_path / "shard.txt"))
+
+
+def test_remove_stale_temps_removes_only_temps_of_dead_writers(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    names = [f".out.npy.{dead}.ab12cd34.tmp", f".out.npy.json.{dead}.k_9x0abc.tmp",
+             f".out.npy.{alive}.ab12cd34.tmp",  # this process is writing it
+             f".other.npy.{dead}.ab12cd34.tmp",  # not named in `names` below
+             ".out.npy.ab12cd34.tmp", f"out.npy.{dead}.ab12cd34.tmp", "out.npy", ".hidden"]
+    for name in names:
+        (tmp_path / name).write_text("partial")
+    (tmp_path / f".tok.{dead}.zz.tmp").mkdir()
+    (tmp_path / f".tok.{dead}.zz.tmp" / "vocab.json").write_text("{}")
+    removed = remove_stale_temps(tmp_path, names=["out.npy", "out.npy.json", "tok"])
+    assert sorted(p.name for p in removed) == sorted(
+        [names[0], names[1], f".tok.{dead}.zz.tmp"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+    assert [p.name for p in remove_stale_temps(tmp_path)] == [names[3]]  # every name
+    assert remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_temp_of_a_killed_writer_is_removed_by_the_next_run(tmp_path):
+    """A writer SIGKILLed mid-write leaves its temp; `remove_stale_temps` then removes it."""
+    script = ("import sys, time\nfrom lmforge.fsutil import atomic_writer\n"
+              "with atomic_writer(sys.argv[1], 'w') as f:\n"
+              "    f.write('half'); f.flush(); print('writing', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out.txt")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        (temp,) = tmp_path.iterdir()
+        assert remove_stale_temps(tmp_path) == []  # its writer is alive
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert temp.exists()  # no `except` runs on SIGKILL
+    assert remove_stale_temps(tmp_path, names=["out.txt"]) == [temp]
+    assert list(tmp_path.iterdir()) == []

@@ -14,9 +14,10 @@ the backward timed separately with a device sync after each. Backends:
 A cell that runs out of memory is reported as "OOM" and the sweep goes on (CUDA: the caching
 allocator is emptied before the next cell). On CPU, where running out of memory means swapping
 or the OOM killer rather than an exception, a reference cell whose score tensors alone would
-exceed `cpu_memory_limit` bytes is skipped and reported as such. Peak memory is measured with
-`lmforge.bench.harness.PeakMemory` (see there: CUDA allocated bytes, CPU peak RSS) and covers
-forward + backward, beyond the inputs.
+exceed `cpu_memory_limit` bytes or the memory the machine has available
+(`lmforge.model.accounting.fits_in_memory`) is skipped and reported as such. Peak memory is
+measured with `lmforge.bench.harness.PeakMemory` (see there: CUDA allocated bytes, CPU peak RSS)
+and covers forward + backward, beyond the inputs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmforge.bench.harness import DTYPES, PeakMemory, resolve_device, synchronize
+from lmforge.bench.harness import PeakMemory
+from lmforge.device import DTYPES, select_device, synchronize
+from lmforge.model.accounting import fits_in_memory
 from lmforge.model.layers import scaled_dot_product_attention
 
 BACKENDS = ("reference", "sdpa", "flash")
@@ -128,7 +131,7 @@ def bench_attention(
         raise ValueError("need at least one sequence length and head dim, all >= 1")
     if batch_size < 1 or num_heads < 1 or steps < 1 or warmup < 0:
         raise ValueError("need batch_size, num_heads, steps >= 1 and warmup >= 0")
-    dev, torch_dtype = resolve_device(device), DTYPES[dtype]
+    dev, torch_dtype = select_device(device), DTYPES[dtype]
     results = []
     for backend in backends:
         try:
@@ -141,7 +144,8 @@ def bench_attention(
             for t in seq_lens:
                 shape = (batch_size, num_heads, t, d)
                 scores = 3 * batch_size * num_heads * t * t * 4  # scores, probs, their grad (fp32)
-                if backend == "reference" and dev.type == "cpu" and scores > cpu_memory_limit:
+                if backend == "reference" and dev.type == "cpu" and not fits_in_memory(
+                        scores, dev, limit=cpu_memory_limit):
                     gib = scores / 2**30
                     results.append(AttentionResult(backend, t, d, f"skipped (~{gib:.1f} GiB)"))
                     continue

@@ -9,10 +9,11 @@ How, per mode (the loss is the trainer's `cross_entropy`):
 
     forward            loss(model(x), y) under torch.no_grad() (inference memory)
     forward-backward   zero grads, loss, loss.backward()
-    train-step         forward-backward + AdamW step (our optimizer, as in training)
+    train-step         the trainer's own step (`lmforge.train.step.TrainStep`): forward-backward,
+                       gradient clipping and our AdamW with the trainer's parameter groups
 
-`dtype="bf16"` runs the step under `torch.autocast(device, bfloat16)` exactly like the trainer
-(`lmforge.train.loop`), weights and optimizer state staying fp32; `compare_dtypes` runs both and
+`dtype="bf16"` runs under the trainer's autocast (`lmforge.device.autocast`), weights and
+optimizer state staying fp32; `compare_dtypes` runs both and
 reports the bf16 speed-up and the loss difference on the same batch and the same initial weights.
 Every step runs inside `record_function` ranges "forward", "backward" and "optimizer_step" (and
 NVTX ranges of the same names on CUDA), which `lmforge.bench.profile` turns into a trace.
@@ -37,21 +38,22 @@ import ctypes
 import functools
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from lmforge.config import RunConfig, TrainConfig
+from lmforge.device import DTYPES, autocast, named_range, select_device, synchronize
 from lmforge.model.accounting import flops_per_token, measure_matmul_flops
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import TransformerLM
 from lmforge.train.loss import cross_entropy
-from lmforge.train.optim import AdamW
+from lmforge.train.step import TrainStep
 
 MODES = ("forward", "forward-backward", "train-step")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Dense (no sparsity) peak matmul FLOP/s from the vendors' spec sheets (SXM parts); fp32 is the
 # non-tensor-core rate, which is what fp32 matmuls get unless TF32 is enabled.
 GPU_PEAK_FLOPS = {
@@ -96,39 +98,6 @@ class DtypeComparison:
     bf16: BenchResult
     speedup: float  # fp32 mean step time ÷ bf16 mean step time
     loss_diff: float  # bf16 loss − fp32 loss on the same batch and weights (nats/token)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" → cuda when available else cpu; anything else as torch.device (index filled in)."""
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    d = torch.device(device)
-    if d.type == "cuda" and d.index is None:
-        d = torch.device("cuda", torch.cuda.current_device())
-    return d
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels on `device` (CUDA); CPU ops are already finished on return."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def named_range(name: str, device: torch.device) -> Iterator[None]:
-    """A torch.profiler range `name`, plus an NVTX range of the same name on CUDA (nsys)."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.profiler.record_function(name))
-        if device.type == "cuda":
-            stack.enter_context(torch.cuda.nvtx.range(name))
-        yield
-
-
-def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """The trainer's mixed precision: bf16 autocast, or nothing for fp32."""
-    if dtype == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class PeakMemory:
@@ -204,18 +173,23 @@ def peak_flops(device: torch.device, dtype: str) -> tuple[float, str]:
 
 def make_step(
     model: nn.Module, mode: str, x: Tensor, y: Tensor, dtype: str, device: torch.device,
-    optimizer: torch.optim.Optimizer | None = None,
+    *, compile: bool = False,
 ) -> Callable[[], Tensor]:
     """A closure running one step of `mode` on the batch (x, y); it returns the detached loss.
 
-    x, y: (batch, seq) token ids. `optimizer` is required for "train-step".
+    x, y: (batch, seq) token ids. "train-step" is the trainer's own `TrainStep` (its AdamW
+    groups and defaults, gradient clipping, autocast; `compile` compiles model and loss
+    together as the trainer does); the other modes compile the model alone.
     """
-    if mode == "train-step" and optimizer is None:
-        raise ValueError("mode 'train-step' needs an optimizer")
+    if mode == "train-step":
+        config = TrainConfig(model=model.config, train=RunConfig(dtype=dtype, compile=compile))
+        train_step = TrainStep.for_model(model, config, device)
+        return lambda: torch.tensor(train_step([(x, y)]).loss)
+    forward = torch.compile(model) if compile else model
 
     def loss_of() -> Tensor:
         with named_range("forward", device), autocast(device, dtype):
-            return cross_entropy(model(x), y)
+            return cross_entropy(forward(x), y)
 
     def step() -> Tensor:
         if mode == "forward":
@@ -225,19 +199,15 @@ def make_step(
         loss = loss_of()
         with named_range("backward", device):
             loss.backward()
-        if mode == "train-step":
-            with named_range("optimizer_step", device):
-                optimizer.step()
         return loss.detach()
 
     return step
 
 
 def build(
-    config: ModelConfig, mode: str, batch_size: int, device: torch.device, *,
-    compile: bool = False, seed: int = 0,
-) -> tuple[nn.Module, Tensor, Tensor, torch.optim.Optimizer | None]:
-    """(model, x, y, optimizer or None): seeded fp32 model and a random batch on `device`."""
+    config: ModelConfig, batch_size: int, device: torch.device, *, seed: int = 0,
+) -> tuple[nn.Module, Tensor, Tensor]:
+    """(model, x, y): a seeded fp32 model and a random batch on `device`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TransformerLM.from_config(config).to(device)
@@ -245,8 +215,7 @@ def build(
     shape = (batch_size, config.context_length)
     x = torch.randint(0, config.vocab_size, shape, generator=g).to(device)
     y = torch.randint(0, config.vocab_size, shape, generator=g).to(device)
-    optimizer = AdamW(model.parameters(), lr=1e-4) if mode == "train-step" else None
-    return (torch.compile(model) if compile else model), x, y, optimizer
+    return model, x, y
 
 
 def with_overrides(
@@ -305,9 +274,9 @@ def bench_model(
     """
     check_args(mode, dtype, batch_size, warmup, steps)
     config = with_overrides(config, context_length, attention, checkpoint_activations)
-    dev = resolve_device(device)
-    model, x, y, optimizer = build(config, mode, batch_size, dev, compile=compile, seed=seed)
-    step = make_step(model, mode, x, y, dtype, dev, optimizer)
+    dev = select_device(device)
+    model, x, y = build(config, batch_size, dev, seed=seed)
+    step = make_step(model, mode, x, y, dtype, dev, compile=compile)
     losses = []
     for _ in range(warmup):
         losses.append(step())

@@ -30,15 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmforge.bench.harness import (
-    build,
-    check_args,
-    make_step,
-    named_range,
-    resolve_device,
-    synchronize,
-    with_overrides,
-)
+from lmforge.bench.harness import build, check_args, make_step, with_overrides
+from lmforge.device import named_range, select_device, synchronize
 from lmforge.fsutil import atomic_write_bytes
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import TransformerBlock
@@ -107,9 +100,9 @@ def profile_model(
     """
     check_args(mode, dtype, batch_size, warmup, steps)
     config = with_overrides(config, context_length, attention, checkpoint_activations)
-    dev = resolve_device(device)
-    model, x, y, optimizer = build(config, mode, batch_size, dev, compile=compile, seed=seed)
-    step = make_step(model, mode, x, y, dtype, dev, optimizer)
+    dev = select_device(device)
+    model, x, y = build(config, batch_size, dev, seed=seed)
+    step = make_step(model, mode, x, y, dtype, dev, compile=compile)
     for _ in range(warmup):
         step()
     synchronize(dev)

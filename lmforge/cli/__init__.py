@@ -8,7 +8,10 @@ stays fast. One module per stage: `tokenizer.py` (`lmforge tokenizer ...`), `tra
 
 Errors a user can fix (bad files, settings or configs, a diverged run) print ``error: <message>``
 on stderr and exit with status 1, without a traceback. Usage errors (unknown option, bad choice)
-are click's: a usage line and exit status 2.
+are click's: a usage line and exit status 2. Ctrl-C and SIGTERM interrupt a command alike: it
+cleans up (temp files, worker processes), prints ``interrupted`` on stderr and exits with status
+130; a second Ctrl-C exits at once (`lmforge.procutil`). Commands with a graceful stop of their
+own (`lmforge train`, `lmforge serve`) handle the signals themselves while they run.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from lmforge import __version__
+from lmforge import __version__, procutil
 
 EOT = "<|endoftext|>"
 
@@ -54,11 +57,19 @@ _EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "fastwarc": "data", "resilipa
 
 
 class _Group(click.Group):
-    """A click group that turns the library's input errors into ``UserError``."""
+    """A click group that turns the library's input errors into ``UserError`` and an interrupt
+    (Ctrl-C, SIGTERM) into ``interrupted`` and exit status 130."""
+
+    def main(self, *args, **kwargs):
+        with procutil.interrupt_handlers():
+            return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise click.exceptions.Exit(procutil.INTERRUPTED_EXIT_STATUS) from None
         except ModuleNotFoundError as e:
             extra = _EXTRAS.get((e.name or "").split(".")[0])
             if extra is None:

@@ -103,7 +103,9 @@ def bench_model_command(size, config_path, mode, batch_size, context_length, voc
 
     from lmforge.bench import bench_model
     from lmforge.bench.harness import with_overrides
+    from lmforge.fsutil import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs([json_path], [config_path], output_dirs=[profile_dir])
     config = _model_config(size, config_path, vocab_size)
     config = with_overrides(config, context_length, attention, checkpoint_activations)
     dtypes = ["fp32", "bf16"] if dtype == "both" else [dtype]
@@ -182,7 +184,9 @@ def bench_attention_command(seq_lens, head_dims, batch_size, heads, dtype, backe
       lmforge bench attention --device cuda --dtype bf16 --seq-lens 1024,4096,16384 --json a.json
     """
     from lmforge.bench.attention import BACKENDS, bench_attention
+    from lmforge.fsutil import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs([json_path], [])
     names = [b.strip() for b in backends.split(",") if b.strip()]
     unknown = sorted(set(names) - set(BACKENDS))
     if unknown or not names:

@@ -1,6 +1,6 @@
 """`lmforge data ...`: run curation pipelines and their components from the command line.
 
-    lmforge data run configs/data/jsonl_clean.toml --workers 2
+    lmforge data run configs/data/text_clean.toml --workers 2
     lmforge data run configs/data/warc_clean.toml --input crawl/*.warc.gz --output runs/data/crawl
     lmforge data stats runs/data/crawl
     lmforge data extract crawl.warc.gz -o crawl.txt
@@ -32,7 +32,7 @@ def data() -> None:
 
     \b
     Typical flow:
-      lmforge data run configs/data/warc_clean.toml --input crawl/*.warc.gz --output runs/data/x
+      lmforge data run configs/data/warc_clean.toml --input data/sample.warc.gz --output runs/data/x
       lmforge data stats runs/data/x
       lmforge tokenizer train runs/data/x/data/*.txt --vocab-size 10000 --out runs/tok
     """
@@ -42,7 +42,7 @@ def data() -> None:
 @click.argument("pipeline", type=PATH)
 @click.option("--input", "inputs", multiple=True, help="Replace [input] paths (repeatable).")
 @click.option("--output", type=PATH, default=None, help="Replace [output] dir.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=click.IntRange(0, 1024), default=None,
               help="Replace [executor] workers (0: every core; 1: inline).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Replace [executor] kind.")
@@ -60,8 +60,8 @@ def run_command(pipeline: Path, inputs: tuple[str, ...], output: Path | None,
 
     \b
     Examples:
-      lmforge data run configs/data/jsonl_clean.toml --workers 2
-      lmforge data run configs/data/warc_clean.toml --input crawl.warc.gz --output runs/data/x
+      lmforge data run configs/data/text_clean.toml --workers 2
+      lmforge data run configs/data/warc_clean.toml --input data/sample.warc.gz --output runs/clean
       lmforge data run configs/data/warc_clean.toml --executor ray --address auto
     """
     from lmforge.data.pipeline import load_pipeline, run_pipeline
@@ -108,29 +108,34 @@ def extract(warcs: tuple[Path, ...], output: Path, input_format: str, progress: 
 
     \b
     Example:
-      lmforge data extract crawl.warc.gz -o crawl.txt
+      lmforge data extract data/sample.warc.gz -o runs/sample.txt
     """
     from tqdm import tqdm
 
     from lmforge.data.document import Document
     from lmforge.data.extract import extract_text
     from lmforge.data.readers import read_documents
-    from lmforge.data.writers import format_text
-    from lmforge.fsutil import atomic_writer
+    from lmforge.data.writers import format_text, remove_special_tokens
+    from lmforge.fsutil import atomic_writer, refuse_overwriting_inputs
 
+    refuse_overwriting_inputs([output], warcs)
     skipped, counts = Counter(), Counter()
     with atomic_writer(output, "w", encoding="utf-8") as f:
         for path in warcs:
             docs = read_documents(path, format=input_format, skipped=skipped)
             for doc in tqdm(docs, desc=path.name, unit="doc", disable=not progress):
                 text = doc.text if doc.html is None else extract_text(doc.html)
-                if not text or not text.strip():
+                text, removed = remove_special_tokens(text or "")  # content, not a separator
+                counts["special"] += removed
+                if not text.strip():
                     counts["no text"] += 1
                     continue
                 counts["written"] += 1
                 f.write(format_text([Document(doc.id, text)]))
     console.print(f"{counts['written']:,} documents written to {output}; "
                   f"{counts['no text']:,} without text")
+    if counts["special"]:
+        console.print(f"  {counts['special']:,} special-token string(s) removed from the text")
     for reason, n in skipped.most_common():
         console.print(f"  skipped {n:,}: {reason}")
 
@@ -143,7 +148,8 @@ def extract(warcs: tuple[Path, ...], output: Path, input_format: str, progress: 
 @click.option("--num-hashes", type=COUNT, default=112, show_default=True)
 @click.option("--num-bands", type=COUNT, default=14, show_default=True)
 @click.option("--ngram", type=COUNT, default=5, show_default=True, help="Words per shingle.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8,
+              show_default=True,
               help="Jaccard similarity at which two documents are duplicates.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def dedup(inputs: tuple[Path, ...], output: Path, exact: bool | None, num_hashes: int,
@@ -228,7 +234,9 @@ def train_classifier(positive: tuple[Path, ...], negative: tuple[Path, ...], out
       lmforge data train-classifier --positive wiki.txt --negative cc.txt --out quality.bin
     """
     from lmforge.data.quality import train_quality_classifier
+    from lmforge.fsutil import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs([out], [*positive, *negative])
     hyper = {"epoch": epoch, "lr": lr, "wordNgrams": word_ngrams, "seed": seed}
     path = train_quality_classifier(list(positive), list(negative), out,
                                     **{k: v for k, v in hyper.items() if v is not None})

@@ -37,17 +37,25 @@ def demo(out: Path, minutes: float, steps: int | None, overrides: tuple[str, ...
       lmforge demo --minutes 3 --out runs/quick
       lmforge generate --run runs/demo --prompt "Alice was"
     """
-    from lmforge.demo import run_demo
+    from lmforge.demo import DEMO_CONFIG, DEMO_CORPUS, run_demo
+    from lmforge.eval import bits_per_byte
+    from lmforge.fsutil import refuse_overwriting_inputs
+    from lmforge.train.loss import perplexity
 
+    refuse_overwriting_inputs([], [DEMO_CORPUS, DEMO_CONFIG], output_dirs=[out])
     r = run_demo(out, minutes, overrides=list(overrides), steps=steps, workers=workers,
                  progress=progress, report=console.print)
+    if r.interrupted:
+        console.print(f"the demo was interrupted after {r.steps:,} training steps; the checkpoint "
+                      f"is in {out}: continue it with `lmforge train --resume {out}`")
+        raise SystemExit(130)
     table = Table(title="5. validation cross-entropy (lower is better)")
     for col in ("model", "nats/token", "perplexity", "bits/byte"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, loss in (("unigram (add-one)", r.unigram_loss), ("bigram (add-one)", r.bigram_loss),
                        (f"transformer, {r.steps:,} steps", r.val_loss)):
-        bpb = loss / 0.6931471805599453 / r.val_bytes_per_token
-        table.add_row(name, f"{loss:.3f}", f"{2.718281828459045 ** loss:,.1f}", f"{bpb:.3f}")
+        bpb = bits_per_byte(loss, r.val_bytes_per_token)
+        table.add_row(name, f"{loss:.3f}", f"{perplexity(loss):,.1f}", f"{bpb:.3f}")
     console.print(table)
     verdict = "beats" if r.beats_bigram else "does NOT beat"
     console.print(f"the transformer {verdict} the bigram baseline by "
@@ -56,7 +64,9 @@ def demo(out: Path, minutes: float, steps: int | None, overrides: tuple[str, ...
     for prompt, text in r.samples.items():
         console.print(f"[{prompt}]{text}")
         console.print()
-    console.print(f"the demo took {r.total_seconds / 60:.1f} minutes "
-                  f"({r.train_seconds / 60:.1f} training {r.tokens_trained:,} tokens)")
+    planned = (f"; training planned {r.train_budget_s:.0f} s, took {r.train_seconds:.0f} s"
+               if r.train_budget_s else "")
+    console.print(f"the demo took {r.total_seconds / 60:.1f} minutes of {minutes:g} planned "
+                  f"({r.train_seconds / 60:.1f} training {r.tokens_trained:,} tokens{planned})")
     console.print(f"outputs in {out}: loss plot {out}/plots/loss.png, metrics {out}/metrics.jsonl")
     console.print(f"try: lmforge generate --run {out} --prompt \"Alice was\"")

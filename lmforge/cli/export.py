@@ -26,7 +26,8 @@ def export_group() -> None:
 @export_group.command("hf")
 @click.argument("run_dir", type=PATH)
 @click.argument("out_dir", type=PATH)
-@click.option("--checkpoint", type=PATH, help="A checkpoints/step_* dir (default: the latest).")
+@click.option("--checkpoint", type=PATH,
+              help="A checkpoints/step_* dir (default: the newest one with intact weights).")
 def export_hf_command(run_dir: Path, out_dir: Path, checkpoint: Path | None) -> None:
     """Write RUN_DIR as a HuggingFace Llama model directory OUT_DIR.
 
@@ -39,8 +40,12 @@ def export_hf_command(run_dir: Path, out_dir: Path, checkpoint: Path | None) -> 
     Example:
       lmforge export hf runs/demo exported/demo-hf
     """
+    from lmforge.cli.train import RUN_INPUTS
+    from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.infer.hf_io import export_hf
 
+    inputs = [*(run_dir / name for name in RUN_INPUTS), checkpoint]
+    refuse_overwriting_inputs([], inputs, output_dirs=[out_dir])
     out = export_hf(run_dir, out_dir, checkpoint=checkpoint)
     console.print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
 
@@ -70,8 +75,10 @@ def import_hf_command(model_dir: Path, out_run_dir: Path) -> None:
       lmforge import hf exported/demo-hf runs/demo-imported
       lmforge generate --run runs/demo-imported --prompt "Alice was"
     """
+    from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.infer.hf_io import import_hf
 
+    refuse_overwriting_inputs([], [model_dir], output_dirs=[out_run_dir])
     out = import_hf(model_dir, out_run_dir)
     note = "" if (out / "tokenizer").is_dir() else (
         "; no tokenizer imported (none, or not byte-level BPE with GPT-2's pattern)"

@@ -18,11 +18,12 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from lmforge.cli import COUNT, EOT, PATH, console, main
+from lmforge.cli import COUNT, EOT, PATH, UserError, console, main
 
 if TYPE_CHECKING:
     from lmforge.tokenizer.bpe import Tokenizer
 
+SHOW_CAP_BYTES = 1_000_000  # `tokenizer show` default cap: about 0.6 GB of memory per MB shown
 # Alternating token colours; standard ANSI names so they stay distinct on 16-colour terminals.
 TOKEN_STYLES = ("white on blue", "black on yellow", "white on magenta", "black on cyan")
 
@@ -107,6 +108,9 @@ def train(
     Example:
       lmforge tokenizer train data/small_en.txt --vocab-size 2048 --out runs/tok
     """
+    from lmforge.fsutil import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([], [input_path], output_dirs=[out])
     specials = [] if no_special_tokens else list(special_tokens)
     run_train(input_path, vocab_size, specials, workers, out, progress)
 
@@ -195,6 +199,13 @@ def stats(input_path: Path, tokenizer_dir: Path, max_bytes: int, top: int) -> No
     help="With --file: how much of the file to show.",
 )
 @click.option(
+    "--cap-bytes",
+    type=COUNT,
+    default=SHOW_CAP_BYTES,
+    show_default=True,
+    help="The most text (UTF-8 bytes) show displays: about 0.6 GB of memory and 12 s per MB.",
+)
+@click.option(
     "--html",
     "html_path",
     type=PATH,
@@ -206,21 +217,35 @@ def show(
     tokenizer_dir: Path,
     file_path: Path | None,
     max_bytes: int,
+    cap_bytes: int,
     html_path: Path | None,
     special: str,
 ) -> None:
     """Show how a text is split into tokens: each token on its own background colour, then ids.
+
+    At most --cap-bytes (1 MB) are shown: a longer TEXT or --max-bytes is an error.
 
     \b
     Examples:
       lmforge tokenizer show "Hello, world!" --tokenizer runs/tok
       lmforge tokenizer show --file data/small_en.txt --tokenizer runs/tok --html tokens.html
     """
+    from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.tokenizer.baselines import read_text_prefix
     from lmforge.tokenizer.bpe import Tokenizer
 
     if (text is None) == (file_path is None):
         raise click.UsageError("give either TEXT or --file PATH (exactly one).")
+    cost = "(showing costs about 0.6 GB of memory per MB)"
+    if file_path is not None and max_bytes > cap_bytes:
+        raise UserError(f"--max-bytes {max_bytes:,} is more than tokenizer show displays "
+                        f"(--cap-bytes {cap_bytes:,}) {cost}; lower --max-bytes, or raise "
+                        f"--cap-bytes if you have the memory")
+    if text is not None and (size := len(text.encode("utf-8", "surrogatepass"))) > cap_bytes:
+        raise UserError(f"TEXT is {size:,} bytes, more than tokenizer show displays (--cap-bytes "
+                        f"{cap_bytes:,}) {cost}; show a prefix with --file PATH --max-bytes N, or "
+                        "raise --cap-bytes")
+    refuse_overwriting_inputs([html_path], [file_path, tokenizer_dir])
     if file_path is not None:
         text = read_text_prefix(file_path, max_bytes)
     tok = Tokenizer.load(tokenizer_dir)
@@ -255,10 +280,13 @@ def export(tokenizer_dir: Path, fmt: str, out: Path) -> None:
       lmforge tokenizer export --tokenizer runs/tok --format hf --out runs/tokenizer.json
       lmforge tokenizer export --tokenizer runs/tok --format tiktoken --out runs/tok.tiktoken
     """
+    from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.tokenizer.bpe import Tokenizer
     from lmforge.tokenizer.export import export_hf_tokenizer_json, export_tiktoken
     from lmforge.tokenizer.formats import write_gpt2_vocab_merges
 
+    files = [out / "vocab.json", out / "merges.txt"] if fmt == "gpt2" else [out]
+    refuse_overwriting_inputs(files, [tokenizer_dir])
     tok = Tokenizer.load(tokenizer_dir)
     if fmt == "gpt2":
         out.mkdir(parents=True, exist_ok=True)
@@ -292,8 +320,10 @@ def import_gpt2(vocab_json: Path, merges_txt: Path, specials: Sequence[str], out
     Example:
       lmforge tokenizer import-gpt2 gpt2_vocab.json gpt2_merges.txt --out runs/gpt2
     """
+    from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.tokenizer.bpe import Tokenizer
 
+    refuse_overwriting_inputs([], [vocab_json, merges_txt], output_dirs=[out])
     tok = Tokenizer.from_files(vocab_json, merges_txt, list(specials))
     tok.save(out)
     console.print(f"wrote {out}: vocab size {tok.vocab_size:,}, {len(tok.merges):,} merges")
@@ -341,10 +371,12 @@ def run_encode(
     progress: bool,
 ) -> None:
     """Encode a file to ``out`` (.npy) and print tokens, throughput and the output path."""
+    from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.tokenizer.bpe import Tokenizer
 
     if out.suffix != ".npy":
         raise click.BadParameter(f"{out} must end in .npy", param_hint="--out")
+    refuse_overwriting_inputs([out, Path(f"{out}.json")], [input_path, tokenizer_dir])
     tok = Tokenizer.load(tokenizer_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     r = tok.encode_file(input_path, out, workers, special=special, progress=progress)

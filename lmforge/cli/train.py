@@ -78,6 +78,7 @@ def train_command(
     else:
         config = load_config(config_path, list(overrides))
         run_dir = out or Path("runs") / config_path.stem
+    _refuse_overwriting(config, run_dir, config_path)
     if nproc is not None:
         _launch(nproc, config.train.parallel, config_path, run_dir, resume, overrides, progress)
         return
@@ -93,6 +94,26 @@ def train_command(
         _report(result, run_dir, world)
     if world > 1:
         exit_rank()
+
+
+def _refuse_overwriting(config, run_dir: Path, config_path: Path | None) -> None:
+    """Refuse a run directory whose files would replace the run's inputs (before any is written).
+
+    A new run (`config_path` given) writes config.toml, run.json and a copy of the tokenizer; a
+    resumed one only metrics, checkpoints and plots. A tokenizer already at <run>/tokenizer is
+    copied onto itself unchanged, which is allowed.
+    """
+    from lmforge.fsutil import refuse_overwriting_inputs
+
+    d = config.data
+    inputs = [Path(p) for p in (d.train, d.val, d.tokenizer, config.train.teacher) if p]
+    files, dirs = [run_dir / "metrics.jsonl"], [run_dir / "checkpoints", run_dir / "plots"]
+    if config_path is not None:
+        inputs.append(config_path)
+        files += [run_dir / "config.toml", run_dir / "run.json"]
+        if d.tokenizer and Path(d.tokenizer).resolve() != (run_dir / "tokenizer").resolve():
+            dirs.append(run_dir / "tokenizer")
+    refuse_overwriting_inputs(files, inputs, output_dirs=dirs)
 
 
 def _report(result, run_dir: Path, world: int) -> None:
@@ -122,7 +143,7 @@ def _launch(
     """`lmforge train ... --nproc N`: start N ranks through torchrun's API and wait for them."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    from lmforge.train.parallel import RankFailedError, launch_local
+    from lmforge.distributed.launch import RankFailedError, launch_local
 
     if mode == "none":
         raise click.UsageError("--nproc needs --parallel ddp, zero1 or fsdp (train.parallel)")
@@ -132,13 +153,14 @@ def _launch(
         argv += ["--set", item]
     argv.append("--progress" if progress else "--no-progress")
     try:
-        launch_local(nproc, argv)
+        launch_local(nproc, ["-m", "lmforge.cli", "train", *argv])
     except RankFailedError as e:
         raise UserError(str(e)) from None
     except SignalException:
         pass  # Ctrl-C / SIGTERM: the ranks checkpointed and rank 0 said how to continue
 
 
+RUN_INPUTS = ("config.toml", "checkpoints", "tokenizer")  # what later stages read of a run dir
 _run = click.option("--run", "run_dir", type=PATH, required=True, help="Run directory.")
 _device = click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps, auto.")
 
@@ -168,6 +190,9 @@ def generate(
 ) -> None:
     """Continue a prompt with a trained model, printing tokens as they are produced.
 
+    Generation stops at the end of the model's context (a note on stderr says so when
+    --max-new-tokens asks for more); a prompt that fills the context is refused.
+
     \b
     Example:
       lmforge generate --run runs/demo --prompt "Alice was" --temperature 0.8 --top-p 0.95
@@ -178,6 +203,11 @@ def generate(
     model, tokenizer, _ = load_run(run_dir, device)
     if tokenizer is None:
         raise UserError(f"{run_dir} has no tokenizer/ directory; train with data.tokenizer set")
+    context = model.config.context_length
+    room = context - max(len(tokenizer.encode(prompt)), 1)  # an empty prompt starts from eos
+    if 0 < room < max_new_tokens:
+        click.echo(f"note: the model's context of {context} tokens leaves room for {room} new "
+                   "tokens after this prompt; generation stops there", err=True)
     click.echo(prompt, nl=False)
 
     def show(piece: str) -> None:
@@ -219,11 +249,15 @@ def generate_corpus(run_dir: Path, tokens: int, out: Path, source: Path | None, 
     """
     import numpy as np
 
+    from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.infer.corpus import sample_corpus, write_corpus
     from lmforge.train.data import open_tokens
     from lmforge.train.run_dir import load_run
 
+    run_parts = [run_dir / name for name in RUN_INPUTS]
+    refuse_overwriting_inputs([out], [*run_parts, source])
     model, tokenizer, config = load_run(run_dir, device)
+    refuse_overwriting_inputs([out], [source or config.data.train])
     source_tokens = open_tokens(source or config.data.train)
     eos = tokenizer.id_of(EOT.encode()) if tokenizer is not None else None
     ids = sample_corpus(model, np.asarray(source_tokens), tokens, prompt_len=prompt_len,

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from lmforge.data.document import DataInputError, Document, read_shard, write_shard
-from lmforge.fsutil import atomic_write_bytes
+from lmforge.fsutil import OutputPathError, atomic_write_bytes, refuse_overwriting_inputs
 
 
 @dataclass
@@ -122,13 +122,10 @@ def check_dedup_paths(paths: Sequence[Path], output_dir: Path, what: str) -> lis
             f"{what}s must have distinct file names (outputs keep the names), but {clash} occur "
             "more than once; rename or deduplicate the inputs in separate runs"
         )
-    out = Path(output_dir).resolve()
-    for p in paths:
-        if p.resolve().parent == out:
-            raise DataInputError(
-                f"output_dir {output_dir} holds the input {p}, which would be overwritten; "
-                "write the deduplicated files to another directory"
-            )
+    try:
+        refuse_overwriting_inputs([Path(output_dir) / p.name for p in paths], paths)
+    except OutputPathError as e:
+        raise DataInputError(str(e)) from None
     return paths
 
 

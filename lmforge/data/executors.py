@@ -6,7 +6,9 @@ files; an executor only decides where the function runs:
 
 - ``local``: a `concurrent.futures.ProcessPoolExecutor` with the ``spawn`` start method (safe
   with threads, and the same on Linux and macOS), a tqdm bar over tasks; ``workers=1`` runs the
-  tasks inline in this process, which is what you want under a debugger.
+  tasks inline in this process, which is what you want under a debugger. The workers die with
+  this process (`lmforge.procutil`): a killed run leaves no worker writing shards or markers.
+  On Ctrl-C / SIGTERM they are killed at once and their temp files removed.
 - ``ray``: one ``ray.remote`` task per shard on a local Ray (``ray.init()``) or a cluster
   (``address="ray://head:10001"`` or ``"auto"``). On a cluster every node must see the input and
   output paths (a shared file system) and have lmforge installed. Ray is the optional extra
@@ -20,12 +22,11 @@ whose marker exists, so a killed run resumes where it stopped.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from lmforge.data.document import DataInputError, Document, read_shard, write_sh
 from lmforge.data.stats import RunStats
 from lmforge.data.steps import apply_step, make_step
 from lmforge.data.writers import write_output
-from lmforge.fsutil import atomic_write_text
+from lmforge.fsutil import atomic_write_text, remove_stale_temps
+from lmforge.procutil import kill_pool, process_pool
 
 EXECUTORS = ("local", "ray")
 
@@ -110,8 +112,9 @@ def run_shard_task(task: ShardTask) -> dict[str, Any]:
         write_shard(task.output, processed())
     else:
         start, write = time.perf_counter(), stats.step("write")
-        stats.output = write_output(task.output, processed(), task.formats)
-        write.docs_in = write.kept = stats.output["documents"]
+        stats.output = write_output(task.output, processed(), task.formats, write)
+        write.kept = stats.output["documents"]
+        write.docs_in = write.kept + sum(write.removed.values())
         busy = sum(s.seconds for label, s in stats.steps.items() if label != "write")
         write.seconds = max(0.0, time.perf_counter() - start - busy)
     if "read" in stats.steps:
@@ -144,17 +147,36 @@ class LocalExecutor:
         with bar:
             if self.workers == 1 or len(tasks) <= 1:
                 return [_tick(bar, fn(t)) for t in tasks]
-            context = multiprocessing.get_context("spawn")
-            workers = min(self.workers, len(tasks))
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            pool = process_pool(min(self.workers, len(tasks)), method="spawn")
+            try:
                 futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
                 results: list = [None] * len(tasks)
                 for future in as_completed(futures):
                     results[futures[future]] = _tick(bar, future.result())
-                return results
+            except Exception:
+                pool.shutdown(wait=True)  # the other tasks finish: a rerun skips them
+                raise
+            except BaseException:  # Ctrl-C, SIGTERM: stop now, drop the killed tasks' temps
+                kill_pool(pool)
+                for directory in _output_dirs(tasks):
+                    remove_stale_temps(directory)
+                raise
+            pool.shutdown(wait=True)
+            return results
 
     def close(self) -> None:
         """Nothing to release: each `map` call owns its pool."""
+
+
+def _output_dirs(tasks: list) -> set[Path]:
+    """The directories the pipeline tasks among `tasks` write into (outputs and markers)."""
+    dirs = set()
+    for task in tasks:
+        if isinstance(task, ShardTask):
+            dirs |= {Path(task.output).parent, Path(task.marker).parent}
+        elif isinstance(task, GlobalTask):
+            dirs |= {Path(task.output_dir), Path(task.marker).parent}
+    return dirs
 
 
 def _tick(bar: tqdm, result: Any) -> Any:

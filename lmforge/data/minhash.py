@@ -286,6 +286,41 @@ def find_duplicate_clusters(texts: Sequence[str], *, num_hashes: int = 112, num_
     return verified_clusters(pairs, len(texts), ngram_set_lookup(hashes, offsets), threshold)
 
 
+MAX_NUM_HASHES = 8192  # signatures are (documents × num_hashes); typical: 64-1024
+MAX_NGRAM = 1000  # words per shingle; typical: 5 (longer shingles find only copies)
+
+
+def check_minhash_params(num_hashes: int, num_bands: int, ngram: int, threshold: float,
+                         seed: int = 0, *, where: str = "") -> None:
+    """Raise `DataInputError` (prefixed by `where`) unless the MinHash settings are usable:
+    1 <= num_hashes <= 8192, num_bands divides num_hashes into bands of at most 4096 rows,
+    1 <= ngram <= 1000, 0 < threshold <= 1 and seed >= 0. Called before any input is read.
+
+    >>> check_minhash_params(112, 14, 5, 1.5, where="step 'minhash_dedup': ")
+    Traceback (most recent call last):
+    lmforge.data.document.DataInputError: step 'minhash_dedup': threshold must be in (0, 1] (the \
+Jaccard similarity of two duplicates), got 1.5
+    """
+    rules = [
+        (1 <= num_hashes <= MAX_NUM_HASHES, "num_hashes", num_hashes, f"in [1, {MAX_NUM_HASHES}]"),
+        (num_bands >= 1, "num_bands", num_bands, "at least 1"),
+        (1 <= ngram <= MAX_NGRAM, "ngram", ngram, f"in [1, {MAX_NGRAM}] words per shingle"),
+        (0 < threshold <= 1, "threshold", threshold,
+         "in (0, 1] (the Jaccard similarity of two duplicates)"),
+        (seed >= 0, "seed", seed, ">= 0"),
+    ]
+    for ok, name, value, rule in rules:
+        if not ok:
+            raise DataInputError(f"{where}{name} must be {rule}, got {value!r}")
+    if num_hashes % num_bands:
+        raise DataInputError(f"{where}num_bands ({num_bands}) must divide num_hashes "
+                             f"({num_hashes}); e.g. num_hashes=112 with num_bands=14 gives bands "
+                             "of 8 rows")
+    if num_hashes // num_bands > len(_BAND_MULTIPLIERS):
+        raise DataInputError(f"{where}bands of {num_hashes // num_bands} rows are too long; use "
+                             f"at most {len(_BAND_MULTIPLIERS)} rows per band (more num_bands)")
+
+
 def _count_lines(text: str) -> int:
     return text.count("\n") + (1 if text and not text.endswith("\n") else 0)
 
@@ -296,6 +331,7 @@ def minhash_dedup(input_paths: Sequence[str | os.PathLike], output_dir: str | os
     """Fuzzy dedup of plain text files, one document per file (the CS336 contract): the first
     file of each near-duplicate cluster is copied to `output_dir` under its name, unchanged, and
     so is every file without near duplicates; the others are not written."""
+    check_minhash_params(num_hashes, num_bands, ngrams, jaccard_threshold, seed)
     paths = check_dedup_paths(input_paths, Path(output_dir), "input file")
     raw = [p.read_bytes() for p in paths]
     texts = [data.decode("utf-8", "replace") for data in raw]
@@ -334,6 +370,7 @@ def minhash_dedup_shards(shard_paths: Sequence[str | os.PathLike], output_dir: s
     """
     if batch_size < 1:
         raise DataInputError(f"batch_size must be positive, got {batch_size}")
+    check_minhash_params(num_hashes, num_bands, ngrams, jaccard_threshold, seed)
     paths = check_dedup_paths(shard_paths, Path(output_dir), "shard")
     keys, valid = [], []
     for _, texts in _shard_batches(paths, batch_size):  # pass 1: band keys

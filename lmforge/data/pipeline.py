@@ -58,12 +58,14 @@ from lmforge.data.executors import (
     run_global_task,
     run_shard_task,
 )
+from lmforge.data.readers import FORMATS as READER_FORMATS
 from lmforge.data.stats import STATS_FILE, RunStats, merge_all, write_report
 from lmforge.data.steps import STEPS, make_step
 from lmforge.data.writers import SUFFIX, check_formats
-from lmforge.fsutil import atomic_write_text
+from lmforge.fsutil import atomic_write_text, refuse_overwriting_inputs, remove_stale_temps
 
 PLAN_FILE = "plan.json"
+MAX_WORKERS = 1024  # [executor] workers upper bound (processes started at once)
 TABLES = {"input": ("paths", "format"), "output": ("dir", "format"),
           "executor": ("kind", "workers", "address"), "steps": ()}
 
@@ -123,7 +125,16 @@ def parse_pipeline(data: dict[str, Any]) -> PipelineConfig:
                             'paths = ["crawl/*.warc.gz"]')
     if not out.get("dir"):
         raise PipelineError('[output] dir is missing; e.g. dir = "runs/data/crawl"')
-    paths = [inp["paths"]] if isinstance(inp["paths"], str) else list(inp["paths"])
+    paths = [inp["paths"]] if isinstance(inp["paths"], str) else inp["paths"]
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise PipelineError(f"[input] paths must be a list of file names or globs, got "
+                            f"{inp['paths']!r}")
+    if inp.get("format", "auto") not in ("auto", *READER_FORMATS):
+        raise PipelineError(f"[input] format {inp['format']!r} is not one of auto, "
+                            f"{', '.join(READER_FORMATS)}")
+    if not isinstance(out["dir"], str):
+        raise PipelineError(f'[output] dir must be a directory name, e.g. dir = "runs/data/x", '
+                            f"got {out['dir']!r}")
     fmt = out.get("format", "text")
     config = PipelineConfig(
         inputs=paths, output_dir=str(out["dir"]), steps=_parse_steps(data.get("steps", [])),
@@ -133,8 +144,9 @@ def parse_pipeline(data: dict[str, Any]) -> PipelineConfig:
         address=ex.get("address", ""))
     if config.executor not in EXECUTORS:
         raise PipelineError(f"executor.kind {config.executor!r} is not one of {EXECUTORS}")
-    if not isinstance(config.workers, int) or config.workers < 0:
-        raise PipelineError(f"executor.workers must be an integer >= 0, got {config.workers!r}")
+    if type(config.workers) is not int or not 0 <= config.workers <= MAX_WORKERS:
+        raise PipelineError(f"executor.workers must be an integer in [0, {MAX_WORKERS}] (0: every "
+                            f"core, 1: inline), got {config.workers!r}")
     return config
 
 
@@ -244,12 +256,15 @@ def run_pipeline(
 
     Completed tasks of an earlier run with the same configuration are skipped. If the
     configuration changed since, raises `PipelineError` unless `restart`, which deletes the
-    stages from the first changed one on and redoes them.
+    stages from the first changed one on and redoes them. An input inside ``<output>/data/`` or
+    ``<output>/stages/`` is refused (`OutputPathError`) before anything is written.
     """
     start = time.perf_counter()
     inputs = expand_inputs(config.inputs)
     stages = plan_stages(config, inputs)
     out = Path(config.output_dir)
+    refuse_overwriting_inputs([out / PLAN_FILE, out / STATS_FILE], inputs,
+                              output_dirs=[out / "data", out / "stages"])
     _check_plan(out, config, inputs, stages, restart)
     names = shard_names(inputs)
     sources = [str(p) for p in inputs]
@@ -313,7 +328,7 @@ def _check_plan(out: Path, config: PipelineConfig, inputs: list[Path], stages: l
                 shutil.rmtree(out / "stages" / dirname, ignore_errors=True)
             shutil.rmtree(out / "data", ignore_errors=True)
             (out / STATS_FILE).unlink(missing_ok=True)
-    for tmp in [*out.glob("stages/*/.*.tmp"), *out.glob("data/.*.tmp")]:
-        tmp.unlink()  # left by a killed run (atomic writes rename only complete files)
+    for directory in [*out.glob("stages/*/"), out / "data"]:
+        remove_stale_temps(directory)  # left by a killed run; a live writer's are kept
     plan = {"stages": new, "inputs": [str(p) for p in inputs], "config": asdict(config)}
     atomic_write_text(plan_path, json.dumps(plan, indent=2, ensure_ascii=False) + "\n")

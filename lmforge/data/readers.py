@@ -17,6 +17,10 @@ message names the file, the line or byte offset, and a fix.
 - Text (`read_text`): documents separated by `<|endoftext|>` (on its own line, as
   `lmforge data` and the tokenizer write it, or inline as in TinyStories).
 
+Text is kept as it is: a ``<|endoftext|>`` inside a JSONL field, a page or a WET record is
+content, which the final writer removes (`lmforge.data.writers.remove_special_tokens`) so that
+the separators of the output are exactly one per document.
+
 Compression is detected from the first bytes, not the name (a gzipped file called `x.jsonl`
 reads fine): gzip always, zstd when the `zstandard` package is installed.
 

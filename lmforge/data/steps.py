@@ -3,7 +3,8 @@
 A step is named in a pipeline TOML (``[[steps]] name = "langid"``) with its parameters as the
 other keys of that table. `STEPS` maps each name to its class; `PARAMS` on the class lists the
 parameters with their defaults (the default's type is the parameter's type), so a typo is an
-error that lists the valid keys.
+error that lists the valid keys, and `RANGES` the allowed range of each numeric parameter, checked
+when the step is made (when the pipeline is loaded, before any stage runs).
 
 Two kinds of steps:
 
@@ -26,7 +27,9 @@ resiliparse) only breaks the step that needs it, with the import error naming th
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,15 +37,46 @@ from lmforge.data.document import DataInputError, Document
 from lmforge.data.stats import StepStats
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric step parameter: low <= x <= high (low < x if `low_open`);
+    an unbounded `high` still excludes inf and NaN.
+
+    >>> 0.5 in Range(0, 1), 1.5 in Range(0, 1), 0 in Range(0, low_open=True), str(Range(0))
+    (True, False, False, '>= 0')
+    """
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    note: str = ""  # what a special value means, e.g. "1 or more: off"
+
+    def __contains__(self, x: float) -> bool:
+        above = self.low < x if self.low_open else self.low <= x
+        return above and (x <= self.high if self.high < math.inf else x < math.inf)
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        return f"{text} ({self.note})" if self.note else text
+
+
 class Step:
     name: ClassVar[str]
     PARAMS: ClassVar[dict[str, Any]] = {}  # parameter -> default (its type is the param's type)
+    RANGES: ClassVar[dict[str, Range]] = {}  # numeric parameter -> its allowed values
     is_global: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = {**self.PARAMS, **params}
         for key, value in self.params.items():
             setattr(self, key, value)
+        for key, allowed in self.RANGES.items():
+            if self.params[key] not in allowed:
+                raise DataInputError(f"step {self.name!r}: {key} must be {allowed}, got "
+                                     f"{self.params[key]!r}")
 
 
 class DocStep(Step):
@@ -104,6 +138,7 @@ class LangId(DocStep):
 
     name = "langid"
     PARAMS: ClassVar = {"keep": [], "min_score": 0.0, "model": ""}  # keep = []: every language
+    RANGES: ClassVar = {"min_score": Range(0, 1)}
 
     def process(self, doc: Document, stats: StepStats) -> Document | None:
         from lmforge.data.langid import identify_language
@@ -152,6 +187,8 @@ class Harmful(DocStep):
     name = "harmful"
     PARAMS: ClassVar = {"nsfw_threshold": 0.5, "toxic_threshold": 0.5,
                         "nsfw_model": "", "toxic_model": ""}  # "" = the offline default model
+    RANGES: ClassVar = {name: Range(0, low_open=True, note="1 or more: off")
+                        for name in ("nsfw_threshold", "toxic_threshold")}
 
     def process(self, doc: Document, stats: StepStats) -> Document | None:
         from lmforge.data.harmful import classify_nsfw, classify_toxic_speech
@@ -185,6 +222,7 @@ class Quality(DocStep):
 
     name = "quality"
     PARAMS: ClassVar = {"model": "", "min_score": 0.5}  # model: `lmforge data train-classifier`
+    RANGES: ClassVar = {"min_score": Range(0, 1)}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -205,6 +243,7 @@ class MinLength(DocStep):
 
     name = "min_length"
     PARAMS: ClassVar = {"min_chars": 1, "min_words": 0}
+    RANGES: ClassVar = {"min_chars": Range(0), "min_words": Range(0)}
 
     def process(self, doc: Document, stats: StepStats) -> Document | None:
         if len(doc.text.strip()) < self.min_chars:
@@ -247,6 +286,13 @@ class MinHashDedup(GlobalStep):
     name = "minhash_dedup"
     PARAMS: ClassVar = {"num_hashes": 112, "num_bands": 14, "ngram": 5, "threshold": 0.8,
                         "seed": 0}
+
+    def __init__(self, **params: Any) -> None:
+        from lmforge.data.minhash import check_minhash_params
+
+        super().__init__(**params)
+        check_minhash_params(self.num_hashes, self.num_bands, self.ngram, self.threshold,
+                             self.seed, where=f"step {self.name!r}: ")
 
     def run(self, shards: list[Path], output_dir: Path, stats: StepStats) -> None:
         from lmforge.data.minhash import minhash_dedup_shards

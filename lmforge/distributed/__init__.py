@@ -12,15 +12,15 @@ Every wrapper is tested equal to single-process training on the full batch (2 gl
 
 from lmforge.distributed.ddp import DDP, FlatDDP, NaiveDDP
 from lmforge.distributed.fsdp import FSDP, gather_full_params
-from lmforge.distributed.launch import DistributedWorkerError, run_distributed
+from lmforge.distributed.launch import RankFailedError, run_distributed
 from lmforge.distributed.sharded_optimizer import ShardedOptimizer, assign_shards
 
 __all__ = [
     "DDP",
     "FSDP",
-    "DistributedWorkerError",
     "FlatDDP",
     "NaiveDDP",
+    "RankFailedError",
     "ShardedOptimizer",
     "assign_shards",
     "gather_full_params",

@@ -157,7 +157,7 @@ class _Bucket:
     seen: set[int] = field(default_factory=set)  # id() of params whose hook fired
 
 
-def _make_buckets(params: list[nn.Parameter], bucket_size_mb: float | None) -> list[_Bucket]:
+def make_buckets(params: list[nn.Parameter], bucket_size_mb: float | None) -> list[_Bucket]:
     """Pack `params` in reverse order into buckets of <= bucket_size_mb MiB (None: one each).
 
     A bucket never mixes dtypes or devices; a parameter larger than the cap gets its own.
@@ -206,7 +206,7 @@ class DDP(_DataParallel):
             )
         super().__init__(module)
         self.bucket_size_mb = bucket_size_mb
-        self._buckets = _make_buckets(self.params, bucket_size_mb)
+        self._buckets = make_buckets(self.params, bucket_size_mb)
         self._slot: dict[int, tuple[_Bucket, int]] = {}  # id(param) -> (bucket, index in it)
         for b in self._buckets:
             for i, p in enumerate(b.params):

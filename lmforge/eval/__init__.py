@@ -5,6 +5,7 @@
 """
 
 from lmforge.eval.ngram import bigram_cross_entropy, unigram_cross_entropy
-from lmforge.eval.perplexity import EvalResult, evaluate_loss
+from lmforge.eval.perplexity import EvalResult, bits_per_byte, evaluate_loss
 
-__all__ = ["EvalResult", "bigram_cross_entropy", "evaluate_loss", "unigram_cross_entropy"]
+__all__ = ["EvalResult", "bigram_cross_entropy", "bits_per_byte", "evaluate_loss",
+           "unigram_cross_entropy"]

@@ -26,6 +26,7 @@ of the tokenizer.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lmforge.train.data import check_token_ids
 from lmforge.train.loss import cross_entropy, perplexity
+
+_NO_LIMIT = int(np.iinfo(np.int64).max)  # vocabulary bound of a model without config.vocab_size
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,15 @@ class EvalResult:
     perplexity: float  # exp(loss)
     tokens: int  # number of target tokens scored
     bits_per_byte: float | None = None  # loss / ln 2 / bytes_per_token, if bytes_per_token given
+
+
+def bits_per_byte(loss: float, bytes_per_token: float) -> float:
+    """The per-byte code length in bits of a loss in nats/token: loss / ln 2 / bytes_per_token.
+
+    >>> round(bits_per_byte(math.log(2) * 4.0, 4.0), 12)
+    1.0
+    """
+    return loss / math.log(2) / bytes_per_token
 
 
 def _model_info(model: nn.Module) -> tuple[int | None, int | None, torch.device]:
@@ -77,12 +90,16 @@ def _check_args(tokens: np.ndarray, batch_size: int, max_tokens: int | None) -> 
         raise ValueError(f"max_tokens must be >= 1 or None (all tokens), got {max_tokens}")
 
 
-def _window_batches(n_targets: int, context_length: int, batch_size: int):
+def window_batches(
+    n_targets: int, context_length: int, batch_size: int
+) -> Iterator[tuple[int, int, int]]:
     """(start, rows, width) blocks covering targets 1..n_targets: full windows, then the rest.
 
-    >>> list(_window_batches(9, 4, 8))
+    `evaluate_loss` makes one forward call per block; sharded validation counts them with this.
+
+    >>> list(window_batches(9, 4, 8))
     [(0, 2, 4), (8, 1, 1)]
-    >>> list(_window_batches(8, 2, 3))
+    >>> list(window_batches(8, 2, 3))
     [(0, 3, 2), (6, 1, 2)]
     """
     full = n_targets // context_length
@@ -122,19 +139,19 @@ def evaluate_loss(
     context_length = _resolve_context(context_length, model_context)
     device = torch.device(device) if device is not None else model_device
     n_targets = len(tokens) - 1 if max_tokens is None else min(max_tokens, len(tokens) - 1)
-    blocks = list(_window_batches(n_targets, context_length, batch_size))
+    blocks = list(window_batches(n_targets, context_length, batch_size))
     total_nats = 0.0
     was_training = model.training
     model.eval()
     try:
         for start, rows, width in tqdm(blocks, desc="eval", unit="batch", disable=not progress):
             region = np.asarray(tokens[start : start + rows * width + 1]).astype(np.int64)
-            _check_ids(region, vocab_size, start)
+            check_token_ids(region, vocab_size or _NO_LIMIT, name="tokens", offset=start)
             total_nats += _block_nats(model, region, rows, width, device)
     finally:
         model.train(was_training)
     loss = total_nats / n_targets
-    bpb = None if bytes_per_token is None else loss / math.log(2) / bytes_per_token
+    bpb = None if bytes_per_token is None else bits_per_byte(loss, bytes_per_token)
     return EvalResult(loss=loss, perplexity=perplexity(loss), tokens=n_targets, bits_per_byte=bpb)
 
 
@@ -151,14 +168,6 @@ def _resolve_context(context_length: int | None, model_context: int | None) -> i
             f"got {context_length}"
         )
     return context_length
-
-
-def _check_ids(region: np.ndarray, vocab_size: int | None, start: int) -> None:
-    if region.min() < 0 or (vocab_size is not None and region.max() >= vocab_size):
-        raise ValueError(
-            f"token ids near position {start} lie outside [0, {vocab_size}); the token file was "
-            "made with a different tokenizer than the model's"
-        )
 
 
 @torch.inference_mode()

@@ -5,17 +5,28 @@
 ...          top_p=0.95, stream=print)                # doctest: +SKIP
 """
 
-from lmforge.infer.batch import Generation, decode, generate_batch, generate_batch_detailed, prefill
-from lmforge.infer.generate import generate, generate_ids, sample_next_token
+from lmforge.infer.batch import generate_batch, generate_batch_detailed
+from lmforge.infer.generate import generate, generate_ids
 from lmforge.infer.kv_cache import KVCache
-from lmforge.infer.penalties import apply_penalties, token_logprobs
+from lmforge.infer.loop import Generation, decode, prefill
+from lmforge.infer.prompts import check_prompt
+from lmforge.infer.sampling import (
+    SamplingSettings,
+    apply_penalties,
+    check_sampling,
+    sample_next_token,
+    token_logprobs,
+)
 from lmforge.infer.speculative import SpeculativeResult, speculative_generate, verify_draft
 
 __all__ = [
     "Generation",
     "KVCache",
+    "SamplingSettings",
     "SpeculativeResult",
     "apply_penalties",
+    "check_prompt",
+    "check_sampling",
     "decode",
     "generate",
     "generate_batch",

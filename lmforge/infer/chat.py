@@ -18,7 +18,9 @@ when it starts a new turn itself ("\\n\\nUser:") that is a stop string.
     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
 
 Content containing a turn separator ("\\n\\nUser: " etc.) would make the text ambiguous, so it
-is refused (ValueError), as is an unknown role.
+is refused (ValueError), as is an unknown role. So is content holding one of the
+`special_tokens` given (the server passes its tokenizer's): the template is plain text, and a
+message must not be able to write a control token such as ``<|endoftext|>`` into the prompt.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ _TURN = re.compile(rf"({'|'.join(ROLES.values())}): ")
 _BOUNDARY = re.compile(rf"{SEPARATOR}(?=(?:{'|'.join(ROLES.values())}): )")  # between turns
 
 
-def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True,
+                special_tokens: Sequence[str] = ()) -> str:
     """The prompt text of `messages` (dicts with "role" and "content" strings).
 
     With `add_generation_prompt`, the text ends with "Assistant:" for the model to continue.
+    ValueError for an unknown role, non-string content, or content holding a turn separator or
+    any of `special_tokens`.
     """
     parts = []
     for i, message in enumerate(messages):
@@ -52,6 +57,12 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) ->
             raise ValueError(
                 f"messages[{i}].content contains a turn separator (a blank line followed by "
                 "'System: ', 'User: ' or 'Assistant: '); reword it"
+            )
+        special = next((s for s in special_tokens if s in content), None)
+        if special is not None:
+            raise ValueError(
+                f"messages[{i}].content contains the special token {special!r}; special tokens "
+                "are control tokens, not text, and messages may not contain them: remove it"
             )
         parts.append(f"{ROLES[role]}: {content}{SEPARATOR}")
     if add_generation_prompt:

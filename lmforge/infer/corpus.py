@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lmforge.fsutil import atomic_write_bytes
 from lmforge.infer.batch import generate_batch
-from lmforge.infer.generate import _model_limits
+from lmforge.infer.prompts import model_limits
 
 
 def sample_corpus(
@@ -47,7 +47,7 @@ def sample_corpus(
     None), int64. Prompts are windows of `source` (1-D token ids) at seeded random offsets;
     continuations have exactly `new_tokens` ids (no early stop, so every record has one shape).
     """
-    context_length, _ = _model_limits(model)
+    context_length, _ = model_limits(model)
     if min(num_tokens, prompt_len, new_tokens, batch_size) < 1:
         raise ValueError("num_tokens, prompt_len, new_tokens and batch_size must all be >= 1")
     if prompt_len + new_tokens > context_length:

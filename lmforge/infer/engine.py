@@ -14,7 +14,8 @@ the running batch lives in ONE `KVCache` (rows = requests, ragged lengths). Each
    logits (time to first token = one prefill), and its cache joins the batch (`KVCache.extend`);
 2. runs one `decode` step for every row (one new token each, at its own position);
 3. chooses each row's token with that request's own settings (temperature, top-k/p, penalties
-   over its own history, its own seeded `torch.Generator`), emits it, and lets finished or
+   over its own history, its own seeded `torch.Generator`: `lmforge.infer.sampling`'s
+   `choose_tokens`, as every loop), emits it, and lets finished or
    cancelled rows leave (`KVCache.select`), so a short request never waits for a long one.
 
 Per-row sampling makes a request's output independent of its neighbours: greedy output equals
@@ -24,7 +25,9 @@ sampled request draws the same tokens as `generate_batch_detailed(..., seed=s)` 
 at a stop string ("stop"; text from the stop string on is cut, and text that could be the start
 of one is held back until it is not), after `max_tokens` ("length"), on `cancel()`
 ("cancelled"), or if the model raises ("error", the message in `Event.error`; the engine goes on
-with the next requests).
+with the next requests). Prompts follow the rule of `lmforge.infer.prompts` (refused when
+empty, out of the vocabulary or leaving no room in the context), and, as in OpenAI's API, a
+`max_tokens` the context cannot hold is refused (None: to the end of the context).
 
     >>> engine = Engine(model, tokenizer, max_batch=8)                     # doctest: +SKIP
     >>> req = engine.submit(tokenizer.encode("Once"), SamplingParams(max_tokens=20,
@@ -46,18 +49,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lmforge.infer.batch import decoder, prefill
-from lmforge.infer.generate import (
-    EOS_TOKEN,
-    _as_ids,
-    _check_sampling,
-    _is_int,
-    _model_device,
-    _model_limits,
-    _StopStrings,
-    sample_next_token,
+from lmforge.infer.generate import EOS_TOKEN, StopStrings
+from lmforge.infer.loop import decoder, prefill
+from lmforge.infer.prompts import check_prompt, model_device, model_limits
+from lmforge.infer.sampling import (
+    check_sampling,
+    choose_tokens,
+    is_int,
+    is_penalised,
+    token_logprobs,
+    top_logprobs,
 )
-from lmforge.infer.penalties import apply_penalties, token_logprobs
 
 MAX_TOP_LOGPROBS = 20  # as the OpenAI API
 
@@ -79,26 +81,22 @@ class SamplingParams:
     top_logprobs: int = 0  # and of the n most likely tokens at each step (0..20)
 
     def __post_init__(self) -> None:
-        _check_sampling(self.temperature, self.top_k, self.top_p)
-        if self.max_tokens is not None and not (_is_int(self.max_tokens) and self.max_tokens >= 1):
+        check_sampling(self.temperature, self.top_k, self.top_p,
+                       repetition_penalty=self.repetition_penalty,
+                       frequency_penalty=self.frequency_penalty,
+                       presence_penalty=self.presence_penalty, seed=self.seed)
+        if self.max_tokens is not None and not (is_int(self.max_tokens) and self.max_tokens >= 1):
             raise ValueError(f"max_tokens must be an int >= 1 or None, got {self.max_tokens!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(
-                f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}"
-            )
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {list(self.stop)!r}")
-        if not (_is_int(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS):
+        if not (is_int(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS):
             raise ValueError(
                 f"top_logprobs must be an int in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}"
             )
 
     @property
     def penalised(self) -> bool:
-        return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0
-                or self.presence_penalty != 0.0)
+        return is_penalised(self)
 
 
 @dataclass
@@ -154,7 +152,7 @@ class Request:
         self._decoder = tokenizer.stream_decoder() if tokenizer is not None else None
         self._vocab = tokenizer.vocab_size if tokenizer is not None else 0
         self._released: list[str] = []
-        self._stops = _StopStrings(params.stop, self._released.append)
+        self._stops = StopStrings(params.stop, self._released.append)
         try:  # deliver into the caller's event loop when submitted from async code
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             self._queue: queue.Queue | asyncio.Queue = asyncio.Queue()
@@ -230,10 +228,10 @@ class Engine:
 
     def __init__(self, model: nn.Module, tokenizer=None, *, max_batch: int = 16,
                  eos_id: int | None = None):
-        if not (_is_int(max_batch) and max_batch >= 1):
+        if not (is_int(max_batch) and max_batch >= 1):
             raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
         self.model, self.tokenizer, self.max_batch = model.eval(), tokenizer, max_batch
-        self.context_length, self.vocab_size = _model_limits(model)
+        self.context_length, self.vocab_size = model_limits(model)
         if eos_id is None and tokenizer is not None:
             eos_id = tokenizer.id_of(EOS_TOKEN)
         self.eos_id = eos_id
@@ -258,31 +256,25 @@ class Engine:
         return len(self._pending)
 
     def check_prompt(self, prompt_ids: Sequence[int], max_tokens: int | None) -> tuple[list, int]:
-        """(ids as ints, max_tokens resolved); ValueError if empty, out of vocab or too long."""
-        ids = _as_ids(list(prompt_ids), self.vocab_size)
-        n, ctx = len(ids), self.context_length
-        if not ids:
-            raise ValueError("the prompt is empty; give at least one token of text")
-        if n >= ctx:
+        """(ids as ints, max_tokens resolved: None = the room left in the context); ValueError
+        for a prompt that breaks the rule of `lmforge.infer.prompts` (empty, out of the
+        vocabulary, no room for a new token) or, as OpenAI's API, a `max_tokens` the context
+        cannot hold."""
+        ids, room = check_prompt(prompt_ids, None, self.context_length, self.vocab_size)
+        if max_tokens is not None and max_tokens > room:
             raise ValueError(
-                f"the prompt has {n} tokens but the model's context is {ctx} tokens (prompt + "
-                f"new tokens); shorten the prompt to at most {ctx - 1} tokens"
+                f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}: more than the "
+                f"model's context of {self.context_length} tokens; ask for at most {room} new "
+                "tokens"
             )
-        if max_tokens is None:
-            return ids, ctx - n
-        if n + max_tokens > ctx:
-            raise ValueError(
-                f"the prompt has {n} tokens and max_tokens is {max_tokens}: more than the model's "
-                f"context of {ctx} tokens; ask for at most {ctx - n} new tokens"
-            )
-        return ids, max_tokens
+        return ids, room if max_tokens is None else max_tokens
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Queue a request (validated here: ValueError) and return its handle at once."""
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need text: build the Engine with a tokenizer")
         ids, max_tokens = self.check_prompt(prompt_ids, params.max_tokens)
-        request = Request(ids, params, max_tokens, self.tokenizer, _model_device(self.model))
+        request = Request(ids, params, max_tokens, self.tokenizer, model_device(self.model))
         with self._wake:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -371,10 +363,11 @@ class Engine:
 
     def _advance(self, rows: list[Request], logits: Tensor) -> tuple[Tensor, list[int]]:
         """Choose, emit and record one token per row; (tokens (rows,), rows still running)."""
-        tokens = self._choose(rows, logits)
         want = [r.params for r in rows]
+        histories = [r.prompt_ids + r.generated if r.params.penalised else None for r in rows]
+        tokens = choose_tokens(logits, want, histories, [r.generator for r in rows])
         chosen = token_logprobs(logits, tokens).tolist() if any(p.logprobs for p in want) else None
-        top = _top_logprobs(logits, max(p.top_logprobs for p in want))
+        top = top_logprobs(logits, max(p.top_logprobs for p in want))
         keep = []
         for i, (request, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
             if token == self.eos_id:
@@ -396,31 +389,3 @@ class Engine:
             else:
                 keep.append(i)
         return tokens, keep
-
-    def _choose(self, rows: list[Request], logits: Tensor) -> Tensor:
-        """Each row's next token (rows,): argmax for plain greedy rows, else its own sampler."""
-        tokens = logits.float().argmax(dim=-1)
-        for i, request in enumerate(rows):
-            p = request.params
-            if p.temperature == 0 and not p.penalised:
-                continue
-            scores = logits[i : i + 1]  # (1, vocab)
-            if p.penalised:
-                history = torch.tensor([request.prompt_ids + request.generated],
-                                       device=logits.device)
-                scores = apply_penalties(
-                    scores, history, repetition_penalty=p.repetition_penalty,
-                    frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
-                )
-            tokens[i] = sample_next_token(scores, temperature=p.temperature, top_k=p.top_k,
-                                          top_p=p.top_p, generator=request.generator)[0]
-        return tokens
-
-
-def _top_logprobs(logits: Tensor, n: int) -> list[list[tuple[int, float]]] | None:
-    """The n most likely (id, log p) per row of `logits` (rows, vocab), or None when n == 0."""
-    if n == 0:
-        return None
-    values, ids = torch.log_softmax(logits.float(), dim=-1).topk(min(n, logits.shape[-1]))
-    return [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(),
-                                                        strict=True)]

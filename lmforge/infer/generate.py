@@ -1,159 +1,41 @@
-"""Autoregressive text generation: temperature, top-k and nucleus (top-p) sampling.
+"""Autoregressive text generation, streamed: `generate` (text in, text out) and `generate_ids`.
 
-What: turn a language model ``model(token_ids (batch, seq)) -> logits (batch, seq, vocab)`` into a
-stream of new tokens. ``sample_next_token`` draws one token from last-position logits,
-``generate_ids`` yields token ids one at a time, and ``generate`` wraps both with a tokenizer,
-streaming decoded text as it is produced.
+What: turn a language model into a stream of new tokens. ``generate_ids`` yields token ids one
+at a time; ``generate`` wraps it with a tokenizer, streaming decoded text as it is produced and
+ending at ``<|endoftext|>`` or a stop string.
 
-Key idea: each step runs the model over the last ``context_length`` tokens (no KV cache yet: the
-whole cropped window is recomputed, O(T^2) per step), takes the logits at the final position and
-samples from a reshaped distribution, applied in this order (the HuggingFace / nanoGPT order):
+How: both run the one KV-cached loop of every entry point (`lmforge.infer.loop.token_loop`: a
+prefill of the prompt, then one packed-weight decode step per token), choosing tokens with
+`lmforge.infer.sampling` (temperature, top-k, top-p; greedy at temperature 0), under the prompt
+rule of `lmforge.infer.prompts`: a prompt of ``context_length`` tokens or more is refused, and
+generation ends at the end of the context even if ``max_new_tokens`` asks for more. Greedy
+tokens and seeded samples are those of the old recompute-the-window loop (a test reference now)
+for every generation that fits in the context.
 
-1. temperature T:   p_i ∝ exp(z_i / T); T -> 0 is greedy argmax, T = 1 is the model's own
-   distribution, T > 1 flattens it;
-2. top-k:           keep the k largest logits, set the rest to -inf (Fan et al., 2018);
-3. top-p (nucleus): sort by probability, keep the smallest prefix whose mass reaches p
-   (always at least the most likely token) (Holtzman et al., 2019, "The Curious Case of
-   Neural Text Degeneration", arXiv:1904.09751);
-
-then renormalize and draw with ``torch.multinomial``. The softmax is our own (max-subtracted,
-so stable for large logits).
-
-    >>> logits = torch.tensor([2.0, 1.0, 0.0])
-    >>> int(sample_next_token(logits, temperature=0.0))
-    0
-    >>> _filter_top_p(torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])), 0.75).isfinite()
-    tensor([[ True,  True, False, False]])
+    >>> from lmforge.model import TransformerLM
+    >>> model = TransformerLM(16, 8, 16, 1, 2)
+    >>> len(list(generate_ids(model, [1, 2, 3], max_new_tokens=100, temperature=0)))
+    5
 """
 
 from __future__ import annotations
 
-import math
-import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from lmforge.model.layers import softmax
+from lmforge.infer.loop import Generation, token_loop
+from lmforge.infer.prompts import check_prompt, model_device, model_limits
+from lmforge.infer.sampling import SamplingSettings, check_sampling
 
 if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
 
+__all__ = ["EOS_TOKEN", "StopStrings", "generate", "generate_ids"]
+
 EOS_TOKEN = b"<|endoftext|>"
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ValueError for temperature < 0, top_k < 1 or top_p outside (0, 1]."""
-    if not (isinstance(temperature, int | float) and 0 <= temperature < math.inf):
-        raise ValueError(
-            f"temperature must be a finite number >= 0, got {temperature!r}; "
-            "use 0 for greedy decoding or e.g. 0.8 for sampling"
-        )
-    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
-        raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}; None keeps all tokens")
-    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
-        raise ValueError(
-            f"top_p must be in (0, 1] or None, got {top_p!r}; e.g. 0.9 keeps the tokens making up "
-            "90% of the probability mass, None or 1.0 keeps all"
-        )
-
-
-def _filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep exactly the k largest logits of each row (batch, vocab); the rest become -inf."""
-    if k >= logits.shape[-1]:
-        return logits
-    keep = torch.zeros_like(logits, dtype=torch.bool)
-    keep.scatter_(-1, torch.topk(logits, k, dim=-1).indices, True)
-    return logits.masked_fill(~keep, -math.inf)
-
-
-def _filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the smallest most-likely set whose probability mass reaches p; rest become -inf.
-
-    A token is kept when the mass of the tokens ranked strictly above it is still below p, so
-    the most likely token is always kept. Ties are broken by the sort order.
-    """
-    if p >= 1.0:
-        return logits
-    probs, order = torch.sort(softmax(logits), dim=-1, descending=True)
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    keep = torch.zeros_like(logits, dtype=torch.bool)
-    keep.scatter_(-1, order, mass_before < p)
-    return logits.masked_fill(~keep, -math.inf)
-
-
-def sample_next_token(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Draw the next token from unnormalized ``logits`` of shape (vocab,) or (batch, vocab).
-
-    Returns a LongTensor of shape () for 1-D input, (batch,) for 2-D input. ``temperature=0``
-    is greedy (argmax; top-k/top-p are then irrelevant). ``generator`` makes draws reproducible.
-
-        >>> g = torch.Generator().manual_seed(0)
-        >>> sample_next_token(torch.tensor([[0.0, 5.0], [9.0, 0.0]]), top_k=1, generator=g)
-        tensor([1, 0])
-    """
-    _check_sampling(temperature, top_k, top_p)
-    if logits.ndim not in (1, 2) or not logits.is_floating_point():
-        raise ValueError(
-            f"logits must be a float tensor of shape (vocab,) or (batch, vocab), got "
-            f"{tuple(logits.shape)} {logits.dtype}; take the last position: logits[:, -1, :]"
-        )
-    z = logits.float().reshape(-1, logits.shape[-1])
-    if temperature == 0:
-        token = z.argmax(dim=-1)
-    else:
-        z = z / temperature
-        if top_k is not None:
-            z = _filter_top_k(z, top_k)
-        if top_p is not None:
-            z = _filter_top_p(z, top_p)
-        token = torch.multinomial(softmax(z), 1, generator=generator).squeeze(-1)
-    return token.reshape(logits.shape[:-1])
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _model_limits(model: nn.Module) -> tuple[int, int | None]:
-    """(context_length, vocab_size or None) from ``model.config``."""
-    config = getattr(model, "config", None)
-    context_length = getattr(config, "context_length", None)
-    if not isinstance(context_length, int) or context_length < 1:
-        raise ValueError(
-            "the model must have model.config.context_length (a positive int) so generation "
-            "knows how many tokens it can see; build it with TransformerLM.from_config(...)"
-        )
-    return context_length, getattr(config, "vocab_size", None)
-
-
-def _as_ids(ids: list[int], vocab_size: int | None) -> list[int]:
-    """``ids`` as Python ints, checked to lie in [0, vocab_size)."""
-    try:
-        ids = [operator.index(i) for i in ids]
-    except TypeError:
-        raise ValueError("prompt_ids must be integer token ids (a list of int)") from None
-    bad = [i for i in ids if i < 0 or (vocab_size is not None and i >= vocab_size)]
-    if bad:
-        raise ValueError(
-            f"prompt_ids holds ids outside [0, {vocab_size}): {bad[:5]}; encode the prompt with "
-            "the tokenizer the model was trained with"
-        )
-    return ids
 
 
 def generate_ids(
@@ -169,59 +51,36 @@ def generate_ids(
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids after ``prompt_ids``, one at a time.
 
-    Each step feeds the last ``model.config.context_length`` tokens (prompt + generated so far)
-    to the model on its own device, in eval mode under ``torch.inference_mode()``, and samples
-    from the last position's logits (see ``sample_next_token``). Stops early when ``eos_id`` is
-    drawn; the eos token itself is NOT yielded. ``seed`` fixes the draws. Arguments are checked
-    at the call, before the first token is requested.
+    The model runs on its own device with a KV cache, in eval mode, each step under
+    ``torch.inference_mode()``; tokens are drawn as by ``sample_next_token``. Stops early when
+    ``eos_id`` is drawn (the eos token itself is NOT yielded) and at the end of the model's
+    context (at most ``context_length - len(prompt_ids)`` tokens). ``seed`` fixes the draws.
+    Arguments are checked at the call, before the first token is requested: ValueError for
+    bad settings, or a prompt that is empty, out of the vocabulary or leaves no room in the
+    context (see `lmforge.infer.prompts`).
     """
-    _check_sampling(temperature, top_k, top_p)
-    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    context_length, vocab_size = _model_limits(model)
-    prompt_ids = _as_ids(prompt_ids, vocab_size)
-    if not prompt_ids:
-        raise ValueError(
-            "prompt_ids is empty; start from at least one token, e.g. [eos_id] for an "
-            "unconditional sample"
-        )
-    device = _model_device(model)
+    settings = SamplingSettings(temperature, top_k, top_p)
+    check_sampling(seed=seed)
+    context_length, vocab_size = model_limits(model)
+    prompt_ids, budget = check_prompt(prompt_ids, max_new_tokens, context_length, vocab_size)
     generator = None
     if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    window = torch.tensor([prompt_ids[-context_length:]], dtype=torch.long, device=device)
-    sample = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    return _generate_loop(model, window, max_new_tokens, context_length, eos_id, sample)
+        generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+    stops = () if eos_id is None else (eos_id,)
+    steps = token_loop(model, [prompt_ids], [budget], settings, [Generation()], stops=stops,
+                       generator=generator, logprobs=False)
+    return _tokens(steps)
 
 
-def _generate_loop(
-    model: nn.Module,
-    window: torch.Tensor,
-    max_new_tokens: int,
-    context_length: int,
-    eos_id: int | None,
-    sample: dict,
-) -> Iterator[int]:
-    """The token loop of ``generate_ids``; ``window`` is (1, <= context_length) on the device."""
-    was_training = model.training
-    model.eval()
+def _tokens(steps: Iterator[list[tuple[int, int]]]) -> Iterator[int]:
+    """The tokens of a one-prompt `token_loop`; closing this closes the loop (and so restores
+    the model's training mode) at once."""
     try:
-        for _ in range(max_new_tokens):
-            token = _step(model, window, sample)
-            if token == eos_id:
-                return
-            yield token
-            nxt = torch.tensor([[token]], dtype=torch.long, device=window.device)
-            window = torch.cat([window, nxt], dim=1)[:, -context_length:]
+        for added in steps:
+            for _, token in added:
+                yield token
     finally:
-        model.train(was_training)
-
-
-@torch.inference_mode()
-def _step(model: nn.Module, window: torch.Tensor, sample: dict) -> int:
-    """One forward pass over ``window`` (1, seq) and one draw from the last position."""
-    logits = model(window)[0, -1]
-    return int(sample_next_token(logits, **sample))
+        steps.close()
 
 
 def generate(
@@ -244,8 +103,9 @@ def generate(
     (``tokenizer.stream_decoder()``): ``stream(piece)`` is called for each non-empty piece of
     complete UTF-8 characters as soon as it exists, and the pieces concatenate to the returned
     text. Generation stops at ``<|endoftext|>`` when ``stop_at_eos`` (the eos is not part of the
-    text). An empty prompt starts from the ``<|endoftext|>`` token (a document boundary), so
-    the model writes the opening of a new document. Generation also ends at the first
+    text), and at the end of the model's context (see ``generate_ids``). An empty prompt
+    starts from the ``<|endoftext|>`` token (a document boundary), so the model writes the
+    opening of a new document. Generation also ends at the first
     occurrence of any ``stop`` string, which is cut off (with what follows it); while a stop
     string may still be forming, the text that could be its beginning is held back from
     ``stream``.
@@ -269,19 +129,22 @@ def generate(
         eos_id=eos_id if stop_at_eos else None,
         seed=seed,
     )
-    out = _StopStrings(stop, stream)
+    out = StopStrings(stop, stream)
     decoder = tokenizer.stream_decoder()
-    for token in ids:
-        if out.add(decoder.feed(token)):
-            return out.text
+    try:
+        for token in ids:
+            if out.add(decoder.feed(token)):
+                return out.text
+    finally:
+        ids.close()
     out.add(decoder.flush())
     return out.finish()
 
 
-class _StopStrings:
+class StopStrings:
     """Accumulates decoded text, cuts it at the first stop string, streams what is final.
 
-    >>> s = _StopStrings(["::"], None); s.add("ab:"), s.add(":cd"), s.text
+    >>> s = StopStrings(["::"], None); s.add("ab:"), s.add(":cd"), s.text
     (False, True, 'ab')
     """
 

@@ -14,14 +14,16 @@ The files are hand-written JSON, so exporting needs neither `transformers` nor `
 Tied embeddings are stored once (`tie_word_embeddings: true`, no `lm_head.weight`), as HF does.
 The directory is built beside `out_dir` and renamed into place, so a crash never leaves half of
 one. Ablated models (NoPE, post-norm, ...) have no Llama form: `check_llama_compatible`'s
-ValueError names the setting.
+ValueError names the setting. Running out of disk space in either direction raises
+`DiskFullError` (nothing is left behind).
 
 `import_hf(model_dir, out_run_dir)` reverses it for a Llama-architecture checkpoint
 (`config.json` + `model.safetensors` or sharded `model-*.safetensors` with
 `model.safetensors.index.json`): the run directory gets `config.toml` and a step-0 run checkpoint
 (fresh AdamW state), so `load_run`, `lmforge generate` and `lmforge train --resume` accept it.
 Refused with the reason: grouped-query attention, biases, RoPE scaling, a non-SiLU activation,
-a head_dim other than hidden_size / heads, and `.bin`-only checkpoints. A `tokenizer.json` is
+a head_dim other than hidden_size / heads, and `.bin`-only checkpoints; a truncated or corrupt
+file (JSON, safetensors) or non-finite weights are refused naming the file. A `tokenizer.json` is
 imported as an lmforge tokenizer only when it encodes exactly like one (byte-level BPE with
 GPT-2's split pattern, no normalizer) — ours round-trips, Llama 3's (another regex) does not and
 is left out (the run then has no `tokenizer/` directory).
@@ -46,6 +48,21 @@ EOT = "<|endoftext|>"
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path, fix: str) -> dict:
+    """A JSON object file of a model directory; ValueError naming it (and `fix`) if corrupt."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it is truncated or corrupt: {fix}") \
+            from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} holds a JSON {type(doc).__name__}, not an object: {fix}")
+    return doc
+
+
+_REDOWNLOAD = "download or copy the model directory again"
 
 
 def _fresh_dir(target: Path) -> Path:
@@ -96,8 +113,10 @@ def export_hf(
     *,
     checkpoint: str | os.PathLike | None = None,
 ) -> Path:
-    """Write run `run_dir` (latest checkpoint, or `checkpoint`) as an HF Llama model dir."""
+    """Write run `run_dir` as an HF Llama model dir: its newest checkpoint with intact weights,
+    or `checkpoint` (see `train.run_dir.load_run`)."""
     from lmforge.tokenizer.export import export_hf_tokenizer_json
+    from lmforge.train.checkpoint import disk_full_error
     from lmforge.train.run_dir import load_run
 
     out_dir = Path(out_dir)
@@ -118,23 +137,24 @@ def export_hf(
     weights = {k: v.detach().contiguous() for k, v in weights.items()}
     tmp = _fresh_dir(out_dir)
     try:
-        _write_json(tmp / "config.json", hf_config)
-        _write_json(tmp / "generation_config.json", {
-            "_from_model_config": True, "bos_token_id": eot_id, "eos_token_id": eot_id,
-        })
-        safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), {"format": "pt"})
-        if tokenizer is not None:
-            export_hf_tokenizer_json(tokenizer, tmp / "tokenizer.json")
-            eot = EOT if eot_id is not None else None
-            _write_json(tmp / "tokenizer_config.json", {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "bos_token": eot,
-                "eos_token": eot,
-                "model_max_length": config.context_length,
-                "clean_up_tokenization_spaces": False,
+        with disk_full_error(out_dir, "run `lmforge export hf` again"):
+            _write_json(tmp / "config.json", hf_config)
+            _write_json(tmp / "generation_config.json", {
+                "_from_model_config": True, "bos_token_id": eot_id, "eos_token_id": eot_id,
             })
-        give_default_permissions(tmp)
-        _move_into_place(tmp, out_dir)
+            safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), {"format": "pt"})
+            if tokenizer is not None:
+                export_hf_tokenizer_json(tokenizer, tmp / "tokenizer.json")
+                eot = EOT if eot_id is not None else None
+                _write_json(tmp / "tokenizer_config.json", {
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "bos_token": eot,
+                    "eos_token": eot,
+                    "model_max_length": config.context_length,
+                    "clean_up_tokenization_spaces": False,
+                })
+            give_default_permissions(tmp)
+            _move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -194,7 +214,9 @@ def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of a (possibly sharded) safetensors checkpoint directory."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = _read_json(index, _REDOWNLOAD).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no weight_map object; {_REDOWNLOAD}")
         files = sorted({model_dir / f for f in weight_map.values()})
     elif (model_dir / "model.safetensors").is_file():
         files = [model_dir / "model.safetensors"]
@@ -208,7 +230,20 @@ def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f} is listed in {index.name} but missing; download it")
-        state.update(safetensors.torch.load_file(str(f)))
+        try:
+            tensors = safetensors.torch.load_file(str(f))
+        except safetensors.SafetensorError as e:
+            raise ValueError(
+                f"{f} is not a readable safetensors file ({e}); it is truncated or corrupt: "
+                f"{_REDOWNLOAD}"
+            ) from None
+        bad = [n for n, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:
+            raise ValueError(
+                f"{f} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. "
+                f"{bad[0]}; the model is unusable: {_REDOWNLOAD}"
+            )
+        state.update(tensors)
     return state
 
 
@@ -217,7 +252,7 @@ def _hf_tokenizer(path: Path):
     from lmforge.tokenizer import GPT2_PATTERN, Tokenizer, TokenizerInputError
     from lmforge.tokenizer.formats import _unicode_to_bytes
 
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc = _read_json(path, f"{_REDOWNLOAD}, or delete {path.name} to import without a tokenizer")
     model, pre = doc.get("model") or {}, doc.get("pre_tokenizer") or {}
     ours = [{"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated",
              "invert": False}, {"type": "ByteLevel", "use_regex": False}]
@@ -245,14 +280,19 @@ def import_hf(model_dir: str | os.PathLike, out_run_dir: str | os.PathLike) -> P
     """Write a Llama checkpoint dir as an lmforge run dir (with `tokenizer/` when convertible)."""
     from lmforge.config import TrainConfig, save_config
     from lmforge.model import TransformerLM
-    from lmforge.train.checkpoint import save_run_checkpoint
+    from lmforge.train.checkpoint import disk_full_error, save_run_checkpoint
     from lmforge.train.optim import AdamW
 
     model_dir, out_run_dir = Path(model_dir), Path(out_run_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; pass a HuggingFace model dir")
-    hf = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    config = model_config_from_hf(hf, str(model_dir / "config.json"))
+    hf = _read_json(model_dir / "config.json", _REDOWNLOAD)
+    try:
+        config = model_config_from_hf(hf, str(model_dir / "config.json"))
+    except KeyError as e:
+        raise ValueError(
+            f"{model_dir / 'config.json'} lacks {e.args[0]!r}; it is incomplete: {_REDOWNLOAD}"
+        ) from None
     state = {k: v for k, v in _read_safetensors(model_dir).items() if "rotary_emb" not in k}
     try:
         ours = from_llama_state_dict(state, config)
@@ -279,12 +319,13 @@ def import_hf(model_dir: str | os.PathLike, out_run_dir: str | os.PathLike) -> P
             tokenizer = None
     tmp = _fresh_dir(out_run_dir)
     try:
-        save_config(TrainConfig(model=config), tmp / "config.toml")
-        save_run_checkpoint(tmp, 0, model, AdamW(model.parameters()),
-                            {"imported_from": str(model_dir)})
-        if tokenizer is not None:
-            tokenizer.save(tmp / "tokenizer")
-        _move_into_place(tmp, out_run_dir)
+        with disk_full_error(out_run_dir, "run `lmforge import hf` again"):
+            save_config(TrainConfig(model=config), tmp / "config.toml")
+            save_run_checkpoint(tmp, 0, model, AdamW(model.parameters()),
+                                {"imported_from": str(model_dir)})
+            if tokenizer is not None:
+                tokenizer.save(tmp / "tokenizer")
+            _move_into_place(tmp, out_run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_run_dir

@@ -4,9 +4,9 @@ What: `create_app(engine, model_name)` is a FastAPI app in front of a continuous
 `lmforge.infer.engine.Engine`; `lmforge serve RUN_DIR` runs it with uvicorn. Any OpenAI client
 works against it (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")`).
 
-How: a request body is validated by pydantic (the field types of OpenAI's API, plus lmforge's
-`top_k` and `repetition_penalty`), its prompt encoded with the run's tokenizer (chat: the
-`lmforge.infer.chat` template), checked against the context, and submitted to the engine; the
+How: a request body is validated by pydantic (the field types and ranges of OpenAI's API, plus
+lmforge's `top_k` and `repetition_penalty`), its prompt encoded with the run's tokenizer (chat:
+the `lmforge.infer.chat` template), checked against the context, and submitted to the engine; the
 handler then awaits the request's events on the event loop (the engine's thread hands them over
 with `call_soon_threadsafe`, so no thread blocks per request). Responses have OpenAI's shape:
 `id, object, created, model, choices[index, text | message, logprobs, finish_reason], usage`.
@@ -14,10 +14,19 @@ With `"stream": true` each token's text goes out as a server-sent event `data: {
 then `data: [DONE]`; when the client goes away mid-stream the generator is closed and its
 `finally` cancels the request, so its batch row is freed at the next decode step.
 
+Text from clients never becomes a special token: a prompt or chat message holding a special
+token's text (``<|endoftext|>``) is refused with a 400 naming it (a prompt given as token ids
+is taken as it is), and each special token's text is a stop string, so generated text never
+holds one either.
+
 Errors are OpenAI's body `{"error": {"message", "type", "param", "code"}}`: 400 for bad values
-or types (pydantic's 422 is mapped to 400 and names the field), a prompt longer than the
-context (the message gives both token counts) or max_tokens past it; 404 for an unknown model
-name or route; 405 for a wrong method; 500 if the model itself fails.
+or types (pydantic's 422 is mapped to 400 and names the field; numbers out of range, NaN and
+infinities included), a prompt longer than the context (the message gives both token counts,
+or a lower bound when the prompt's byte length alone proves it too long: it is then not
+encoded) or max_tokens past it; 413 for a body over `max_body_bytes`, refused from its
+Content-Length or as it streams in, before it is parsed; 404 for an unknown model name or
+route; 405 for a wrong method; 500 if the model itself fails, and 500 with the same body (the
+traceback in the server's log) for a bug in the server, on a connection that stays usable.
 
 Not supported (refused with a 400 saying so): `n > 1`, `echo`, `suffix`, several prompts in one
 request. `logprobs` follow the API: completions take an int (that many alternatives per token,
@@ -27,18 +36,28 @@ request. `logprobs` follow the API: completions take an int (that many alternati
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException
 
 from lmforge.infer.chat import CHAT_STOP, render_chat
 from lmforge.infer.engine import Completion, Engine, Event, SamplingParams
+from lmforge.infer.sampling import REPETITION_PENALTY_RANGE, SEED_RANGE
+
+if TYPE_CHECKING:
+    from lmforge.tokenizer import Tokenizer
+
+# JSON spends at most 6 bytes on a byte of text ("\u001f"); 8 leaves room for the rest of a body.
+BODY_BYTES_PER_TOKEN_BYTE = 8
+BODY_BASE_BYTES = 1 << 16  # for the fields besides the prompt, and for tiny contexts
 
 
 class APIError(Exception):
@@ -58,18 +77,21 @@ class StreamOptions(BaseModel):
 class _Common(BaseModel):
     """Fields both endpoints share (OpenAI's names and defaults)."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     model: str | None = None  # None: the served model
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: StrictInt | None = Field(None, ge=1)  # lmforge extension
     n: StrictInt = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(None, max_length=4)
-    seed: StrictInt | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: StrictInt | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
-    repetition_penalty: float = Field(1.0, gt=0)  # lmforge extension
+    repetition_penalty: float = Field(  # lmforge extension
+        1.0, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
     user: str | None = None
 
 
@@ -101,9 +123,78 @@ class ChatRequest(_Common):
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,
-           kind: str = "invalid_request_error") -> JSONResponse:
+           kind: str = "invalid_request_error", headers: dict | None = None) -> JSONResponse:
     body = {"message": message, "type": kind, "param": param, "code": code}
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def max_token_bytes(tokenizer: Tokenizer) -> int:
+    """The longest token's text in bytes, special tokens aside (prompts may not hold them): a
+    prompt of `b` bytes has at least ceil(b / this) tokens."""
+    specials = {s.encode("utf-8") for s in getattr(tokenizer, "special_tokens", ())}
+    return max((len(b) for b in tokenizer.vocab.values() if b not in specials), default=1)
+
+
+def default_max_body_bytes(context_length: int, token_bytes: int) -> int:
+    """The request-body limit for a context of `context_length` tokens of at most `token_bytes`
+    bytes each: generous for any request whose prompt fits the context (JSON-escaped, as token
+    ids, or as many chat messages), and proportional to the context, so that a body far too long
+    for it is never read, parsed or encoded."""
+    return BODY_BASE_BYTES + BODY_BYTES_PER_TOKEN_BYTE * max(token_bytes, 4) * context_length
+
+
+class _Guard:
+    """ASGI middleware: refuses a body over `max_body_bytes` before it is read (from its
+    Content-Length) or while it streams in (chunked), with OpenAI's error body and status 413;
+    and answers an unhandled exception with a 500 in the same shape, logging the traceback,
+    instead of a plain-text 500 and a dropped connection."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, close = self.max_body_bytes, {"Connection": "close"}  # the body is left unread
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > limit:
+            await _error(413, _too_large(limit, int(declared)), code="request_too_large",
+                         headers=close)(scope, receive, send)
+            return
+        state = {"received": 0, "aborted": False, "started": False}
+
+        async def counted_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > limit:
+                    state["aborted"] = True
+                    raise HTTPException(413, _too_large(limit))
+            return message
+
+        async def tracked_send(message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                if state["aborted"]:
+                    message = {**message, "headers": [*message.get("headers", ()),
+                                                      (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except Exception:
+            if state["started"]:
+                raise
+            logging.getLogger("uvicorn.error").exception("lmforge serve: request failed")
+            await _error(500, "internal server error (the traceback is in the server's log)",
+                         kind="server_error")(scope, receive, send)
+
+
+def _too_large(limit: int, size: int | None = None) -> str:
+    got = f" ({size:,} bytes)" if size is not None else ""
+    return (f"the request body is too large{got}: this server takes at most {limit:,} bytes, "
+            "more than any request whose prompt fits the model's context needs; shorten it")
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -121,15 +212,24 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return _error(e.status_code, str(e.detail), kind=kind)
+        code = "request_too_large" if e.status_code == 413 else None
+        return _error(e.status_code, str(e.detail), code=code, kind=kind)
 
 
-def create_app(engine: Engine, model_name: str) -> FastAPI:
-    """The API for `engine` (which must have a tokenizer), serving it as `model_name`."""
+def create_app(engine: Engine, model_name: str, *, max_body_bytes: int | None = None) -> FastAPI:
+    """The API for `engine` (which must have a tokenizer), serving it as `model_name`.
+
+    Request bodies over `max_body_bytes` are refused unread (413); None: derived from the
+    model's context (`default_max_body_bytes`).
+    """
     if engine.tokenizer is None:
         raise ValueError("the server encodes prompts: build the Engine with the run's tokenizer")
+    if max_body_bytes is None:
+        max_body_bytes = default_max_body_bytes(engine.context_length,
+                                                max_token_bytes(engine.tokenizer))
     app = FastAPI(title="lmforge", version="1")
     _install_error_handlers(app)
+    app.add_middleware(_Guard, max_body_bytes=max_body_bytes)
     created = int(time.time())
     api = _Api(engine, model_name)
 
@@ -159,14 +259,16 @@ class _Api:
 
     def __init__(self, engine: Engine, model_name: str):
         self.engine, self.model_name, self.tokenizer = engine, model_name, engine.tokenizer
+        self.specials = tuple(getattr(self.tokenizer, "special_tokens", ()))
+        self.token_bytes = max_token_bytes(self.tokenizer)
 
     async def complete(self, body: CompletionRequest):
         if body.echo or body.suffix is not None:
             raise APIError(400, "echo and suffix are not supported", "echo" if body.echo else
                            "suffix")
-        ids = self.tokenizer.encode(body.prompt) if isinstance(body.prompt, str) else body.prompt
+        ids = self._encode(body.prompt, "prompt") if isinstance(body.prompt, str) else body.prompt
         n = body.logprobs
-        request = self._submit(body, ids, "prompt", body.max_tokens, (),
+        request = self._submit(body, ids, "prompt", body.max_tokens, self.specials,
                                logprobs=n is not None, top_logprobs=n or 0)
         meta = self._meta("cmpl", "text_completion")
         if body.stream:
@@ -180,12 +282,12 @@ class _Api:
         messages = [{"role": m.role, "content": _text(m.content, i)}
                     for i, m in enumerate(body.messages)]
         try:
-            prompt = render_chat(messages)
+            prompt = render_chat(messages, special_tokens=self.specials)
         except ValueError as e:
             raise APIError(400, str(e), "messages") from None
         max_tokens = body.max_completion_tokens or body.max_tokens
-        request = self._submit(body, self.tokenizer.encode(prompt), "messages", max_tokens,
-                               CHAT_STOP, logprobs=body.logprobs,
+        request = self._submit(body, self._encode(prompt, "messages"), "messages", max_tokens,
+                               (*CHAT_STOP, *self.specials), logprobs=body.logprobs,
                                top_logprobs=body.top_logprobs or 0)
         meta = self._meta("chatcmpl", "chat.completion")
         strip = _LeadingSpace()
@@ -198,6 +300,26 @@ class _Api:
         choice = {"index": 0, "message": message, "logprobs": logprobs,
                   "finish_reason": done.finish_reason}
         return {**meta, "choices": [choice], "usage": _usage(done)}
+
+    def _encode(self, text: str, field: str) -> list[int]:
+        """The ids of prompt `text`, never with a special id: a 400 if `text` holds a special
+        token's text, or (before encoding any of it) if its byte length alone shows that it
+        cannot fit the context."""
+        special = next((s for s in self.specials if s in text), None)
+        if special is not None:
+            what, how = ("the prompt contains", "remove it, or send the prompt as token ids "
+                         "to use it deliberately") if field == "prompt" else (
+                         "the messages contain", "remove it")
+            raise APIError(400, f"{what} the special token {special!r}; text may not contain "
+                           f"special tokens (they are control tokens): {how}", field)
+        ctx, size = self.engine.context_length, len(text.encode("utf-8"))
+        if size > self.token_bytes * (ctx - 1):
+            least = -(-size // self.token_bytes)
+            raise APIError(
+                400, f"the prompt has at least {least} tokens ({size} bytes, no token longer "
+                f"than {self.token_bytes}) but the model's context is {ctx} tokens (prompt + new "
+                f"tokens); shorten the prompt to at most {ctx - 1} tokens", field)
+        return self.tokenizer.encode(text, special="raise")
 
     def _submit(self, body: _Common, ids: list[int], field: str, max_tokens: int | None,
                 extra_stop: tuple[str, ...], **params):
@@ -222,7 +344,10 @@ class _Api:
                 **params,
             )
         except ValueError as e:
-            raise APIError(400, str(e), "max_tokens" if "max_tokens" in str(e) else None) from None
+            message = str(e)
+            param = next((f for f in type(body).model_fields if message.startswith(f"{f} ")),
+                         "max_tokens" if "max_tokens" in message else None)
+            raise APIError(400, message, param) from None
         return self.engine.submit(ids, sampling)
 
     def _meta(self, prefix: str, kind: str) -> dict:

@@ -25,8 +25,11 @@ Cache bookkeeping: between rounds both caches hold all tokens but the last (prom
 whose keys/values the next pass computes. The draft cache may lag one token further (after an
 all-accepted round it never saw x_k), so its first step feeds every token it is missing (1 or
 2). Rounds shrink k near `max_new_tokens` so exactly that many tokens can come out; the last
-token of a round with k = 0 is drawn from the target alone. Caches are allocated for
-len(prompt) + max_new_tokens - 1 slots, which must fit both context lengths.
+token of a round with k = 0 is drawn from the target alone. Prompts follow the rule of
+`lmforge.infer.prompts` for both models (a prompt leaving no room in the smaller context is
+refused; the output stops at the end of that context, as every generation does), so the caches,
+prefilled with `lmforge.infer.loop.prefill`, hold len(prompt) + max_new_tokens - 1 slots within
+both contexts. The draft's tokens are drawn by `lmforge.infer.sampling.sample_next_token`.
 
 Statistics: `proposed` counts draft tokens put to the target, `accepted` those accepted (the
 tokens of a round are counted even when an eos among them ends the output early);
@@ -41,10 +44,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lmforge.infer.batch import _check_prompts, decoder
 from lmforge.infer.fast_decode import decode_step_for
-from lmforge.infer.generate import _check_sampling, _is_int, _model_device
 from lmforge.infer.kv_cache import KVCache
+from lmforge.infer.loop import decoder, prefill
+from lmforge.infer.prompts import check_prompts, model_device, model_limits
+from lmforge.infer.sampling import check_sampling, is_int, sample_next_token
 from lmforge.model.layers import softmax
 
 
@@ -110,7 +114,7 @@ class _Feeder:
     """
 
     def __init__(self, model: nn.Module, cache: KVCache, compile: bool):
-        self.model, self.cache, self.device = model, cache, _model_device(model)
+        self.model, self.cache, self.device = model, cache, model_device(model)
         self.step = decoder(model, compile)
         self.packed = decode_step_for(model, compile)
 
@@ -123,9 +127,12 @@ class _Feeder:
         return self.packed.extend(self.cache, ids[None])[0]
 
 
-def _check(target: nn.Module, draft: nn.Module, prompt_ids, max_new_tokens: int, k: int) -> list:
-    """Validated prompt ids; ValueError for a bad k, prompt, length or mismatched vocabularies."""
-    if not (_is_int(k) and k >= 1):
+def _check(
+    target: nn.Module, draft: nn.Module, prompt_ids, max_new_tokens: int, k: int
+) -> tuple[list[int], int]:
+    """(prompt ids, new-token budget) under the prompt rule of `lmforge.infer.prompts` for both
+    models; ValueError for a bad k, prompt or budget, or mismatched vocabularies."""
+    if not (is_int(k) and k >= 1):
         raise ValueError(f"k (draft tokens per round) must be an int >= 1, got {k!r}; e.g. 4")
     vocab_t = getattr(getattr(target, "config", None), "vocab_size", None)
     vocab_d = getattr(getattr(draft, "config", None), "vocab_size", None)
@@ -134,9 +141,8 @@ def _check(target: nn.Module, draft: nn.Module, prompt_ids, max_new_tokens: int,
             f"the target's vocab_size={vocab_t} differs from the draft's vocab_size={vocab_d}; "
             "speculative decoding needs a draft trained with the same tokenizer"
         )
-    prompt = _check_prompts([prompt_ids], max_new_tokens, target)[0]
-    _check_prompts([prompt], max_new_tokens, draft)
-    return prompt
+    prompts, budgets = check_prompts([prompt_ids], max_new_tokens, [target, draft])
+    return prompts[0], budgets[0]
 
 
 def speculative_generate(
@@ -154,18 +160,19 @@ def speculative_generate(
     """Continue `prompt_ids` with up to `max_new_tokens` tokens from `target`, drafted by `draft`.
 
     Output is distributed as `target` sampled at `temperature` (0 = greedy) and stops before
-    `eos_id` (not included). `seed` fixes the draws. `compile=True` runs both models' one-token
-    steps under `torch.compile` (see `lmforge.infer.fast_decode`; the first call compiles, tens
-    of seconds). Both models run in eval mode under `torch.inference_mode()`; see the module
-    notes for the algorithm and the statistics.
+    `eos_id` (not included) or at the end of the smaller context. `seed` fixes the draws.
+    `compile=True` runs both models' one-token steps under `torch.compile` (see
+    `lmforge.infer.fast_decode`; the first call compiles, tens of seconds). Both models run in
+    eval mode under `torch.inference_mode()`; see the module notes for the algorithm and the
+    statistics.
     """
-    _check_sampling(temperature, None, None)
-    prompt = _check(target, draft, prompt_ids, max_new_tokens, k)
+    check_sampling(temperature, seed=seed)
+    prompt, max_new_tokens = _check(target, draft, prompt_ids, max_new_tokens, k)
     if max_new_tokens == 0:
         return SpeculativeResult([], 0, 0, 0.0)
     generators: dict[torch.device, torch.Generator] = {}
     if seed is not None:
-        for device in {_model_device(target), _model_device(draft)}:
+        for device in {model_device(target), model_device(draft)}:
             generators[device] = torch.Generator(device=device).manual_seed(seed)
     modes = (target.training, draft.training)
     target.eval()
@@ -191,15 +198,16 @@ def _run(
     compile: bool,
 ) -> SpeculativeResult:
     """The draft / verify / roll-back loop (see the module notes)."""
-    # A compiled step compiles once per cache shape: then both caches span the whole context.
-    max_len = None if compile else len(prompt) + max_new_tokens - 1
-    caches = KVCache.for_model(target, 1, max_len), KVCache.for_model(draft, 1, max_len)
-    if len(prompt) > 1:  # both caches hold all tokens but the last
-        for model, cache in zip((target, draft), caches, strict=True):
-            ids = torch.tensor([prompt[:-1]], dtype=torch.long, device=_model_device(model))
-            model.hidden_states(ids, kv_cache=cache)
-    tcache, dcache = caches
-    t_device, d_device = _model_device(target), _model_device(draft)
+    def cache(model: nn.Module) -> KVCache:
+        """The model's cache holding all prompt tokens but the last."""
+        # A compiled step compiles once per cache shape: then the cache spans the whole context.
+        max_len = model_limits(model)[0] if compile else len(prompt) + max_new_tokens - 1
+        if len(prompt) == 1:
+            return KVCache.for_model(model, 1, max_len)
+        return prefill(model, [prompt[:-1]], max_len)[0]
+
+    tcache, dcache = cache(target), cache(draft)
+    t_device, d_device = model_device(target), model_device(draft)
     feed_target, feed_draft = _Feeder(target, tcache, compile), _Feeder(draft, dcache, compile)
     tokens, out = list(prompt), []
     proposed = accepted = 0
@@ -210,11 +218,8 @@ def _run(
             logits = feed_draft(tokens[int(dcache.lengths[0]) :])[-1]
             for i in range(k_round):
                 draft_rows.append(logits)
-                if temperature == 0:
-                    x = int(logits.argmax())
-                else:
-                    q = softmax(logits.float() / temperature)
-                    x = int(torch.multinomial(q, 1, generator=generators.get(d_device)))
+                x = int(sample_next_token(logits, temperature=temperature,
+                                          generator=generators.get(d_device)))
                 proposals.append(x)
                 if i < k_round - 1:
                     logits = feed_draft([x])[-1]

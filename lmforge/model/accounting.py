@@ -11,10 +11,14 @@ Per token, at sequence length T, one block costs
 plus 2·d·V for the output layer. Training = forward + backward ≈ 3 × forward (the backward pass
 computes two products per forward product: gradient w.r.t. input and w.r.t. weight).
 Kaplan et al. 2020 (Table 1) use the same rule; their C ≈ 6·N·D follows when T ≪ d.
+
+`available_memory` / `fits_in_memory` compare such estimates with what the machine has now, so
+that a setting too large for it is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -80,9 +84,11 @@ def memory_estimate(
 
     Parameters, gradients and AdamW's two moments each take one value per parameter. Activations
     count the tensors autograd keeps per token and layer for our implementation: two norm inputs
-    (2d), q/k/v (3d), attention scores and probabilities (2·heads·T), the attention output and the
-    output-projection input (2d), the FFN's w1/w3 outputs, SiLU and product (4·d_ff) and the block
-    output (d); then the final norm (d) and logits plus their softmax (2V).
+    (2d), q/k/v (3d), attention scores and probabilities (2·heads·T; only with the "reference"
+    attention, the fused kernels keep O(T)), the attention output and the output-projection input
+    (2d), the FFN's w1/w3 outputs, SiLU and product (4·d_ff) and the block output (d); then the
+    final norm (d) and logits plus their softmax (2V). With `checkpoint_activations` only each
+    block's input (d) is kept, plus one block's activations while it is recomputed.
 
     >>> m = memory_estimate(ModelConfig(vocab_size=10, context_length=8, d_model=4, num_layers=1,
     ...                                 num_heads=2, d_ff=8), batch_size=1)
@@ -92,8 +98,13 @@ def memory_estimate(
     c = config
     T = seq_len or c.context_length
     n = count_parameters(c)
-    per_token_layer = 8 * c.d_model + 4 * c.hidden_dim + 2 * c.num_heads * T
-    per_token = c.num_layers * per_token_layer + c.d_model + 2 * c.vocab_size
+    scores = 2 * c.num_heads * T if c.attention == "reference" else 0
+    per_token_layer = 8 * c.d_model + 4 * c.hidden_dim + scores
+    if c.checkpoint_activations:
+        layers = c.num_layers * c.d_model + per_token_layer
+    else:
+        layers = c.num_layers * per_token_layer
+    per_token = layers + c.d_model + 2 * c.vocab_size
     acts = batch_size * T * per_token * bytes_per_value
     out = {
         "parameters": n * bytes_per_value,
@@ -103,6 +114,43 @@ def memory_estimate(
     }
     out["total"] = sum(out.values())
     return out
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Bytes `device` can allocate now, or None when unknown.
+
+    CUDA: the GPU's free memory. Otherwise the host's: `MemAvailable` on Linux (free plus
+    reclaimable page cache, without swap), else free physical pages.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(
+    nbytes: int, device: str | torch.device = "cpu", *, limit: int | None = None
+) -> bool:
+    """Whether `nbytes` fit in what `device` has available now, and in `limit` if one is given.
+
+    Unknown available memory counts as enough (only `limit` applies then).
+
+    >>> fits_in_memory(1 << 70), fits_in_memory(1 << 20, limit=1 << 10)
+    (False, False)
+    """
+    available = available_memory(device)
+    caps = [c for c in (available, limit) if c is not None]
+    return not caps or nbytes <= min(caps)
 
 
 def measure_matmul_flops(

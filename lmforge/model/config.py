@@ -7,6 +7,7 @@ resulting model keeps the same parameter names where the parameter still exists.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from lmforge.model.layers import default_d_ff
@@ -42,8 +43,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        for name in ("tie_embeddings", "checkpoint_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value < math.inf:
+                raise ValueError(f"model.{name} must be a positive finite number, got {value!r}")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"model.d_model={self.d_model} is not divisible by model.num_heads="
@@ -55,15 +63,13 @@ class ModelConfig:
                 f"RoPE needs an even head dimension, but d_model/num_heads = {self.head_dim}; "
                 "change num_heads or set positional = 'nope'"
             )
-        if self.d_ff is not None and (not isinstance(self.d_ff, int) or self.d_ff < 1):
+        if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff < 1):
             raise ValueError(f"model.d_ff must be a positive integer or omitted, got {self.d_ff!r}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"model.{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
-        if self.rope_theta <= 0 or self.norm_eps <= 0:
-            raise ValueError("model.rope_theta and model.norm_eps must be positive")
 
     @property
     def head_dim(self) -> int:
@@ -88,6 +94,23 @@ class ModelConfig:
         return cls(**data)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _divisor_hint(d_model: int, num_heads: int) -> int:
-    divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
-    return min(divisors, key=lambda h: abs(h - num_heads))
+    """The divisor of d_model nearest to num_heads (the smaller on a tie; 1 if none is near).
+
+    >>> _divisor_hint(384, 5), _divisor_hint(384, 7), _divisor_hint(6, 100)
+    (4, 6, 6)
+    """
+    target = min(num_heads, d_model)
+    for k in range(min(target, 100_000)):  # bounded: absurd sizes must not hang the message
+        for h in (target - k, target + k):
+            if 1 <= h <= d_model and d_model % h == 0:
+                return h
+    return 1

@@ -16,12 +16,12 @@ Transformer"), RoPE (Su et al. 2021, "RoFormer"), attention (Vaswani et al. 2017
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 from torch import Tensor, nn
-from torch.profiler import record_function
+
+from lmforge.device import named_range
 
 
 def _trunc_normal(shape: tuple[int, ...], std: float, device, dtype) -> nn.Parameter:
@@ -58,7 +58,10 @@ class Embedding(nn.Module):
         self.weight = _trunc_normal((num_embeddings, embedding_dim), 1.0, device, dtype)
 
     def forward(self, token_ids: Tensor) -> Tensor:
-        return self.weight[token_ids]
+        # index_select, not weight[token_ids]: on CPU the backward of advanced indexing adds
+        # gradient rows with atomics across threads (run-to-run different sums); index_add is
+        # deterministic at any thread count, and bit-equal to the one-thread indexing result.
+        return self.weight.index_select(0, token_ids.reshape(-1)).view(*token_ids.shape, -1)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -182,12 +185,6 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     return (e / e.sum(dim=dim, keepdim=True)).to(in_dtype)
 
 
-def _named_range(name: str):
-    """A `torch.profiler` range, or nothing under `torch.compile` (which would drop it, with a
-    warning per compilation)."""
-    return contextlib.nullcontext() if torch.compiler.is_compiling() else record_function(name)
-
-
 def scaled_dot_product_attention(
     Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None
 ) -> Tensor:
@@ -198,11 +195,11 @@ def scaled_dot_product_attention(
     Returns (..., n_q, d_v). The three stages are named ranges in a `torch.profiler` trace
     (`lmforge bench model --profile`); outside a profiler a range costs about a microsecond.
     """
-    with _named_range("attention_scores"):
+    with named_range("attention_scores", Q.device):
         scores = (Q @ K.transpose(-1, -2)) / math.sqrt(Q.shape[-1])
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-    with _named_range("attention_softmax"):
+    with named_range("attention_softmax", Q.device):
         weights = softmax(scores, dim=-1)
-    with _named_range("attention_weighted_sum"):
+    with named_range("attention_weighted_sum", Q.device):
         return weights @ V

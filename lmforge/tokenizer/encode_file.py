@@ -8,7 +8,9 @@ chunks per worker are in flight, so memory is a few chunks, never the file.
 
 Output is atomic: everything goes to temporary files beside the targets, fsynced, then moved into
 place with ``os.replace``; on any error (or Ctrl-C) the temporaries are removed and an existing
-output is left untouched.
+output is left untouched. The temporaries name this process (``fsutil.temp_prefix``), so a later
+run of the same output removes those a killed run left (``fsutil.remove_stale_temps``). Pool
+workers die with this process and are killed at once on an error or Ctrl-C (``lmforge.procutil``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import lmforge
+from lmforge.fsutil import TEMP_SUFFIX, remove_stale_temps, temp_prefix
+from lmforge.procutil import fast_start_method, kill_pool, process_pool
 from lmforge.tokenizer.pretokenize import (
     TokenizerInputError,
     check_input_file,
@@ -81,7 +85,8 @@ def _executor(tok: Tokenizer, workers: int) -> Executor:
     """Threads when the C encoder (which releases the GIL) is available, else processes."""
     if tok._encoder() is not None:
         return ThreadPoolExecutor(workers)
-    return ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok,))
+    return process_pool(workers, method=fast_start_method(), initializer=_init_worker,
+                        initargs=(tok,))
 
 
 def _encoded_chunks(tok: Tokenizer, jobs: list[tuple], workers: int) -> Iterator[bytes]:
@@ -90,7 +95,8 @@ def _encoded_chunks(tok: Tokenizer, jobs: list[tuple], workers: int) -> Iterator
         yield from (tok._encode_chunk(*job) for job in jobs)
         return
     pool = _executor(tok, workers)
-    fn = tok._encode_chunk if isinstance(pool, ThreadPoolExecutor) else _encode_in_worker
+    threads = isinstance(pool, ThreadPoolExecutor)
+    fn = tok._encode_chunk if threads else _encode_in_worker
     try:
         todo = iter(jobs)
         inflight = deque(pool.submit(fn, *job) for job in itertools.islice(todo, 2 * workers))
@@ -98,8 +104,13 @@ def _encoded_chunks(tok: Tokenizer, jobs: list[tuple], workers: int) -> Iterator
             data = inflight.popleft().result()
             inflight.extend(pool.submit(fn, *job) for job in itertools.islice(todo, 1))
             yield data
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # an error, Ctrl-C, or the consumer gave up (GeneratorExit)
+        if threads:
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            kill_pool(pool)  # do not wait for chunks nobody will write
+        raise
+    pool.shutdown(wait=True)
 
 
 def _open_temp(target: Path):
@@ -108,7 +119,7 @@ def _open_temp(target: Path):
         raise TokenizerInputError(f"{target}: is a directory; give a file path for the output.")
     if not target.parent.is_dir():
         raise TokenizerInputError(f"{target.parent}: output directory does not exist; create it.")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(f"{temp_prefix(target)}{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
         return open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb"), tmp
     except OSError as e:
@@ -155,6 +166,7 @@ def write_token_file(
     dtype = np.dtype("<u2" if tok.vocab_size <= 65536 else "<u4")
     jobs = [(str(src), a, b, special, dtype.itemsize) for a, b in itertools.pairwise(bounds)]
     temps = []
+    remove_stale_temps(out_path.parent, names=[out_path.name, sidecar_path.name])
     try:
         f, tmp = _open_temp(out_path)
         temps.append(tmp)

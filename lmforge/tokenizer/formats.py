@@ -12,9 +12,16 @@ GPT-2-compatible tool can read its ``vocab.json`` and ``merges.txt``::
 
     my_tokenizer/
         tokenizer_config.json   {"format": "lmforge-bpe", "version": 1, "pattern": ...,
-                                 "special_tokens": [...], "vocab_size": N, "lmforge_version": ...}
+                                 "special_tokens": [...], "vocab_size": N, "num_merges": M,
+                                 "files": {"vocab.json": {"bytes": ..., "sha256": ...}, ...},
+                                 "lmforge_version": ...}
         vocab.json              {"Ġthe": 262, ...}      token → id, ordered by id
         merges.txt              "#version: 0.2", then "Ġ t" per line, rank 0 first
+
+``files`` (size and SHA-256 of ``vocab.json`` and ``merges.txt``) and ``num_merges`` let
+``load_tokenizer`` refuse a file that was cut short or changed after saving; directories written
+before they existed load without that check. GPT-2 files read with ``read_gpt2_vocab_merges``
+carry no checksums.
 
 HuggingFace and tiktoken export live in ``export.py``. All writers are atomic (temp file +
 ``os.replace``).
@@ -23,6 +30,7 @@ HuggingFace and tiktoken export live in ``export.py``. All writers are atomic (t
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -233,6 +241,8 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
             tmp / MERGES_FILE,
             tokenizer.special_tokens,
         )
+        config["num_merges"] = len(tokenizer.merges)
+        config["files"] = {name: _file_record(tmp / name) for name in (VOCAB_FILE, MERGES_FILE)}
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2))
         give_default_permissions(tmp)
         _replace_dir(tmp, target)
@@ -257,15 +267,24 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer directory written by ``save_tokenizer``; ids are exactly as saved.
 
     Raises TokenizerInputError saying what is wrong for a missing directory or file, corrupt
-    JSON, an unknown format, a newer format version, or a pre-tokenizer pattern we do not run.
+    JSON, an unknown format, a newer format version, a pre-tokenizer pattern we do not run, or a
+    file whose size, SHA-256 or merge count differs from what ``save_tokenizer`` recorded
+    (checked only when recorded: older directories have no checksums).
     """
     from lmforge.tokenizer.bpe import Tokenizer
 
     d = Path(directory)
     config = _read_config(d)
+    _check_files(d, config.get("files"))
     vocab, merges = read_gpt2_vocab_merges(
         d / VOCAB_FILE, d / MERGES_FILE, config["special_tokens"]
     )
+    num_merges = config.get("num_merges")
+    if num_merges is not None and num_merges != len(merges):
+        raise TokenizerInputError(
+            f"{d / MERGES_FILE} is damaged: {CONFIG_FILE} records {num_merges} merges but "
+            f"{MERGES_FILE} holds {len(merges)}. {_DAMAGED_HINT}"
+        )
     tokenizer = Tokenizer(vocab, merges, config["special_tokens"])
     if tokenizer.vocab_size != config["vocab_size"]:
         raise TokenizerInputError(
@@ -273,6 +292,49 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             f"{tokenizer.vocab_size} tokens; the directory is corrupt, re-create it."
         )
     return tokenizer
+
+
+_DAMAGED_HINT = (
+    "It was cut short or changed after the tokenizer was saved: copy the tokenizer directory "
+    "again from where it came from, or retrain it (`lmforge tokenizer train`)."
+)
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex digest}`` of a file, as stored in ``files``."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def _check_files(d: Path, files: Any) -> None:
+    """Compare each file listed in the config's ``files`` with its recorded size and SHA-256."""
+    if files is None:  # written before checksums were recorded
+        return
+    malformed = not isinstance(files, dict) or not all(
+        isinstance(r, dict) and isinstance(r.get("bytes"), int) and isinstance(r.get("sha256"), str)
+        for r in files.values()
+    )
+    if malformed:
+        raise TokenizerInputError(
+            f"{d / CONFIG_FILE}: its files entry is malformed (expected {{name: {{bytes, "
+            "sha256}}}}); the directory is corrupt: copy it again or retrain the tokenizer."
+        )
+    for name, record in files.items():
+        path = d / name
+        if not path.is_file():
+            continue  # reported by the reader, with the file's role
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            raise TokenizerInputError(
+                f"{path} is damaged: {size:,} bytes, but {CONFIG_FILE} records "
+                f"{record['bytes']:,}. {_DAMAGED_HINT}"
+            )
+        if _file_record(path)["sha256"] != record["sha256"]:
+            raise TokenizerInputError(
+                f"{path} is damaged: its SHA-256 differs from the one in {CONFIG_FILE}. "
+                f"{_DAMAGED_HINT}"
+            )
 
 
 def _read_config(d: Path) -> dict[str, Any]:
@@ -308,4 +370,6 @@ def _read_config(d: Path) -> dict[str, Any]:
         raise TokenizerInputError(f"{d / CONFIG_FILE}: special_tokens must be a list of strings.")
     if not isinstance(size, int):
         raise TokenizerInputError(f"{d / CONFIG_FILE}: vocab_size must be an integer.")
+    if not isinstance(config.get("num_merges", 0), int):
+        raise TokenizerInputError(f"{d / CONFIG_FILE}: num_merges must be an integer.")
     return config

@@ -22,7 +22,6 @@ chunk simply grows (worst case: one chunk per file).
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -321,12 +320,10 @@ def _map_chunks(jobs: list, workers: int) -> Iterator[tuple[int, dict[bytes, int
     if workers <= 1:
         yield from map(_count_chunk, jobs)
         return
-    import multiprocessing as mp
+    from lmforge.procutil import fast_start_method, multiprocessing_pool
 
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    # Workers take SIGTERM's default action: a forked worker would otherwise inherit a Python
-    # handler installed by the parent (Ray's driver installs one), ignore `Pool.terminate()`
-    # while blocked on the task queue, and hang the parent in `join()`.
-    with mp.get_context(method).Pool(workers, initializer=signal.signal,
-                                      initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
+    # Its workers die with this process and take SIGTERM's default action: a forked worker would
+    # otherwise inherit a Python handler installed by the parent (Ray's driver installs one),
+    # ignore `Pool.terminate()` while blocked on the task queue, and hang the parent in `join()`.
+    with multiprocessing_pool(workers, method=fast_start_method()) as pool:
         yield from pool.imap_unordered(_count_chunk, jobs)

@@ -62,6 +62,45 @@ def open_tokens(path: str | os.PathLike) -> np.ndarray:
     return tokens
 
 
+CHECK_CHUNK = 1 << 22  # token ids per chunk of `check_token_ids` (8-32 MiB read at a time)
+
+
+def check_token_ids(
+    tokens: np.ndarray, vocab_size: int, *, name: str = "the token array", offset: int = 0,
+    chunk: int = CHECK_CHUNK,
+) -> None:
+    """Raise `TokenDataError` unless every id of `tokens` lies in ``[0, vocab_size)``.
+
+    Streams over ``tokens`` (a memmap is fine) ``chunk`` ids at a time, so memory stays small on
+    any file; an unsigned dtype whose every value fits the vocabulary is not read at all. The
+    message names ``name`` (e.g. the file), the first offending id and its position (counted
+    from ``offset``), the vocabulary size and how to fix it.
+
+    >>> check_token_ids(np.array([0, 5, 7], dtype=np.uint16), 8)
+    >>> check_token_ids(np.array([0, 5, 9], dtype=np.uint16), 8, name="val.npy")
+    Traceback (most recent call last):
+    lmforge.train.data.TokenDataError: val.npy: token id 9 at position 2 is outside [0, 8) \
+(model.vocab_size = 8); the file was encoded with a different tokenizer: re-encode it with the \
+model's tokenizer, or set model.vocab_size to at least 10
+    """
+    dtype = np.dtype(tokens.dtype)
+    if dtype.kind == "u" and int(np.iinfo(dtype).max) < vocab_size:
+        return
+    for start in range(0, len(tokens), chunk):
+        block = np.asarray(tokens[start : start + chunk])
+        if len(block) and (block.min() < 0 or block.max() >= vocab_size):
+            at = int(np.flatnonzero((block < 0) | (block >= vocab_size))[0])
+            bad = int(block[at])
+            fix = ("ids are never negative, so this is not a token file: encode the text with "
+                   "`lmforge tokenizer encode`" if bad < 0 else "the file was encoded with a "
+                   "different tokenizer: re-encode it with the model's tokenizer, or set "
+                   f"model.vocab_size to at least {bad + 1}")
+            raise TokenDataError(
+                f"{name}: token id {bad} at position {offset + start + at:,} is outside "
+                f"[0, {vocab_size}) (model.vocab_size = {vocab_size}); {fix}"
+            )
+
+
 def _check_window(tokens: np.ndarray, batch_size: int, context_length: int) -> None:
     if batch_size < 1 or context_length < 1:
         raise TokenDataError(

@@ -1,11 +1,14 @@
 """The training loop: config in, run directory out, exactly resumable.
 
-One optimizer step = `grad_accum_steps` micro-batches of random windows (forward under optional
-bf16 autocast, our cross-entropy, backward), then global-norm clipping, our AdamW with the
-learning rate from the cosine schedule at that step. Everything the next step depends on —
-weights, AdamW moments, the step counter, the sampler's PCG64 state, every RNG and the
-partially averaged log interval — is in each checkpoint, so `train(..., resume=True)` continues
-bit for bit: the resumed `metrics.jsonl` has the same losses as an uninterrupted run's.
+Each step is the one training step, `lmforge.train.step.TrainStep`: `grad_accum_steps`
+micro-batches of random windows (forward under optional bf16 autocast, our cross-entropy,
+backward), then global-norm clipping and our AdamW at the cosine schedule's learning rate. How
+many steps there are, and when the run validates and checkpoints, is a `StepPlan`
+(`lmforge.train.plan`): fixed by `train.max_steps`, or re-planned after every step to fit
+`train.time_budget_s` of wall time. Everything the next step depends on — weights, AdamW
+moments, the step counter, the sampler's PCG64 state, every RNG and the partially averaged log
+interval — is in each checkpoint, so `train(..., resume=True)` continues bit for bit: the
+resumed `metrics.jsonl` has the same losses as an uninterrupted run's.
 
 Run directory layout:
     config.toml        the resolved config        run.json      versions, device, sizes
@@ -25,28 +28,42 @@ checkpoints hold every rank's part.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from lmforge.config import ConfigError, TrainConfig
+from lmforge.device import autocast, select_device
 from lmforge.eval.perplexity import evaluate_loss
 from lmforge.model import TransformerLM
 from lmforge.train import parallel
 from lmforge.train.allocator import keep_large_allocations
-from lmforge.train.checkpoint import latest_checkpoint, load_model_weights
+from lmforge.train.checkpoint import (
+    checkpoint_to_resume,
+    latest_checkpoint,
+    load_model_weights,
+    newest_intact_checkpoint,
+)
 from lmforge.train.data import BatchSampler, open_tokens
 from lmforge.train.loss import cross_entropy, distillation_loss
 from lmforge.train.metrics import plot_losses, read_metrics, truncate_after
-from lmforge.train.optim import AdamW, get_lr_cosine_schedule
-from lmforge.train.run_dir import check_token_file, load_run, prepare_run_dir, select_device
+from lmforge.train.optim import get_lr_cosine_schedule
+from lmforge.train.plan import BudgetPlanner, StepPlan
+from lmforge.train.run_dir import (
+    check_token_file,
+    check_training_memory,
+    load_run,
+    prepare_run_dir,
+    update_run_config,
+)
+from lmforge.train.step import NonFiniteStep, TrainStep, make_optimizer
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,14 +79,19 @@ class TrainResult:
     val_loss: float | None  # last validation loss (nats/token)
     wall_time: float  # seconds of training, across resumes
     interrupted: bool  # stopped early by Ctrl-C / SIGTERM (a checkpoint was written)
+    planned_steps: int = 0  # the plan's last step (train.max_steps, or re-planned to a budget)
 
 
 class _StopRequest:
     """SIGINT/SIGTERM → finish the step and checkpoint; a second SIGINT aborts immediately.
 
-    Under torchrun (`abort_on_second=False`) signals only set the flag: a rank aborting alone
-    would leave the others blocked in a collective. There the agent forwards the signal to
-    every rank, and its SIGKILL after a grace period (30 s) is the hard stop.
+    The abort is the previous SIGINT handler's: under the CLI (`lmforge.procutil`) exit status
+    130 at once with one line, at any point until the command ends (the signals are recorded
+    with `procutil.note_interrupt`); elsewhere Python's KeyboardInterrupt. A second SIGTERM is
+    ignored (``timeout`` sends two). Under torchrun (`abort_on_second=False`) signals only set
+    the flag: a rank aborting alone would leave the others blocked in a collective. There the
+    agent forwards the signal to every rank, and its SIGKILL after a grace period (30 s) is the
+    hard stop.
     """
 
     def __init__(self, abort_on_second: bool = True, announce: bool = True) -> None:
@@ -78,6 +100,9 @@ class _StopRequest:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _StopRequest:
+        from lmforge.procutil import note_interrupt
+
+        self._note_interrupt = note_interrupt  # imported here, not in the signal handler
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -85,12 +110,19 @@ class _StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT and self.abort_on_second:
+            self._note_interrupt()  # the previous handler sees a second interrupt
+            previous = self._previous.get(signal.SIGINT)
+            if callable(previous):
+                previous(signum, frame)
             raise KeyboardInterrupt
-        if not self.requested and self.announce:
+        first, self.requested = not self.requested, True
+        # Set before announcing: a Ctrl-C arriving during the write runs this handler again.
+        if first and self.announce:
             tqdm.write("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
-        self.requested = True
 
     def __exit__(self, *exc) -> None:
+        if self.requested and self.abort_on_second:
+            self._note_interrupt()  # a Ctrl-C after this block is a second one too
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -113,6 +145,7 @@ class Trainer:
         self.val_tokens = open_tokens(config.data.val) if config.data.val else None
         if self.val_tokens is not None:
             check_token_file(config.data.val, self.val_tokens, config.model.vocab_size)
+        check_training_memory(config, self.device, self.ctx.world_size)
         self.train_tokens = train_tokens
         torch.manual_seed(t.seed)
         self.model = TransformerLM.from_config(config.model, device=self.device)
@@ -123,27 +156,45 @@ class Trainer:
         self.teacher = _load_teacher(t.teacher, config, self.device) if t.teacher else None
         # Compiling the loss with the model lets inductor fuse the float32 log-softmax into the
         # output layer (measured: ~65 ms less per step than compiling the model alone).
-        self.loss_fn = torch.compile(self._loss) if t.compile else self._loss
+        loss_fn = torch.compile(self._loss) if t.compile else self._loss
         self.optimizer = _make_optimizer(self.net, config, self.ctx)
+        sync = parallel.RankGradients(self.net, self.ctx) if self.ctx.distributed else None
+        self.step_fn = TrainStep(self.net, self.optimizer, loss_fn, device=self.device,
+                                 dtype=t.dtype, grad_clip=config.optim.grad_clip, sync=sync)
         self.sampler = self._make_sampler(t.seed + self.ctx.rank)
         self.step, self.tokens, self.wall_offset = 0, 0, 0.0
         self._t0 = time.perf_counter()  # reset by run(); wall_time() counts from here
         self.interval_losses: list[float] = []
         self.val_loss: float | None = None
+        self.plan = StepPlan.from_config(config)
+        self.planner = self._make_planner() if t.time_budget_s else None
         if ckpt is not None:
             self._restore(ckpt)
+            parallel.run_on_main(lambda: update_run_config(self.run_dir, config), self.ctx)
         else:
             parallel.run_on_main(
                 lambda: prepare_run_dir(self.run_dir, config, self.model, self.device), self.ctx
             )
         self.metrics = parallel.metrics_logger(self.run_dir / "metrics.jsonl", self.ctx)
 
+    def _make_planner(self) -> BudgetPlanner:
+        """A budget planner pricing validation and checkpoints from this run's sizes."""
+        t, T = self.config.train, self.config.model.context_length
+        val_tokens = len(self.val_tokens) if self.val_tokens is not None else 0
+        windows = max(1, min(val_tokens, t.eval_tokens or val_tokens) // T)
+        per_step = t.batch_size * t.grad_accum_steps
+        # A validation window is a forward pass: about a third of a training window's cost.
+        params = sum(p.numel() for p in self.model.parameters())
+        # Weights + two AdamW moments (fp32) at a conservative ~200 MB/s.
+        return BudgetPlanner(self.config, lambda step_s: step_s * windows / (3 * per_step),
+                             estimate_checkpoint_s=params * 12 / 200e6)
+
     def _make_sampler(self, seed: int | list[int]) -> BatchSampler:
         t, T = self.config.train, self.config.model.context_length
         return BatchSampler(self.train_tokens, t.batch_size, T, self.device, seed)
 
     def _checkpoint_to_resume(self) -> Path:
-        ckpt = latest_checkpoint(self.run_dir)
+        ckpt = checkpoint_to_resume(self.run_dir, main=self.ctx.is_main)  # skips damaged ones
         if ckpt is None:
             raise FileNotFoundError(
                 f"{self.run_dir} has no checkpoint to resume from (the run stopped before its "
@@ -156,6 +207,9 @@ class Trainer:
         self.step, self.tokens = state["step"], state["tokens"]
         self.wall_offset, self.interval_losses = state["wall_time"], state["interval_losses"]
         self.val_loss = state.get("val_loss")
+        if "plan" in state and self.planner is not None:  # a budgeted run continues its plan
+            self.plan = StepPlan(**state["plan"])
+            self.planner.planned = state.get("planned", False)
         stream = parallel.sampler_state(state, self.ctx)
         if stream is None:  # another world size: a fresh stream per rank
             self.sampler = self._make_sampler([self.config.train.seed, self.ctx.rank, self.step])
@@ -179,47 +233,27 @@ class Trainer:
         return t.distill_weight * soft + (1 - t.distill_weight) * cross_entropy(logits, y)
 
     def _autocast(self):
-        if self.config.train.dtype == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.config.train.dtype)
 
     def _lr(self, step: int) -> float:
         o = self.config.optim
-        cycle = o.cosine_cycle_iters or self.config.train.max_steps
-        return get_lr_cosine_schedule(step, o.lr, o.min_lr, o.warmup_iters, cycle)
+        cycle = o.cosine_cycle_iters or self.plan.max_steps
+        return get_lr_cosine_schedule(step, o.lr, o.min_lr, self.plan.warmup_iters, cycle)
 
     def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step; returns (mean micro-batch loss, pre-clip grad norm, lr).
-
-        Under data parallelism the loss is the mean over ranks (the global batch's loss) and
-        the gradients are averaged across ranks before clipping, so every rank agrees on both.
-        """
+        """One optimizer step (`TrainStep`) on the sampler's next micro-batches; returns (mean
+        micro-batch loss, pre-clip gradient norm, lr). Under data parallelism the loss is the
+        mean over ranks and the gradients are averaged before clipping."""
         lr = self._lr(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        accum = self.config.train.grad_accum_steps
-        loss_sum = 0.0
-        for i in range(accum):
-            x, y = self.sampler.next()
-            with parallel.micro_step(self.net, self.ctx, last=i == accum - 1):
-                with self._autocast():
-                    loss = self.loss_fn(x, y)
-                (loss / accum).backward()
-            loss_sum += loss.item()
-        parallel.finish_gradients(self.net, self.ctx)
-        loss = parallel.mean_over_ranks(loss_sum / accum, self.ctx)
-        clip = self.config.optim.grad_clip or math.inf
-        grad_norm = parallel.clip_gradients(self.net, self.ctx, clip)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(_diverged_message(self.step + 1, loss, grad_norm, self.run_dir))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        batches = [self.sampler.next() for _ in range(self.config.train.grad_accum_steps)]
+        try:
+            stats = self.step_fn(batches, lr)
+        except NonFiniteStep as e:
+            message = _diverged_message(self.step + 1, e.loss, e.grad_norm, self.run_dir)
+            raise TrainingDiverged(message) from None
         self.step += 1
-        self.tokens += accum * self.sampler.batch_size * self.sampler.context_length * (
-            self.ctx.world_size
-        )
-        return loss, grad_norm, lr
+        self.tokens += len(batches) * batches[0][0].numel() * self.ctx.world_size
+        return stats.loss, stats.grad_norm, lr
 
     def evaluate(self) -> float:
         t = self.config.train
@@ -245,6 +279,8 @@ class Trainer:
             "interval_losses": self.interval_losses,
             "val_loss": self.val_loss,
             "lr": self._lr(self.step),
+            "plan": asdict(self.plan),
+            "planned": self.planner is not None and self.planner.planned,
         }
         return parallel.save_checkpoint(
             self.run_dir, self.step, self.ctx, model=self.model, net=self.net,
@@ -260,38 +296,66 @@ class Trainer:
         self._t0 = time.perf_counter()
         last_log = (self._t0, self.tokens)
         train_loss = None
-        bar = tqdm(total=t.max_steps, initial=self.step, unit="step", desc="train",
+        bar = tqdm(total=self.plan.max_steps, initial=self.step, unit="step", desc="train",
                    disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
         self.net.train()
         alone = not self.ctx.distributed
         with _StopRequest(abort_on_second=alone, announce=self.ctx.is_main) as stop, bar:
-            while self.step < t.max_steps and not stop.requested:
+            while self.step < self.plan.max_steps and not stop.requested:
+                started = time.perf_counter()
                 loss, grad_norm, lr = self.train_step()
+                self._replan(time.perf_counter() - started, bar)
                 parallel.check_launcher(self.ctx)
                 stop.requested = parallel.any_rank(stop.requested, self.ctx)
                 self.interval_losses.append(loss)
                 bar.update(1)
-                done = self.step == t.max_steps
+                done = self.step == self.plan.max_steps
                 if self.step % t.log_interval == 0 or done:
                     train_loss = sum(self.interval_losses) / len(self.interval_losses)
                     now = time.perf_counter()
                     speed = (self.tokens - last_log[1]) / max(now - last_log[0], 1e-9)
                     last_log = (now, self.tokens)
-                    self.metrics.log({
+                    record = {
                         "step": self.step, "tokens": self.tokens, "train_loss": train_loss,
                         "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(speed, 1),
                         "wall_time": round(self.wall_time(), 3),
-                    })
+                    }
+                    if self.planner is not None:
+                        record["planned_steps"] = self.plan.max_steps
+                    self.metrics.log(record)
                     self.interval_losses = []
                     bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}",
                                     tok_s=f"{speed:,.0f}")
-                if self.val_tokens is not None and (self.step % t.eval_interval == 0 or done):
-                    self._log_validation()
-                if self.step % t.checkpoint_interval == 0 or done or stop.requested:
-                    self.save()
+                if self.val_tokens is not None and (
+                        self.step % self.plan.eval_interval == 0 or done):
+                    self._timed(self._log_validation, "eval")
+                if self.step % self.plan.checkpoint_interval == 0 or done or stop.requested:
+                    self._timed(self.save, "checkpoint")
         self.metrics.close()
         return TrainResult(self.run_dir, self.step, self.tokens, train_loss, self.val_loss,
-                           self.wall_time(), interrupted=self.step < t.max_steps)
+                           self.wall_time(), interrupted=self.step < self.plan.max_steps,
+                           planned_steps=self.plan.max_steps)
+
+    def _replan(self, step_seconds: float, bar: tqdm) -> None:
+        """Under a time budget: fit the rest of the run into what is left of it."""
+        if self.planner is None:
+            return
+        # Ranks agree on the plan: they plan from the same (rank-mean) timings.
+        self.planner.record_step(parallel.mean_over_ranks(step_seconds, self.ctx))
+        elapsed = parallel.mean_over_ranks(self.wall_time(), self.ctx)
+        self.plan = self.planner.replan(self.plan, self.step, elapsed,
+                                        evaluates=self.val_tokens is not None)
+        bar.total = self.plan.max_steps
+
+    def _timed(self, action, kind: str) -> None:
+        started = time.perf_counter()
+        action()
+        if self.planner is not None:
+            seconds = parallel.mean_over_ranks(time.perf_counter() - started, self.ctx)
+            if kind == "eval":
+                self.planner.record_eval(seconds)
+            else:
+                self.planner.record_checkpoint(seconds)
 
     def _log_validation(self) -> None:
         self.val_loss = self.evaluate()
@@ -319,24 +383,21 @@ def _load_teacher(run_dir: str, config: TrainConfig, device: torch.device) -> to
 
 def _make_optimizer(
     net: torch.nn.Module, config: TrainConfig, ctx: parallel.ParallelContext
-) -> AdamW:
-    """AdamW with weight decay on matrices only; norm gains (1-D) are not decayed.
-
-    Under zero1 its state is sharded across ranks (`parallel.build_optimizer`).
-    """
-    o = config.optim
-    decay, no_decay = parallel.decay_split(net, ctx)
-    groups = [
-        {"params": decay, "weight_decay": o.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    return parallel.build_optimizer(groups, ctx, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (`make_optimizer`); under zero1 its state is
+    sharded across ranks (`parallel.build_optimizer`)."""
+    return make_optimizer(parallel.decay_split(net, ctx), config.optim,
+                          build=functools.partial(parallel.build_optimizer, ctx=ctx))
 
 
 def _diverged_message(step: int, loss: float, grad_norm: float, run_dir: Path) -> str:
-    ckpt = latest_checkpoint(run_dir)
-    kept = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
+    ckpt, _ = newest_intact_checkpoint(run_dir)  # intact: its weights are also finite
+    if ckpt is not None:
+        kept = f"the last good checkpoint is {ckpt}"
+    elif latest_checkpoint(run_dir) is None:
+        kept = "no checkpoint was written yet"
+    else:
+        kept = "no intact checkpoint with finite weights is left"
     return (
         f"training diverged at step {step:,}: loss = {loss}, gradient norm = {grad_norm}. "
         f"The bad update was not applied; {kept}. Try a lower optim.lr, a longer "

@@ -1,4 +1,4 @@
-"""Run-directory setup and pre-flight checks: device choice, token files, metadata.
+"""Run-directory setup and pre-flight checks: token files, memory, metadata.
 
 A run directory is self-describing: `config.toml` (the resolved config), `run.json` (package,
 torch and git versions, device, parameter and FLOP counts) and a copy of the tokenizer are written
@@ -13,42 +13,28 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import lmforge
-from lmforge.config import ConfigError, TrainConfig, save_config
+from lmforge.config import ConfigError, TrainConfig, load_config, save_config
+from lmforge.device import select_device
 from lmforge.fsutil import atomic_write_text
-from lmforge.model import count_parameters, flops_per_token
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """"auto" → cuda if available, else mps, else cpu; otherwise the named device, checked."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        message = f"train.device = {name!r} is not a device; use auto, cpu, cuda or mps"
-        raise ConfigError(message) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device = 'cuda' but this torch build sees no CUDA GPU; use auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device = 'mps' but MPS is not available here; use auto")
-    return device
+from lmforge.model import count_parameters, flops_per_token, memory_estimate
+from lmforge.model.accounting import available_memory, fits_in_memory
+from lmforge.train.data import check_token_ids
 
 
 def check_token_file(path: str, tokens: np.ndarray, vocab_size: int) -> None:
-    """Refuse token files made for a larger vocabulary than the model's or a too-narrow dtype.
+    """Refuse token files made for a larger vocabulary than the model's, a too-narrow dtype, or
+    holding an id outside ``[0, vocab_size)``, before the first step.
 
-    Reads only the sidecar JSON written by `lmforge tokenizer encode` (never the whole array);
-    ids beyond the vocabulary are also caught per batch by the sampler.
+    The sidecar JSON written by `lmforge tokenizer encode` is checked first (a clear message for
+    the common mistake); then every id, streamed in chunks (`check_token_ids`), so a hand-made
+    or foreign file is caught too.
     """
     sidecar = Path(f"{path}.json")
     limit = int(np.iinfo(tokens.dtype).max) + 1
@@ -58,6 +44,7 @@ def check_token_file(path: str, tokens: np.ndarray, vocab_size: int) -> None:
                 f"model.vocab_size = {vocab_size:,} is larger than {tokens.dtype} token ids allow "
                 f"({limit:,}); re-encode {path} with a wider dtype"
             )
+        check_token_ids(tokens, vocab_size, name=path)
         return
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
     tok_vocab = meta.get("tokenizer", {}).get("vocab_size", 0)
@@ -73,6 +60,72 @@ def check_token_file(path: str, tokens: np.ndarray, vocab_size: int) -> None:
             f"{vocab_size:,}; set model.vocab_size >= {tok_vocab} (e.g. --set "
             f"model.vocab_size={tok_vocab})"
         )
+    check_token_ids(tokens, vocab_size, name=path)
+
+
+def check_training_memory(config: TrainConfig, device: torch.device, ranks: int = 1) -> None:
+    """Refuse, before anything is allocated, a run whose estimated peak memory exceeds what
+    `device` has available; the message names the settings to reduce.
+
+    The estimate is `memory_estimate` (weights, gradients, AdamW state, activations of one
+    micro-batch; activations in 2 bytes under bf16), or one block's inference activations of a
+    validation batch when larger. `ranks` processes on a CPU share the host's memory; FSDP and
+    zero1 shard the weights / optimizer state over them.
+    """
+    m, t = config.model, config.train
+    est = memory_estimate(m, t.batch_size)
+    train_acts = memory_estimate(m, t.batch_size, bytes_per_value=2 if t.dtype == "bf16" else 4
+                                 )["activations"]
+    eval_acts = memory_estimate(replace(m, num_layers=1), t.eval_batch_size)["activations"]
+    shard = max(ranks, 1)
+    params = est["parameters"] / (shard if t.parallel == "fsdp" else 1)
+    grads = est["gradients"] / (shard if t.parallel == "fsdp" else 1)
+    optim = est["optimizer"] / (shard if t.parallel in ("fsdp", "zero1") else 1)
+    weights = params + grads + optim
+    acts = max(train_acts, eval_acts)
+    needed = int((weights + acts) * (shard if device.type == "cpu" else 1))
+    if fits_in_memory(needed, device):
+        return
+    if acts > weights and eval_acts > train_acts:
+        fix = f"reduce train.eval_batch_size ({t.eval_batch_size:,})"
+    elif acts > weights:
+        fix = (f"reduce train.batch_size ({t.batch_size:,}; raise train.grad_accum_steps to keep "
+               f"the tokens per step) or model.context_length ({m.context_length:,}), or set "
+               "model.checkpoint_activations = true")
+    elif (embedding := m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)) > (
+            count_parameters(m) - embedding):
+        fix = f"reduce model.vocab_size ({m.vocab_size:,}) or model.d_model ({m.d_model:,})"
+    else:
+        fix = f"reduce model.num_layers ({m.num_layers:,}) or model.d_model ({m.d_model:,})"
+    available = available_memory(device) or 0
+    per = f" for {shard} ranks" if shard > 1 and device.type == "cpu" else ""
+    raise ConfigError(
+        f"training needs about {_gib(needed)}{per} ({_gib(weights)} weights, gradients and "
+        f"optimizer state, {_gib(acts)} activations) but {device} has {_gib(available)} "
+        f"available; {fix}"
+    )
+
+
+def _gib(nbytes: float) -> str:
+    """`nbytes` in GiB, or TiB from 1024 GiB on (absurd sizes stay readable)."""
+    gib = nbytes / 2**30
+    return f"{gib:,.1f} GiB" if gib < 1024 else f"{gib / 1024:,.1f} TiB"
+
+
+def update_run_config(run_dir: str | os.PathLike, config: TrainConfig) -> bool:
+    """Write `config` to the run's `config.toml` (atomically) if it differs from the stored one.
+
+    Called on resume once the checkpoint has loaded, so `--set` overrides are recorded and a
+    later plain `--resume` continues with them. Returns whether the file was rewritten.
+    """
+    path = Path(run_dir) / "config.toml"
+    try:
+        if load_config(path) == config:
+            return False
+    except ConfigError:
+        pass  # missing or no longer valid: the resolved config replaces it
+    save_config(config, path)
+    return True
 
 
 def _git_commit() -> str | None:
@@ -123,11 +176,13 @@ def load_run(
 ):
     """Open a run directory for inference: (model in eval mode, tokenizer or None, config).
 
-    Loads the latest checkpoint unless `checkpoint` names a `checkpoints/step_*` directory.
+    Loads the newest checkpoint whose weights are intact (warning on stderr about any newer
+    damaged one) unless `checkpoint` names a `checkpoints/step_*` directory; a damaged named
+    checkpoint is an error naming the newest intact one (`checkpoint.load_newest_weights`).
     """
     from lmforge.config import load_config
     from lmforge.model import TransformerLM
-    from lmforge.train.checkpoint import load_model_weights
+    from lmforge.train.checkpoint import load_newest_weights
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
@@ -137,7 +192,7 @@ def load_run(
         )
     config = load_config(run_dir / "config.toml")
     model = TransformerLM.from_config(config.model, device=select_device(device))
-    load_model_weights(checkpoint or run_dir, model)
+    load_newest_weights(run_dir, model, checkpoint)
     tokenizer = None
     if (run_dir / "tokenizer").is_dir():
         from lmforge.tokenizer import Tokenizer

@@ -118,3 +118,38 @@ def test_train_classifier_feeds_the_quality_step(tmp_path: Path) -> None:
         "steps": [{"name": "quality", "model": str(model), "min_score": 0.5}]}), encoding="utf-8")
     run = invoke("run", str(pipeline), "--workers", "1", "--no-progress")
     assert run.exit_code == 0 and "low quality: 1" in run.output, run.output
+
+
+def test_no_data_command_overwrites_its_input(tmp_path: Path) -> None:
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "hello world"}\n', encoding="utf-8")
+    (tmp_path / "adir").mkdir()
+    out = tmp_path / "o"
+    (out / "data").mkdir(parents=True)
+    _write(out / "data" / "00000-in.txt", [CHAPTERS[0]])  # a pipeline fed its own output dir
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(tomli_w.dumps({
+        "input": {"paths": [str(out / "data" / "00000-in.txt")]}, "output": {"dir": str(out)},
+        "steps": [{"name": "min_length"}]}), encoding="utf-8")
+    cases = {
+        "extract onto its input": (["extract", str(docs), "-o", str(docs)], docs,
+                                   "which would be overwritten"),
+        "extract to a directory": (["extract", str(docs), "-o", str(tmp_path / "adir")], docs,
+                                   "is a directory"),
+        "train-classifier": (["train-classifier", "--positive", str(docs), "--negative", str(docs),
+                              "--out", str(docs)], docs, "which would be overwritten"),
+        "dedup": (["dedup", "--exact", str(docs), "-o", str(tmp_path)], docs,
+                  "which would be overwritten"),
+        "run": (["run", str(pipeline), "--workers", "1", "--no-progress"],
+                out / "data" / "00000-in.txt", "which would be overwritten"),
+    }
+    for name, (args, survivor, needle) in cases.items():
+        before = survivor.read_bytes()
+        result = CliRunner().invoke(main, ["data", *args])
+        assert result.exit_code == 1 and needle in result.stderr, (name, result.output)
+        assert result.stderr.startswith("error: ")
+        assert survivor.read_bytes() == before, name
+    assert not (out / "plan.json").exists()  # refused before anything was written
+    zero = CliRunner().invoke(main, ["data", "dedup", "--minhash", str(docs), "-o",
+                                     str(tmp_path / "d"), "--threshold", "0"])
+    assert zero.exit_code == 2 and "--threshold" in zero.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.data.document import DataInputError, read_shard
+from lmforge.data.document import DataInputError, Document, read_shard
 from lmforge.data.pii import mask_pii
 from lmforge.data.pipeline import (
     PipelineError,
@@ -25,7 +26,8 @@ from lmforge.data.pipeline import (
 )
 from lmforge.data.quality import gopher_quality_failures
 from lmforge.data.readers import read_text
-from lmforge.data.stats import read_report
+from lmforge.data.stats import StepStats, read_report
+from lmforge.data.writers import format_text, write_output
 
 REPO = Path(__file__).resolve().parents[2]
 CHAPTERS = (REPO / "data" / "small_en.txt").read_text(encoding="utf-8").split("\n<|endoftext|>\n")
@@ -139,6 +141,20 @@ def test_end_to_end_matches_the_components_and_reports_reasons(tmp_path: Path) -
     assert extra["stages"] == ["1-langid+pii+gopher", "2-minhash_dedup", "3-write"]
 
 
+def test_writer_keeps_separators_out_of_documents_and_counts_them(tmp_path: Path) -> None:
+    docs = [Document("a", "one <|endoftext|> two"), Document("b", "<|endoftext|>\n"),
+            Document("c", "x<|endo<|endoftext|>ftext|>y")]
+    stats = StepStats()
+    counts = write_output(tmp_path / "out", docs, ["text", "jsonl"], stats)
+    text = (tmp_path / "out.txt").read_text(encoding="utf-8")
+    assert text == "one  two\n<|endoftext|>\nxy\n<|endoftext|>\n"
+    assert [d.text for d in read_shard(tmp_path / "out.jsonl")] == ["one  two", "xy"]
+    assert (counts["documents"], counts["bytes"]) == (2, len("one  twoxy"))
+    assert stats.modified == {"special_token_removed": 4} and stats.docs_modified == 3
+    assert stats.removed == {"empty after special_token_removed": 1}
+    assert format_text([Document("d", "<|endoftext|>ok")]) == "ok\n<|endoftext|>\n"
+
+
 def _snapshot(directory: Path) -> dict[str, int]:
     return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*")
             if p.is_file()}
@@ -210,3 +226,54 @@ def test_load_pipeline_overrides_inputs_and_output(tmp_path: Path) -> None:
     assert (config.inputs, config.output_dir) == ([str(tmp_path / "a.txt")], "elsewhere")
     with pytest.raises(PipelineError, match="does not exist"):
         load_pipeline(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ({"name": "minhash_dedup", "threshold": 1.5}, "threshold must be in (0, 1]"),
+    ({"name": "minhash_dedup", "threshold": 0}, "threshold must be in (0, 1]"),
+    ({"name": "minhash_dedup", "num_bands": 0}, "num_bands must be at least 1"),
+    ({"name": "minhash_dedup", "num_bands": 15}, "num_bands (15) must divide num_hashes (112)"),
+    ({"name": "minhash_dedup", "ngram": 0}, "ngram must be in [1, 1000]"),
+    ({"name": "minhash_dedup", "num_hashes": 10**9}, "num_hashes must be in [1, 8192]"),
+    ({"name": "minhash_dedup", "seed": -1}, "seed must be >= 0"),
+    ({"name": "min_length", "min_words": -10}, "min_words must be >= 0, got -10"),
+    ({"name": "min_length", "min_chars": -1}, "min_chars must be >= 0"),
+    ({"name": "langid", "min_score": 2.0}, "min_score must be in [0, 1]"),
+    ({"name": "quality", "model": "q.bin", "min_score": float("nan")}, "min_score must be in"),
+    ({"name": "harmful", "nsfw_threshold": 0.0}, "nsfw_threshold must be > 0 (1 or more: off)"),
+    ({"name": "harmful", "toxic_threshold": float("inf")}, "toxic_threshold must be > 0"),
+])
+def test_step_parameters_are_range_checked_when_the_pipeline_loads(
+    tmp_path: Path, step: dict, message: str
+) -> None:
+    _corpus(tmp_path)
+    with pytest.raises(DataInputError, match=re.escape(message)):
+        parse_pipeline(_config(tmp_path, [{"name": "langid"}, {"name": "pii"}, step]))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"executor": {"workers": -1}}, "executor.workers must be an integer in [0, 1024]"),
+    ({"executor": {"workers": 100_000}}, "executor.workers must be an integer in [0, 1024]"),
+    ({"executor": {"workers": True}}, "executor.workers must be an integer"),
+    ({"input": {"paths": 5}}, "[input] paths must be a list"),
+    ({"input": {"paths": ["a.txt"], "format": "xml"}}, "[input] format 'xml' is not one of"),
+    ({"output": {"dir": 3}}, "[output] dir must be a directory name"),
+])
+def test_pipeline_tables_are_checked(tmp_path: Path, change: dict, message: str) -> None:
+    data = {**_config(tmp_path, STEPS), **change}
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        parse_pipeline(data)
+
+
+def test_a_pipeline_may_not_read_from_its_own_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "x.txt").write_text(CHAPTERS[0], encoding="utf-8")
+    config = parse_pipeline({"input": {"paths": [str(out / "data" / "x.txt")]},
+                             "output": {"dir": str(out)}, "executor": {"workers": 1},
+                             "steps": [{"name": "min_length"}]})
+    with pytest.raises(ValueError, match="which would be overwritten"):
+        run_pipeline(config, progress=False)
+    assert (out / "data" / "x.txt").read_text(encoding="utf-8") == CHAPTERS[0]
+    assert not (out / "plan.json").exists()

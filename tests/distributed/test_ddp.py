@@ -119,14 +119,14 @@ def test_hooks_launch_all_reduces_during_backward(rank_results, size):
 
 
 def test_buckets_follow_reverse_registration_order_and_size_cap():
-    from lmforge.distributed.ddp import _make_buckets
+    from lmforge.distributed.ddp import make_buckets
 
     params = [nn.Parameter(torch.zeros(n)) for n in (100, 10, 10, 300, 10)]  # float32: 4 B each
-    buckets = _make_buckets(params, bucket_size_mb=200 * 4 / 2**20)  # cap: 200 elements
+    buckets = make_buckets(params, bucket_size_mb=200 * 4 / 2**20)  # cap: 200 elements
     assert [[p.numel() for p in b.params] for b in buckets] == [[10], [300], [10, 10, 100]]
     assert [b.offsets for b in buckets] == [[0], [0], [0, 10, 20]]
     assert [b.buffer is None for b in buckets] == [True, True, False]
-    assert len(_make_buckets(params, None)) == len(params)
+    assert len(make_buckets(params, None)) == len(params)
 
 
 def test_bad_arguments_raise_value_error():

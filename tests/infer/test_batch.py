@@ -1,6 +1,7 @@
 """Tests for lmforge.infer.batch: batched ragged generation with a KV cache.
 
-References: the recompute loop `generate_ids` (no cache, one prompt), the same prompt generated
+References: the recompute loop `reference_generate_ids` (tests/infer/reference_generate.py: no
+cache, one prompt), the same prompt generated
 alone, the uncached forward pass for log-probs (torch.log_softmax of its logits), and outputs
 cut by hand at the first stop token.
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.infer import generate_ids
 from lmforge.infer.batch import generate_batch, generate_batch_detailed
 from lmforge.model import TransformerLM
+from tests.infer.reference_generate import reference_generate_ids
 
 
 def tiny(seed: int = 0, context_length: int = 48, **switches) -> TransformerLM:
@@ -36,7 +37,7 @@ def test_greedy_in_a_batch_equals_alone_and_recompute_loop(attention):
     for prompt, out in zip(ps, batched, strict=True):
         assert len(out) == 18
         assert generate_batch(model, [prompt], 18) == [out]
-        assert list(generate_ids(model, prompt, 18, temperature=0.0)) == out
+        assert list(reference_generate_ids(model, prompt, 18, temperature=0.0)) == out
 
 
 def test_each_sequence_stops_independently_at_eos_and_stop_ids():
@@ -97,7 +98,7 @@ def test_modes_and_edge_cases():
         (([], 3), "non-empty list"),
         (([[1], []], 3), r"prompts\[1\] is empty"),
         (([[1], [64]], 3), "outside"),
-        (([[1] * 40], 9), "context_length=48"),
+        (([[1], [1] * 48], 9), r"prompts\[1\] has 48 tokens but the model's context is 48 "),
         (("abc", 3), "non-empty list"),
     ],
 )
@@ -106,13 +107,23 @@ def test_bad_arguments_are_refused_with_a_fix(args, match):
         generate_batch(tiny(), *args)
 
 
+def test_a_sequence_stops_at_the_end_of_the_context():
+    """The prompt rule: max_new_tokens past the context is cut there, with finish "length"."""
+    model = tiny(seed=6)
+    ps = [[1] * 40, [2, 3], [4] * 47]
+    details = generate_batch_detailed(model, ps, 9)
+    assert [len(d.token_ids) for d in details] == [8, 9, 1]
+    assert [d.finish_reason for d in details] == ["length"] * 3
+    assert details[0].token_ids == list(reference_generate_ids(model, ps[0], 8, temperature=0))
+
+
 def test_bad_sampling_arguments_are_refused():
     with pytest.raises(ValueError, match="top_p"):
         generate_batch(tiny(), [[1]], 3, temperature=1.0, top_p=1.5)
 
 
 def test_penalties_match_an_uncached_greedy_loop_with_apply_penalties():
-    from lmforge.infer.penalties import apply_penalties
+    from lmforge.infer.sampling import apply_penalties
 
     torch.manual_seed(5)
     model = TransformerLM(vocab_size=64, context_length=32, d_model=32, num_layers=2,

@@ -186,10 +186,40 @@ def test_bad_requests_are_refused_at_submit(model, tok, prompt, params, match):
     (dict(top_logprobs=21), "top_logprobs"),
     (dict(stop=("",)), "stop strings"),
     (dict(repetition_penalty=0), "repetition_penalty"),
+    (dict(seed=2**80), "seed"),
+    (dict(seed=2**64), "seed"),
+    (dict(seed=-(2**63) - 1), "seed"),
+    (dict(temperature=1e-320), "temperature must be 0 .greedy. or at least"),
+    (dict(top_p=1e-320), "top_p"),
+    (dict(repetition_penalty=1e-320), "repetition_penalty"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+    (dict(frequency_penalty=float("nan")), "frequency_penalty"),
+    (dict(presence_penalty=float("-inf")), "presence_penalty"),
 ])
 def test_bad_sampling_params_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingParams(**kwargs)
+
+
+def test_extreme_settings_in_range_still_sample(model, tok):
+    """The bounds of every setting work (a request past them used to fail its whole batch)."""
+    settings = [dict(seed=2**64 - 1), dict(seed=-(2**63)), dict(temperature=1e-6, seed=0),
+                dict(top_p=1e-6, seed=0), dict(repetition_penalty=0.01, seed=0),
+                dict(repetition_penalty=100.0, seed=0)]
+    with Engine(model, tok) as engine:
+        requests = [engine.submit(PROMPTS[0], SamplingParams(max_tokens=3, **kw))
+                    for kw in settings]
+        assert [r.result().finish_reason for r in requests] == ["length"] * len(settings)
+
+
+def test_without_max_tokens_a_request_runs_to_the_end_of_the_context(model, tok):
+    """The prompt rule of every entry point: output stops where the context is full."""
+    prompt = list(range(1, 61))  # 60 of the 64 tokens
+    with Engine(model, tok) as engine:
+        got = engine.submit(prompt, SamplingParams(max_tokens=None, temperature=0)).result()
+    want = generate_batch_detailed(model, [prompt], 100)[0]  # the library stops there too
+    assert got.token_ids == want.token_ids and len(got.token_ids) == 4
+    assert got.finish_reason == want.finish_reason == "length"
 
 
 def test_stop_strings_need_a_tokenizer(model):

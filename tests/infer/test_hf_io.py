@@ -168,3 +168,41 @@ def test_run_without_tokenizer_exports_model_only(tmp_path):
     ids = torch.arange(32)[None] % 260
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+
+
+def _set_key(path, key, value):
+    doc = json.loads(path.read_text())
+    if value is None:
+        del doc[key]
+    else:
+        doc[key] = value
+    path.write_text(json.dumps(doc))
+
+
+def _nan_weights(path):
+    tensors = safetensors.torch.load_file(str(path))
+    tensors["model.norm.weight"][0] = float("nan")
+    safetensors.torch.save_file(tensors, str(path), {"format": "pt"})
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:999]),
+     r"model\.safetensors is not a readable safetensors file \(.*\); it is truncated"),
+    (lambda d: (d / "model.safetensors").write_bytes(b""), "not a readable safetensors file"),
+    (lambda d: _nan_weights(d / "model.safetensors"),
+     r"model\.safetensors holds non-finite weights .* model\.norm\.weight"),
+    (lambda d: (d / "config.json").write_text('{"model_type": "lla'),
+     r"config\.json is not valid JSON .*download or copy the model directory again"),
+    (lambda d: _set_key(d / "config.json", "hidden_size", None),
+     r"config\.json lacks 'hidden_size'"),
+    (lambda d: (d / "tokenizer.json").write_text("[1, 2"),
+     r"tokenizer\.json is not valid JSON .*delete tokenizer\.json to import without"),
+])
+def test_import_of_a_damaged_hf_directory_names_the_file(tmp_path, damage, message):
+    run, _ = _make_run(tmp_path)
+    hf = export_hf(run, tmp_path / "hf")
+    damage(hf)
+    with pytest.raises(ValueError, match=message):
+        import_hf(hf, tmp_path / "back")
+    assert not (tmp_path / "back").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".back")]

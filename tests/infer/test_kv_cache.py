@@ -2,7 +2,8 @@
 
 Reference: the uncached forward pass over the whole sequence (positions 0..T-1, causal mask),
 whose logits at position t every cached prefill/decode step must reproduce, and the recompute
-loop `generate_ids` for greedy output token for token.
+loop `reference_generate_ids` (tests/infer/reference_generate.py) for greedy output token for
+token.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.infer import generate_ids
 from lmforge.infer.batch import generate_batch
 from lmforge.infer.kv_cache import KVCache
 from lmforge.model import TransformerLM
+from tests.infer.reference_generate import reference_generate_ids
 
 ATOL = 1e-5
 
@@ -99,7 +100,7 @@ def test_greedy_cached_equals_recompute_loop_to_the_end_of_the_context(seed):
     """Greedy with the cache (batch of one) == generate_ids, until the context is full."""
     model = tiny(seed=seed, context_length=64)
     prompt = torch.randint(0, 64, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
-    reference = list(generate_ids(model, prompt, 59, temperature=0.0))
+    reference = list(reference_generate_ids(model, prompt, 59, temperature=0.0))
     assert len(reference) == 59
     assert generate_batch(model, [prompt], 59) == [reference]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmforge.infer.penalties import apply_penalties, token_logprobs
+from lmforge.infer.sampling import apply_penalties, token_logprobs
 
 
 def test_repetition_penalty_equals_huggingface_processor():

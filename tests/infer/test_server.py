@@ -1,6 +1,7 @@
 """The HTTP server, against a real uvicorn on a loopback port: httpx and the `openai` client."""
 
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import uvicorn
 from lmforge.infer import generate_batch, generate_batch_detailed
 from lmforge.infer.chat import CHAT_STOP, parse_chat, render_chat
 from lmforge.infer.engine import Engine
-from lmforge.infer.server import create_app
+from lmforge.infer.server import create_app, default_max_body_bytes, max_token_bytes
 from tests.infer.test_engine import EOS, SlowLM, text_of, tiny, wait_idle
 
 openai = pytest.importorskip("openai")
@@ -157,6 +158,8 @@ def test_logprobs_equal_generate_batch_detailed(server, client, model, tok):
     ("/v1/completions", dict(prompt=""), 400, "empty"),
     ("/v1/completions", dict(prompt="x" * 200), 400, "200 tokens"),
     ("/v1/completions", dict(prompt=[1, 999]), 400, "outside"),
+    ("/v1/completions", dict(prompt=[1] * 128), 400,
+     "the prompt has 128 tokens but the model's context is 128 tokens"),
     ("/v1/completions", dict(prompt="hi", n=2), 400, "n must be 1"),
     ("/v1/completions", dict(prompt="hi", model="gpt-4"), 404, "gpt-4"),
     ("/v1/completions", dict(max_tokens=3), 400, "prompt"),
@@ -227,3 +230,99 @@ def test_chat_template_round_trips(messages, cue):
 def test_chat_template_refuses_ambiguous_messages(messages, match):
     with pytest.raises(ValueError, match=match):
         render_chat(messages)
+
+
+GOOD = dict(prompt="hi", max_tokens=2, temperature=0)
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", dict(GOOD, seed=2**80), "seed"),
+    ("/v1/completions", dict(GOOD, seed=2**64), "seed"),
+    ("/v1/completions", dict(GOOD, seed=-(2**63) - 1), "seed"),
+    ("/v1/completions", dict(GOOD, temperature=2.5), "temperature"),
+    ("/v1/completions", dict(GOOD, temperature=1e-320), "temperature"),
+    ("/v1/completions", dict(GOOD, top_p=1e-320), "top_p"),
+    ("/v1/completions", dict(GOOD, top_k=0), "top_k"),
+    ("/v1/completions", dict(GOOD, repetition_penalty=1e-320), "repetition_penalty"),
+    ("/v1/completions", dict(GOOD, repetition_penalty=1e308), "repetition_penalty"),
+    ("/v1/completions", dict(GOOD, frequency_penalty=2.5), "frequency_penalty"),
+    ("/v1/completions", dict(GOOD, presence_penalty=-3), "presence_penalty"),
+    ("/v1/completions", dict(GOOD, max_tokens=2**80), "max_tokens"),
+    ("/v1/completions", dict(GOOD, n=2**80), "n"),
+    ("/v1/completions", dict(GOOD, logprobs=2**80), "logprobs"),
+    ("/v1/chat/completions", dict(messages=[{"role": "user", "content": "x"}], seed=2**80),
+     "seed"),
+    ("/v1/chat/completions", dict(messages=[{"role": "user", "content": "x"}],
+                                  max_completion_tokens=2**80), "max_tokens"),
+    ("/v1/chat/completions", dict(messages=[{"role": "user", "content": "x"}],
+                                  top_logprobs=21), "top_logprobs"),
+])
+def test_out_of_range_numbers_are_400s_and_the_connection_stays_usable(server, path, body,
+                                                                       param):
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        r = http.post(path, json=body)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error"
+        assert http.post("/v1/completions", json=GOOD).status_code == 200  # same connection
+
+
+@pytest.mark.parametrize("raw", ['"temperature": Infinity', '"temperature": NaN',
+                                 '"repetition_penalty": Infinity', '"top_p": NaN',
+                                 '"presence_penalty": -Infinity'])
+def test_nan_and_infinity_are_refused(server, raw):
+    r = httpx.post(f"{server.url}/v1/completions", content=f'{{"prompt": "hi", {raw}}}',
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and raw.split('"')[1] in r.json()["error"]["message"]
+
+
+def test_an_internal_error_answers_json_logs_and_keeps_the_connection(server, monkeypatch):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("uvicorn.error").addHandler(handler)
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            monkeypatch.setattr(server.engine, "submit", broken)
+            r = http.post("/v1/completions", json=GOOD)
+            assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+            monkeypatch.undo()
+            assert http.post("/v1/completions", json=GOOD).status_code == 200
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert any(rec.exc_info and "a bug" in str(rec.exc_info[1]) for rec in records)
+
+
+def test_a_body_too_large_for_the_context_is_refused_unread(server, tok):
+    limit = default_max_body_bytes(128, max_token_bytes(tok))
+    body = json.dumps({"prompt": "x" * limit}).encode()
+    r = httpx.post(f"{server.url}/v1/completions", content=body,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: refused as the body streams in
+        for i in range(0, len(body), 8192):
+            yield body[i:i + 8192]
+
+    r = httpx.post(f"{server.url}/v1/completions", content=chunks(),
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "too large" in r.json()["error"]["message"]
+    assert post(server, "/v1/completions", **GOOD).status_code == 200
+
+
+def test_a_prompt_too_long_by_its_bytes_is_refused_before_encoding(server, tok, monkeypatch):
+    encoded = []
+    monkeypatch.setattr(tok, "encode", lambda text, **kw: encoded.append(text) or [104])
+    r = post(server, "/v1/completions", prompt="x" * 50_000)
+    assert r.status_code == 400 and encoded == []
+    assert "the prompt has at least 50000 tokens" in r.json()["error"]["message"]
+    assert "context is 128 tokens" in r.json()["error"]["message"]
+
+
+def test_a_long_single_stop_string_is_accepted(server):
+    r = post(server, "/v1/completions", **GOOD, stop="a stop string longer than four")
+    assert r.status_code == 200

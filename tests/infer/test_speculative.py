@@ -1,13 +1,14 @@
 """Tests for lmforge.infer.speculative: speculative decoding with modified rejection sampling.
 
-References: the uncached recompute loop `generate_ids` at temperature 0 (greedy output must match
-token for token); the target's exact next-token distributions, computed with its uncached
-forward pass and a softmax at temperature T, marginalised over every possible prefix by
-enumeration (vocab 8); hand-computed distributions for the acceptance rule alone, and the
-acceptance probability sum_x min(p(x), q(x)) for the first proposal. Chi-square statistics use
-the 0.1% critical values of the chi-square distribution (no scipy here), and every sampling
-test also checks that the draft's distribution is REJECTED, so the test can tell a sampler that
-just follows the draft (e.g. accept-always) from the exact one.
+References: the uncached recompute loop `reference_generate_ids` (reference_generate.py) at
+temperature 0 (greedy output must match token for token); the target's exact next-token
+distributions, computed with its uncached forward pass and a softmax at temperature T,
+marginalised over every possible prefix by enumeration (vocab 8); hand-computed distributions
+for the acceptance rule alone, and the acceptance probability sum_x min(p(x), q(x)) for the
+first proposal. Chi-square statistics use the 0.1% critical values of the chi-square
+distribution (no scipy here), and every sampling test also checks that the draft's
+distribution is REJECTED, so the test can tell a sampler that just follows the draft (e.g.
+accept-always) from the exact one.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import itertools
 import pytest
 import torch
 
-from lmforge.infer import generate_batch, generate_ids
+from lmforge.infer import generate_batch
 from lmforge.infer.speculative import speculative_generate, verify_draft
 from lmforge.model import TransformerLM
+from tests.infer.reference_generate import reference_generate_ids
 
 CHI2_CRIT_DF7 = 24.322  # P(chi2 with 7 degrees of freedom > 24.322) = 0.001
 CHI2_CRIT_DF2 = 13.816  # P(chi2 with 2 degrees of freedom > 13.816) = 0.001
@@ -79,7 +81,7 @@ def one_thread():
 @pytest.mark.parametrize("prompt", [[7], [3, 9, 27, 1, 60]])
 def test_greedy_equals_target_greedy(k, prompt):
     target = tiny(0)
-    reference = list(generate_ids(target, prompt, 20, temperature=0.0))
+    reference = list(reference_generate_ids(target, prompt, 20, temperature=0.0))
     drafts = {
         "unrelated smaller": tiny(1, d_model=16, layers=1),
         "noisy copy": perturbed(target, 0.05, seed=k),
@@ -102,7 +104,7 @@ def test_greedy_equals_target_greedy(k, prompt):
 
 def test_greedy_stops_before_eos_and_counts_rounds():
     target, draft = tiny(0), tiny(1, d_model=16, layers=1)
-    reference = list(generate_ids(target, [5, 6], 12, temperature=0.0))
+    reference = list(reference_generate_ids(target, [5, 6], 12, temperature=0.0))
     eos = reference[7]
     cut = reference[: reference.index(eos)]
     result = speculative_generate(target, draft, [5, 6], 12, k=3, temperature=0.0, eos_id=eos)
@@ -200,12 +202,26 @@ def test_bad_arguments_raise_value_errors():
         speculative_generate(target, draft, [1], 5, k=0)
     with pytest.raises(ValueError, match="vocab_size"):
         speculative_generate(target, tiny(2, vocab=32), [1], 5)
-    with pytest.raises(ValueError, match="context_length"):
-        speculative_generate(target, draft, [1] * 30, 5)
+    with pytest.raises(ValueError, match=r"prompts\[0\] has 32 tokens but the model's context"):
+        speculative_generate(target, draft, [1] * 32, 5)
     with pytest.raises(ValueError, match="temperature"):
         speculative_generate(target, draft, [1], 5, temperature=-1.0)
     with pytest.raises(ValueError, match="empty"):
         speculative_generate(target, draft, [], 5)
+
+
+def test_output_stops_at_the_end_of_the_smaller_context():
+    """The prompt rule: max_new_tokens past the context is cut there (both models' contexts)."""
+    target = tiny(0)  # context 32
+    torch.manual_seed(1)
+    draft = TransformerLM(64, 24, 16, 1, 2)
+    prompt = [3, 1, 4, 1, 5]
+    got = speculative_generate(target, draft, prompt, 50, k=3, temperature=0.0)
+    assert got.token_ids == list(reference_generate_ids(target, prompt, 19, temperature=0.0))
+    with pytest.raises(ValueError, match=r"prompts\[0\] has 24 tokens but the model's context"):
+        speculative_generate(target, draft, [1] * 24, 5)
+    assert len(speculative_generate(target, tiny(2), [1] * 30, 5, temperature=1.0,
+                                    seed=0).token_ids) == 2
 
 
 def test_compiled_greedy_speculative_equals_the_target_alone(monkeypatch):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,8 @@ from lmforge.tokenizer.pretokenize import (
     TokenizerInputError,
     find_chunk_boundaries,
 )
-from tests.conftest import shared_path
+from tests.conftest import REPO, shared_path
+from tests.test_procutil import assert_all_gone, wait_for_children
 from tests.tokenizer.test_bpe import EOT, c_encoder_or_skip, gpt2_tokenizer
 
 DOC = "Once upon a time, a fox said: 'I'll run 12345 miles!'\n\n  Then   it slept.\n"
@@ -228,3 +231,47 @@ def test_sidecar_names_the_directory_of_a_loaded_tokenizer(tmp_path):
     assert tok.fingerprint() == gpt2_tokenizer().fingerprint()
     res = tok.encode_file(tmp_path / "in.txt", tmp_path / "o.npy", 1, progress=False)
     assert res.metadata["tokenizer"]["directory"] == str(tmp_path / "tok")
+
+
+def test_rerun_removes_stale_temps_of_its_own_output(tmp_path):
+    """Temps of a killed earlier run (dead pid) of this output go; others' temps stay."""
+    write_corpus(tmp_path / "in.txt", docs=5)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    stale = [f".out.npy.{dead}.1a2b3c4d.tmp", f".out.npy.json.{dead}.1a2b3c4d.tmp"]
+    kept = [f".other.npy.{dead}.1a2b3c4d.tmp", f".out.npy.{os.getpid()}.1a2b3c4d.tmp"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"partial")
+    gpt2_tokenizer().encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 1, progress=False)
+    assert leftovers(tmp_path) == sorted([*kept, "in.txt", "out.npy", "out.npy.json"])
+
+
+def _byte_tokenizer_dir(tmp_path) -> Path:
+    Tokenizer({i: bytes([i]) for i in range(256)}, [], [EOT]).save(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
+def test_killed_encode_leaves_no_worker_processes(tmp_path):
+    """SIGKILL `lmforge tokenizer encode` (the Python reference's process pool): its workers die
+    with it, so nothing holds the caller's pipes open and the next run removes the temp."""
+    corpus = (REPO / "data" / "small_en.txt").read_text(encoding="utf-8") * 12  # ~27 MB: seconds
+    (tmp_path / "big.txt").write_text(corpus, encoding="utf-8")
+    command = [sys.executable, "-m", "lmforge.cli", "tokenizer", "encode",
+               str(tmp_path / "big.txt"), "--tokenizer", str(_byte_tokenizer_dir(tmp_path)),
+               "--out", str(tmp_path / "out" / "x.npy"), "--workers", "2", "--no-progress"]
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "LMFORGE_NATIVE": "0"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        workers = wait_for_children(proc, 2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert_all_gone(workers)
+    proc.communicate(timeout=10)  # the pipes reach EOF: no orphan holds them
+    (temp,) = leftovers(tmp_path / "out")
+    assert temp.startswith(".x.npy.") and temp.endswith(".tmp")
+    (tmp_path / "small.txt").write_text("a small corpus\n", encoding="utf-8")
+    command[5] = str(tmp_path / "small.txt")
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    assert leftovers(tmp_path / "out") == ["x.npy", "x.npy.json"]

@@ -7,6 +7,7 @@ ids, HuggingFace ``tokenizers`` loading our exported ``tokenizer.json``, the CS3
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -238,6 +239,74 @@ def test_load_bad_directories(trained, tmp_path, damage, message):
     damage(out)
     with pytest.raises(TokenizerInputError, match=message):
         load_tokenizer(out)
+
+
+def test_saved_directory_records_counts_and_checksums(tmp_path):
+    tok = odd_tokenizer()
+    out = save_tokenizer(tok, tmp_path / "tok")
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["num_merges"] == len(tok.merges) == 6
+    for name in ("vocab.json", "merges.txt"):
+        data = (out / name).read_bytes()
+        assert config["files"][name] == {"bytes": len(data),
+                                         "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _cut_merges(directory: Path, keep: int) -> None:
+    """Cut merges.txt at a line boundary after `keep` merges (a copy stopped half-way)."""
+    path = directory / "merges.txt"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(lines[: 1 + keep]), encoding="utf-8")
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    i = data.index(b"\xc4\xa0")  # "Ġ": same length, another token
+    data[i + 1] = 0xA1
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: _cut_merges(d, 3), r"merges\.txt is damaged: [\d,]+ bytes, but"),
+        (lambda d: _flip_a_byte(d / "merges.txt"), r"merges\.txt is damaged: its SHA-256"),
+        (lambda d: _flip_a_byte(d / "vocab.json"), r"vocab\.json is damaged: its SHA-256"),
+        (lambda d: edit_config(d, files={"vocab.json": "x"}), "files.*malformed"),
+    ],
+)
+def test_damaged_tokenizer_files_are_named_on_load(tmp_path, damage, message):
+    out = save_tokenizer(odd_tokenizer(), tmp_path / "tok")
+    damage(out)
+    with pytest.raises(TokenizerInputError, match=message) as e:
+        Tokenizer.load(out)
+    assert str(out) in str(e.value)
+    assert "copy the tokenizer directory again" in str(e.value) or "malformed" in str(e.value)
+
+
+def test_merge_count_is_checked_when_the_checksums_are_removed(tmp_path):
+    out = save_tokenizer(odd_tokenizer(), tmp_path / "tok")
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    del config["files"]
+    (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    _cut_merges(out, 3)
+    with pytest.raises(TokenizerInputError, match=r"records 6 merges but merges\.txt holds 3"):
+        load_tokenizer(out)
+
+
+def test_directory_without_checksums_and_gpt2_files_load_as_before(tmp_path):
+    """Tokenizer dirs written before checksums existed, and outside formats, have none."""
+    tok = odd_tokenizer()
+    out = save_tokenizer(tok, tmp_path / "tok")
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    for key in ("files", "num_merges"):
+        del config[key]
+    (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert load_tokenizer(out).merges == tok.merges
+    _cut_merges(out, 3)
+    assert load_tokenizer(out).merges == tok.merges[:3]  # nothing to check it against
+    loaded = Tokenizer.from_files(out / "vocab.json", out / "merges.txt", tok.special_tokens)
+    assert loaded.merges == tok.merges[:3]
 
 
 def test_special_spelled_like_an_ordinary_token_is_refused(tmp_path):

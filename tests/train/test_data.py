@@ -115,3 +115,32 @@ def test_eval_iterator_covers_every_target_exactly_once_in_order(n, max_tokens):
     assert xs.tolist() == list(range(count))
     assert all(x.shape[0] <= 3 and x.shape[1] <= 10 for x, _ in batches)
     assert all(torch.equal(y[:, :-1], x[:, 1:]) for x, y in batches)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 22])
+def test_check_token_ids_finds_the_first_bad_id_across_chunks(token_file, chunk):
+    from lmforge.train.data import check_token_ids
+
+    path = token_file([1, 2, 3, 4, 5, 9, 2, 12, 3], np.uint16)
+    tokens = open_tokens(path)
+    check_token_ids(tokens, 13, chunk=chunk)
+    with pytest.raises(TokenDataError, match=r"x\.npy: token id 9 at position 5 is outside "
+                                             r"\[0, 8\).*model\.vocab_size to at least 10"):
+        check_token_ids(tokens, 8, name="x.npy", chunk=chunk)
+    with pytest.raises(TokenDataError, match=r"token id -1 at position 102 .*never negative"):
+        check_token_ids(np.array([0, 5, -1, -7]), 8, offset=100, chunk=chunk)
+
+
+def test_check_token_ids_skips_a_dtype_that_cannot_exceed_the_vocabulary():
+    from lmforge.train.data import check_token_ids
+
+    class Unreadable:
+        dtype = np.dtype(np.uint8)
+
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, index):
+            raise AssertionError("a uint8 file cannot hold an id >= 256: nothing to read")
+
+    check_token_ids(Unreadable(), 256)

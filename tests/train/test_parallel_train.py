@@ -14,12 +14,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -250,6 +252,42 @@ def test_eval_shards_cover_every_target_once_in_whole_windows(n_targets, context
     covered = [t for start, count in shards for t in range(start, start + count)]
     assert covered == list(range(n_targets))  # in order, each once
     assert all(start % context == 0 for start, _ in shards)  # the single-process windows
+
+
+class _CountingLM(torch.nn.Module):
+    """Uniform logits over 8 tokens; counts its forward calls."""
+
+    def __init__(self, context_length: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(context_length=context_length, vocab_size=8)
+        self.bias = torch.nn.Parameter(torch.zeros(8))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.bias.expand(*x.shape, 8)
+
+
+def test_sharded_eval_forward_counts_equal_what_the_evaluator_runs_on_each_shard():
+    """FSDP ranks pad their validation to the busiest rank's forward count: a count that
+    differs from the evaluator's real one would hang a rank in a forward nobody else makes."""
+    from lmforge.eval.perplexity import evaluate_loss
+    from lmforge.train.parallel.sharded_eval import eval_shard, forward_counts
+
+    model = _CountingLM(context_length=16)
+    tokens = np.zeros(200, dtype=np.int64)
+    grid = itertools.product([1, 5, 16, 21, 33, 64, 95], [1, 4, 16], [1, 2, 3, 8], [1, 2, 3, 4])
+    for n_targets, context, batch, world in grid:  # ragged last windows and idle ranks included
+        actual = []
+        for rank in range(world):
+            start, count = eval_shard(n_targets, context, world, rank)
+            model.calls = 0
+            if count:
+                evaluate_loss(model, tokens[start : start + count + 1], context_length=context,
+                              batch_size=batch, max_tokens=count)
+            actual.append(model.calls)
+        assert forward_counts(n_targets, context, batch, world) == actual, (
+            n_targets, context, batch, world)
 
 
 def test_a_distributed_mode_outside_torchrun_says_how_to_launch(tmp_path, monkeypatch):

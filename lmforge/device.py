@@ -1,0 +1,86 @@
+"""Where and in what precision a model runs: the one device chooser, autocast and profiler range.
+
+Used by the model's layers (profiler ranges), the trainer, `lmforge bench`, inference and the
+benchmarks, so "bf16" and "auto" mean the same thing everywhere. Imports nothing from lmforge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class DeviceError(ValueError):
+    """A device or dtype setting that cannot be used here; the message says what to use."""
+
+
+def select_device(name: str | torch.device = "auto") -> torch.device:
+    """"auto" → cuda if available, else mps, else cpu; otherwise the named device, checked.
+
+    A CUDA device always carries its index (`cuda:0`), so memory statistics can be read for it.
+
+    >>> select_device("cpu")
+    device(type='cpu')
+    """
+    if str(name) == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        else:
+            return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        message = f"device {name!r} is not a device; use auto, cpu, cuda or mps"
+        raise DeviceError(message) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} asked for, but this torch build sees no CUDA GPU;"
+                              " use auto or cpu")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device 'mps' asked for, but MPS is not available here; use auto")
+    return device
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision as training uses it: bf16 autocast (fp32 master weights), or nothing.
+
+    >>> with autocast(torch.device("cpu"), "bf16"):
+    ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    torch.bfloat16
+    """
+    if dtype not in DTYPES:
+        raise DeviceError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def named_range(name: str, device: torch.device) -> Iterator[None]:
+    """A torch.profiler range `name`, plus an NVTX range of the same name on CUDA (nsys).
+
+    Outside a profiler a range costs about a microsecond; under `torch.compile` it is skipped
+    (dynamo would drop it with a warning per compilation).
+    """
+    if torch.compiler.is_compiling():
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.profiler.record_function(name))
+        if device.type == "cuda":
+            stack.enter_context(torch.cuda.nvtx.range(name))
+        yield
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels on `device` (CUDA); CPU ops are already finished on return."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
