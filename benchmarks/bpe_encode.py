@@ -111,7 +111,7 @@ def main() -> None:
     nbytes = len(text.encode("utf-8"))
     eot = tik.eot_token
     print(f"corpus {args.corpus} ({nbytes / 1e6:.1f} MB, {len(docs)} documents), workers {W}")
-    has_c = Tokenizer(vocab, merges, [EOT])._encoder() is not None
+    has_c = Tokenizer(vocab, merges, [EOT]).has_native_encoder
     print(f"C encoder: {'yes' if has_c else 'NO (Python reference)'}; best of {args.repeat} runs")
 
     if args.large:
@@ -160,7 +160,7 @@ def fresh_tokenizer(vocab, merges):
     from lmforge.tokenizer.bpe import Tokenizer
 
     tok = Tokenizer(vocab, merges, [EOT])
-    tok._encoder()
+    assert tok.has_native_encoder is not None  # builds the C encoder (untimed)
     return tok
 
 

@@ -4,7 +4,9 @@ A config file has one table per dataclass — `[model]` (`ModelConfig`), `[data]
 `[train]` — and every field has a default except the model shape and the training data path.
 Command-line overrides use dotted keys with TOML values: `--set optim.lr=3e-4 --set
 train.dtype=bf16 --set model.tie_embeddings=true` (a value that is not valid TOML is taken as a
-string). The run directory stores the fully resolved config, so a run can be reproduced from it.
+string). A training token file written by `lmforge tokenizer encode` supplies `model.vocab_size` and
+`data.tokenizer` when the config leaves them out (`token_file_defaults`). The run directory stores
+the fully resolved config, so a run can be reproduced from it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write_text
 from lmforge.model.config import ModelConfig
 
@@ -25,7 +29,7 @@ PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # train.parallel values (see 
 MAX_THREADS = 1024  # train.threads upper bound: torch crashes on absurd thread counts
 
 
-class ConfigError(ValueError):
+class ConfigError(LmforgeError, ValueError):
     """A config file or override is invalid; the message names the key and how to fix it."""
 
 
@@ -33,7 +37,8 @@ class ConfigError(ValueError):
 class DataConfig:
     train: str = ""  # token array (.npy from `lmforge tokenizer encode`) to train on
     val: str = ""  # validation token array; "" disables validation
-    tokenizer: str = ""  # tokenizer directory, copied into the run dir for generation
+    tokenizer: str = ""  # tokenizer directory, copied into the run dir for generation; unset:
+    #   the one that encoded `train` (named in its .npy.json sidecar)
 
 
 @dataclass
@@ -223,9 +228,52 @@ def read_toml(
         raise error(f"{path} is not valid TOML: {e}") from None
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
-    """Read a TOML config, apply `--set` overrides and validate (data paths stay as written)."""
-    return TrainConfig.from_dict(apply_overrides(read_toml(path), list(overrides)))
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a TOML config, apply `--set` overrides, fill in what the training token file's
+    sidecar tells (`token_file_defaults`) and validate (data paths stay as written)."""
+    data = apply_overrides(read_toml(path), list(overrides))
+    return TrainConfig.from_dict(token_file_defaults(data))
+
+
+def token_file_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a nested config dict) with `model.vocab_size` and `data.tokenizer` taken from the
+    `.npy.json` sidecar of `data.train` (written by `lmforge tokenizer encode`) where the config
+    does not set them: the tokenizer's size and the directory it was loaded from.
+
+    A setting the config has is kept, even `data.tokenizer = ""` (train without a tokenizer).
+    ConfigError when `model.vocab_size` is set nowhere, or when the sidecar names a tokenizer
+    directory that no longer exists.
+    """
+    d, m = data.get("data", {}), data.get("model")
+    if not isinstance(d, dict) or not isinstance(m, dict):
+        return data  # from_dict reports the missing or malformed table
+    need_vocab, need_tokenizer = "vocab_size" not in m, "tokenizer" not in d
+    train = d.get("train")
+    meta = None
+    if (need_vocab or need_tokenizer) and isinstance(train, str) and train:
+        from lmforge.tokenizer.formats import read_sidecar
+
+        meta = read_sidecar(train)
+    recorded = (meta or {}).get("tokenizer") or {}
+    if need_vocab:
+        if not isinstance(recorded.get("vocab_size"), int):
+            where = f"{train}.json has none" if train else "data.train is not set"
+            raise ConfigError(
+                f"model.vocab_size is not set ({where}); set it in [model] or with --set "
+                "model.vocab_size=N, or train on a token file from `lmforge tokenizer encode`, "
+                "whose .npy.json sidecar gives it"
+            )
+        data = {**data, "model": {**m, "vocab_size": recorded["vocab_size"]}}
+    directory = recorded.get("directory")
+    if need_tokenizer and isinstance(directory, str) and directory:
+        if not Path(directory).is_dir():
+            raise ConfigError(
+                f"{train} was encoded with the tokenizer {directory} (its .npy.json sidecar "
+                "says so), which no longer exists; set data.tokenizer to that tokenizer's "
+                'directory, or data.tokenizer = "" to train without a tokenizer'
+            )
+        data = {**data, "data": {**d, "tokenizer": directory}}
+    return data
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:

@@ -23,21 +23,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lmforge import ENDOFTEXT as EOT
 from lmforge.config import TrainConfig, load_config
+from lmforge.errors import PathExists, PathNotFound
 from lmforge.fsutil import atomic_write_text
+from lmforge.tokenizer.split import split_documents
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CORPUS = REPO / "data" / "small_en.txt"
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 DEMO_PROMPTS = ("Alice was", "The whale", "Sherlock Holmes said", "Tom Sawyer")
-EOT = "<|endoftext|>"
 SAMPLES_RESERVE_S = 5.0  # kept from the budget for loading the model and printing samples
 _OUTPUTS = ("data", "tokenizer", "checkpoints", "plots", "metrics.jsonl", "config.toml",
             "run.json", "demo.json")
@@ -64,31 +65,11 @@ class DemoResult:
         return self.val_loss < self.bigram_loss
 
 
-def split_documents(
-    text: str, val_fraction: float = 0.05, seed: int = 0
-) -> tuple[list[str], list[str]]:
-    """Split `<|endoftext|>`-separated documents into (train, val) by a seeded shuffle.
-
-    >>> train, val = split_documents("a<|endoftext|>b<|endoftext|>c<|endoftext|>d", 0.25)
-    >>> len(train), len(val), sorted(train + val)
-    (3, 1, ['a', 'b', 'c', 'd'])
-    """
-    docs = [d for d in text.split(EOT) if d.strip()]
-    if len(docs) < 2:
-        raise ValueError("the demo corpus needs at least two <|endoftext|>-separated documents")
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(val_fraction * len(docs)))
-    val_ids = set(order[:n_val])
-    return ([d for i, d in enumerate(docs) if i not in val_ids],
-            [d for i, d in enumerate(docs) if i in val_ids])
-
-
 def _prepare_out(out: Path) -> None:
     """Use `out` for the demo; clear a previous demo's outputs, refuse other non-empty dirs."""
     if out.exists() and any(out.iterdir()):
         if not (out / "demo.json").exists() and not (out / "tokenizer").is_dir():
-            raise FileExistsError(
+            raise PathExists(
                 f"{out} exists and is not a previous demo's output; pass an empty or new --out"
             )
         for name in _OUTPUTS:
@@ -131,21 +112,24 @@ def run_demo(
     `model.d_model`); `steps` fixes the number of optimizer steps instead of timing them.
     `report(str)` receives the human-readable progress lines.
     """
+    from lmforge.device import select_device
     from lmforge.eval import bigram_cross_entropy, unigram_cross_entropy
     from lmforge.infer import generate
-    from lmforge.tokenizer import Tokenizer, train_bpe
+    from lmforge.tokenizer import train_tokenizer
     from lmforge.train.data import open_tokens
     from lmforge.train.loop import train
     from lmforge.train.metrics import plot_losses, read_metrics
+    from lmforge.train.run_dir import check_training_memory
 
     start = time.perf_counter()
     out = Path(out)
     if not DEMO_CORPUS.is_file() or not DEMO_CONFIG.is_file():
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"{DEMO_CORPUS} or {DEMO_CONFIG} is missing; run the demo from a source checkout of "
             "lmforge (pip install -e .), which ships data/ and configs/"
         )
     config = load_config(DEMO_CONFIG, list(overrides))
+    check_training_memory(config, select_device(config.train.device))  # before writing
     _prepare_out(out)
     train_docs, val_docs = split_documents(DEMO_CORPUS.read_text(encoding="utf-8"))
     paths = {s: out / "data" / f"{s}.txt" for s in ("train", "val")}
@@ -154,10 +138,8 @@ def run_demo(
     report(f"1. split {len(train_docs) + len(val_docs)} chapters: {len(train_docs)} train, "
            f"{len(val_docs)} validation")
 
-    vocab, merges = train_bpe(paths["train"], config.model.vocab_size, [EOT],
-                              num_workers=workers, progress=progress)
-    tok = Tokenizer(vocab, merges, [EOT])
-    tok.save(out / "tokenizer")
+    tok = train_tokenizer(paths["train"], config.model.vocab_size, [EOT], num_workers=workers,
+                          progress=progress, out=out / "tokenizer")
     for split, path in paths.items():
         tok.encode_file(path, out / "data" / f"{split}.npy", workers, progress=False)
     train_ids, val_ids = (open_tokens(out / "data" / f"{s}.npy") for s in ("train", "val"))

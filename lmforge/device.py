@@ -11,10 +11,12 @@ from collections.abc import Iterator
 
 import torch
 
+from lmforge.errors import LmforgeError
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-class DeviceError(ValueError):
+class DeviceError(LmforgeError, ValueError):
     """A device or dtype setting that cannot be used here; the message says what to use."""
 
 

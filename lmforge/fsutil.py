@@ -4,9 +4,11 @@
 directories (0700). Artifacts that are renamed into place from them should look like any other
 file the user writes, so `give_default_permissions` applies the process umask to them.
 `atomic_writer` (streaming, a context manager) and `atomic_write_bytes` / `atomic_write_text`
-(whole small files) are the one temp-file-and-rename writer every stage uses.
-Temp files are named ``.{name}.{pid}.{random}.tmp`` (`temp_prefix`): a later run removes those
-whose writer is dead (`remove_stale_temps`), e.g. after a ``kill -9``.
+(whole small files) are the one temp-file-and-rename writer every stage uses;
+`atomic_directory` (a context manager) and `replace_dir` are the same for whole directories
+(a tokenizer, an exported model, a run directory, a checkpoint).
+Temp files and directories are named ``.{name}.{pid}.{random}.tmp`` (`temp_prefix`): a later run
+removes those whose writer is dead (`remove_stale_temps`), e.g. after a ``kill -9``.
 `refuse_overwriting_inputs` is the one check, made before anything is written, that a command's
 outputs neither destroy its inputs nor collide with a directory or file in the way.
 """
@@ -22,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from lmforge.errors import LmforgeError
 from lmforge.procutil import pid_alive
 
 TEMP_SUFFIX = ".tmp"
@@ -128,7 +131,68 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-class OutputPathError(ValueError):
+@contextlib.contextmanager
+def scratch_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty temp file beside `path` for intermediate data, removed when the block
+    ends (on success, error or Ctrl-C alike). It is named like `atomic_writer`'s temps, so
+    `remove_stale_temps` clears one that a killed process left.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move directory `new` onto `target` (on the same file system); returns `target`.
+
+    An existing `target` directory is renamed aside to ``{name}.old-{pid}`` first and deleted
+    once `new` is in place: a crash between the two renames leaves the old directory there
+    (never removed as a stale temp, since it may be the only copy) and `new` under its temp name.
+    """
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.replace(new, target)
+        return target
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty temp directory beside `path` to fill; on success it replaces `path`.
+
+    Readers see the old directory or the new complete one, never a half-filled one: the temp
+    directory (``{temp_prefix}{random}.tmp``) gets the umask's permissions and `replace_dir`
+    moves it onto `path`. If the block raises (Ctrl-C included) the temp directory is removed
+    and `path` is untouched. Parent directories are created, and temp directories for `path`
+    left by dead writers (`remove_stale_temps`) are removed first. Whether an existing `path`
+    may be replaced is the caller's decision, made before.
+
+    >>> with atomic_directory("runs/tok") as tmp:  # doctest: +SKIP
+    ...     (tmp / "vocab.json").write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, names=[path.name])
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent))
+    try:
+        yield tmp
+        give_default_permissions(tmp)
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class OutputPathError(LmforgeError, ValueError):
     """An output path cannot be written safely (it is an input, a directory, ...); says why."""
 
 

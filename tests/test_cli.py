@@ -7,6 +7,7 @@ direct call of the API it wraps (train_bpe, Tokenizer.encode, compression_ratio)
 from __future__ import annotations
 
 import html
+import json
 import random
 import re
 import subprocess
@@ -399,3 +400,111 @@ def test_show_caps_what_it_displays(tok_dir, corpus):
     assert long_text.exit_code == 1 and "TEXT is 1,200 bytes" in long_text.stderr
     default = run("tokenizer", "show", "--help").stdout
     assert "1000000" in default
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    plain = CliRunner().invoke(main, ["data", "stats", str(tmp_path)])
+    debug = CliRunner().invoke(main, ["--debug", "data", "stats", str(tmp_path)])
+    assert plain.exit_code == debug.exit_code == 1
+    assert plain.stderr.startswith("error: ") and "Traceback" not in plain.stderr
+    assert "Traceback" in debug.stderr and "PathNotFound" in debug.stderr
+    assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
+
+
+@pytest.mark.parametrize("where", ["users", "elsewhere"])
+def test_an_os_error_is_one_line_only_on_a_path_the_user_gave(tmp_path, monkeypatch, where):
+    import errno
+
+    from lmforge.data import stats
+
+    target = tmp_path / "run" / "stats.json" if where == "users" else Path("/var/lib/x.json")
+
+    def denied(run_dir):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target))
+
+    monkeypatch.setattr(stats, "read_report", denied)
+    result = CliRunner().invoke(main, ["data", "stats", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    if where == "users":
+        assert result.stderr == (f"error: {target} cannot be accessed: permission denied; check "
+                                 "its permissions or choose another path\n")
+    else:  # not the user's path: a bug, shown with its traceback
+        assert isinstance(result.exception, PermissionError) and result.stderr == ""
+
+
+def test_a_library_value_error_is_a_bug_with_a_traceback(tmp_path, monkeypatch):
+    from lmforge.data import stats
+
+    def bug(run_dir):
+        raise ValueError("an internal check failed")
+
+    monkeypatch.setattr(stats, "read_report", bug)
+    result = CliRunner().invoke(main, ["data", "stats", str(tmp_path)])
+    assert isinstance(result.exception, ValueError)  # not mapped to `error: ...`
+    assert "error:" not in result.stderr
+
+
+def test_imported_model_is_a_run_dir_that_training_resumes(tmp_path):
+    """`import hf` writes what training writes (config.toml, run.json, the trainer's AdamW
+    groups), so `train --resume` continues from the imported weights."""
+    import torch
+
+    from lmforge.config import TrainConfig, save_config
+    from lmforge.infer.hf_io import export_hf
+    from lmforge.model import ModelConfig, TransformerLM
+    from lmforge.train.checkpoint import save_run_checkpoint
+    from lmforge.train.optim import AdamW
+
+    config = ModelConfig(vocab_size=64, context_length=8, d_model=16, num_layers=1, num_heads=2)
+    model = TransformerLM.from_config(config)
+    (tmp_path / "run").mkdir()
+    save_config(TrainConfig(model=config), tmp_path / "run" / "config.toml")
+    save_run_checkpoint(tmp_path / "run", 3, model, AdamW(model.parameters()), {})
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    imported = run("import", "hf", str(tmp_path / "hf"), str(tmp_path / "back"))
+    assert imported.exit_code == 0, imported.stderr
+    assert json.loads((tmp_path / "back" / "run.json").read_text())["parameters"] > 0
+    np.save(tmp_path / "train.npy", (np.arange(400) % 64).astype(np.uint16))
+    threads = torch.get_num_threads()
+    resumed = run("train", "--resume", str(tmp_path / "back"), "--no-progress",
+                  "--set", f"data.train={tmp_path / 'train.npy'}", "--set", "train.max_steps=2",
+                  "--set", "train.batch_size=2", "--set", "optim.warmup_iters=1",
+                  "--set", "train.threads=1")
+    torch.set_num_threads(threads)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "resuming" in resumed.output and "finished step 2" in resumed.stdout
+
+
+def _warc(path: Path, pages: list[bytes]) -> Path:
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        for i, body in enumerate(pages):
+            headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")],
+                                       protocol="HTTP/1.1")
+            w.write_record(w.create_warc_record(f"http://a/{i}", "response",
+                                                payload=io.BytesIO(body), http_headers=headers))
+    return path
+
+
+PAGES = [b"<html><body><p>" + b"The cat sat on the mat and looked at the dog. " * 5
+         + b"</p></body></html>", b"<html><body>   </body></html>"]
+
+
+def test_data_extract_and_langid_drop_pages_as_the_pipeline_does(tmp_path):
+    """Both run the pipeline's own extract (and langid) steps: an empty page is dropped and
+    counted under the extract step's reason, not counted as a language."""
+    warc = _warc(tmp_path / "crawl.warc.gz", PAGES)
+    extracted = run("data", "extract", str(warc), "-o", str(tmp_path / "x.txt"), "--no-progress")
+    assert extracted.exit_code == 0, extracted.stderr
+    assert "1 documents written" in extracted.stdout
+    assert "no text 1: extraction failed" in extracted.stdout
+    langs = run("data", "langid", str(warc))
+    assert langs.exit_code == 0, langs.stderr
+    rows = [line for line in langs.stdout.splitlines() if line.count("│") == 5]
+    assert [r.split("│")[1].strip() for r in rows] == ["en"]
+    assert "not counted 1: extraction failed" in langs.stdout

@@ -125,3 +125,65 @@ def test_a_budgeted_run_may_have_a_warmup_longer_than_max_steps(tmp_path):
     config = load_config(_write(tmp_path, MODEL), ["optim.warmup_iters=2000",
                                                    "train.time_budget_s=60"])
     assert config.optim.warmup_iters == 2000  # the planner caps it at a tenth of the plan
+
+
+# ------------------------------------------------------- defaults from the token file's sidecar
+
+
+def _encoded(tmp_path, merges: int = 0):
+    """A saved byte-level tokenizer with `merges` merges (ab, abb, ...) and a token file (t.npy)
+    it encoded."""
+    from lmforge.tokenizer import ENDOFTEXT, Tokenizer
+
+    parts = [(b"a" + b"b" * k, b"b") for k in range(merges)]
+    vocab = {i: bytes([i]) for i in range(256)} | {256 + k: a + b for k, (a, b) in enumerate(parts)}
+    Tokenizer(vocab, parts, [ENDOFTEXT]).save(tmp_path / "tok")
+    tok = Tokenizer.load(tmp_path / "tok")
+    (tmp_path / "c.txt").write_text("abb ab a b\n" * 50)
+    tok.encode_file(tmp_path / "c.txt", tmp_path / "t.npy", 1, progress=False)
+    return tok
+
+
+MODEL_SHAPE = """
+[model]
+context_length = 16
+d_model = 32
+num_layers = 2
+num_heads = 4
+"""
+
+
+def test_the_sidecar_supplies_vocab_size_and_tokenizer(tmp_path):
+    tok = _encoded(tmp_path, merges=3)
+    path = _write(tmp_path, MODEL_SHAPE)
+    config = load_config(path, [f"data.train={tmp_path / 't.npy'}"])
+    assert config.model.vocab_size == tok.vocab_size == 260
+    assert config.data.tokenizer == str(tmp_path / "tok")
+    save_config(config, tmp_path / "resolved.toml")  # what a run directory records
+    assert load_config(tmp_path / "resolved.toml") == config
+
+
+def test_settings_the_config_has_win_over_the_sidecar(tmp_path):
+    _encoded(tmp_path)
+    config = load_config(_write(tmp_path, MODEL), [f"data.train={tmp_path / 't.npy'}",
+                                                   'data.tokenizer=""'])
+    assert config.model.vocab_size == 100 and config.data.tokenizer == ""
+
+
+def test_a_vocab_size_set_nowhere_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.vocab_size is not set.*sidecar"):
+        load_config(_write(tmp_path, MODEL_SHAPE))
+    import numpy as np
+
+    np.save(tmp_path / "bare.npy", np.zeros(8, np.uint16))  # no sidecar
+    with pytest.raises(ConfigError, match=r"bare\.npy\.json has none"):
+        load_config(_write(tmp_path, MODEL_SHAPE), [f"data.train={tmp_path / 'bare.npy'}"])
+
+
+def test_a_sidecar_naming_a_missing_tokenizer_is_a_clear_error(tmp_path):
+    import shutil
+
+    _encoded(tmp_path)
+    shutil.rmtree(tmp_path / "tok")
+    with pytest.raises(ConfigError, match=r"no longer exists; set data\.tokenizer"):
+        load_config(_write(tmp_path, MODEL_SHAPE), [f"data.train={tmp_path / 't.npy'}"])

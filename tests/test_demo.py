@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from lmforge import demo
 from lmforge.cli import main
-from lmforge.demo import EOT, plan_budget, split_documents
+from lmforge.demo import EOT, plan_budget
 from lmforge.eval import evaluate_loss
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.run_dir import load_run
@@ -100,15 +100,6 @@ def test_generate_and_eval_commands_on_the_demo_run(demo_run):
     assert ppl.exit_code == 0, ppl.stderr
     fp32 = evaluate_loss(model, np.load(out / "data" / "val.npy", mmap_mode="r")).loss
     assert f"loss {fp32:.4f}" in ppl.stdout
-
-
-def test_split_documents_is_seeded_and_disjoint():
-    text = EOT.join(f"doc {i}" for i in range(40))
-    a, b = split_documents(text, 0.1, seed=1), split_documents(text, 0.1, seed=1)
-    assert a == b and len(a[1]) == 4
-    assert split_documents(text, 0.1, seed=2)[1] != a[1]
-    with pytest.raises(ValueError, match="two"):
-        split_documents("only one document")
 
 
 def test_plan_budget_sets_steps_or_a_time_budget():

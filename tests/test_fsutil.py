@@ -1,5 +1,6 @@
 """Saved artifacts get umask permissions, not mkstemp's or safetensors' private 0600; temp files
-name their writer's pid, and those of dead writers are removed by the next run."""
+and directories name their writer's pid, and those of dead writers are removed by the next run;
+files and directories are replaced only by complete new ones."""
 
 import os
 import signal
@@ -10,7 +11,14 @@ import sys
 import pytest
 import torch
 
-from lmforge.fsutil import atomic_writer, remove_stale_temps, temp_prefix
+from lmforge.fsutil import (
+    atomic_directory,
+    atomic_writer,
+    remove_stale_temps,
+    replace_dir,
+    scratch_file,
+    temp_prefix,
+)
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.checkpoint import save_run_checkpoint
 from lmforge.train.optim import AdamW
@@ -64,6 +72,17 @@ def test_atomic_writer_temp_name_carries_the_writer_pid(tmp_path):
     assert temp.startswith(temp_prefix(tmp_path / "shard.txt"))
 
 
+def test_scratch_file_is_removed_on_success_and_on_error(tmp_path):
+    with scratch_file(tmp_path / "tokens.npy") as scratch:
+        scratch.write_bytes(b"ids")
+        assert scratch.name.startswith(temp_prefix(tmp_path / "tokens.npy"))
+        assert scratch.name.endswith(".tmp")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt), scratch_file(tmp_path / "tokens.npy") as scratch:
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_remove_stale_temps_removes_only_temps_of_dead_writers(tmp_path):
     dead, alive = _dead_pid(), os.getpid()
     names = [f".out.npy.{dead}.ab12cd34.tmp", f".out.npy.json.{dead}.k_9x0abc.tmp",
@@ -99,3 +118,76 @@ def test_temp_of_a_killed_writer_is_removed_by_the_next_run(tmp_path):
     assert temp.exists()  # no `except` runs on SIGKILL
     assert remove_stale_temps(tmp_path, names=["out.txt"]) == [temp]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    target = tmp_path / "tok"
+    with atomic_directory(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(temp_prefix(target))
+        assert tmp.name.endswith(".tmp")
+        (tmp / "a.txt").write_text("first")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as tmp:
+        (tmp / "b.txt").write_text("half of a second version")
+        raise KeyboardInterrupt
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    with atomic_directory(target) as tmp:
+        (tmp / "c.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["c.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["tok"]  # no temp or old copy left
+
+
+def test_atomic_directory_first_removes_temps_of_dead_writers(tmp_path):
+    stale, live = (tmp_path / f".tok.{pid}.ab_9.tmp" for pid in (_dead_pid(), os.getpid()))
+    for d in (stale, live):
+        d.mkdir()
+        (d / "vocab.json").write_text("{}")
+    with atomic_directory(tmp_path / "tok") as tmp:
+        (tmp / "vocab.json").write_text("{}")
+    assert not stale.exists() and live.is_dir() and (tmp_path / "tok" / "vocab.json").is_file()
+
+
+def test_replace_dir_keeps_the_old_directory_when_the_swap_is_cut(tmp_path, monkeypatch):
+    old, new = tmp_path / "ckpt", tmp_path / "new"
+    for d, text in ((old, "old"), (new, "new")):
+        d.mkdir()
+        (d / "w").write_text(text)
+    replace = os.replace
+    calls = []
+
+    def cut_after_the_first(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", cut_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        replace_dir(new, old)
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("ckpt.old-")]
+    assert (aside / "w").read_text() == "old"  # still there, and not a removable temp
+    assert remove_stale_temps(tmp_path) == []
+    monkeypatch.setattr(os, "replace", replace)
+    replace_dir(new, old)
+    assert (old / "w").read_text() == "new"
+
+
+def test_a_plot_cut_short_leaves_the_old_one_and_no_temp(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from lmforge.train.metrics import plot_losses
+
+    records = [{"step": s, "train_loss": 5.0 - s, "wall_time": s} for s in range(3)]
+    out = plot_losses(records, tmp_path / "loss.png")
+    before = out.read_bytes()
+
+    def broken_savefig(self, fname, **kwargs):
+        with open(fname, "wb") if isinstance(fname, str | os.PathLike) else fname as f:
+            f.write(b"\x89PNG half")
+        raise OSError("the renderer failed")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="renderer"):
+        plot_losses(records, out)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]

@@ -39,7 +39,7 @@ SCALE = {
                                        "train.checkpoint_interval=2", "--set",
                                        "optim.warmup_iters=1", *TINY_MODEL],
 }
-INSTALL = ("python3.11 -m venv", "pip install", ". .venv/bin/activate", "ruff check",
+INSTALL = ("python3.11 -m venv", "pip install", ". .venv/bin/activate", "ruff check", "mypy",
            "LMFORGE_REQUIRE_NATIVE=1 pytest")
 
 

@@ -41,9 +41,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lmforge.config import RunConfig, TrainConfig
 from lmforge.device import DTYPES, autocast, named_range, select_device, synchronize
@@ -110,7 +111,9 @@ class PeakMemory:
     """
 
     def __init__(self, device: torch.device):
-        self.device, self.bytes, self._base = device, None, 0
+        self.device = device
+        self.bytes: int | None = None  # set on exit when the method is available
+        self._base = 0
         if device.type == "cuda":
             self.method = "cuda max_memory_allocated above the start"
         elif _cpu_peak_resettable():
@@ -172,7 +175,7 @@ def peak_flops(device: torch.device, dtype: str) -> tuple[float, str]:
 
 
 def make_step(
-    model: nn.Module, mode: str, x: Tensor, y: Tensor, dtype: str, device: torch.device,
+    model: TransformerLM, mode: str, x: Tensor, y: Tensor, dtype: str, device: torch.device,
     *, compile: bool = False,
 ) -> Callable[[], Tensor]:
     """A closure running one step of `mode` on the batch (x, y); it returns the detached loss.
@@ -206,7 +209,7 @@ def make_step(
 
 def build(
     config: ModelConfig, batch_size: int, device: torch.device, *, seed: int = 0,
-) -> tuple[nn.Module, Tensor, Tensor]:
+) -> tuple[TransformerLM, Tensor, Tensor]:
     """(model, x, y): a seeded fp32 model and a random batch on `device`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -230,7 +233,7 @@ def with_overrides(
     >>> with_overrides(size_config("tiny"), context_length=64).context_length
     64
     """
-    overrides = {"context_length": context_length, "attention": attention,
+    overrides: dict[str, Any] = {"context_length": context_length, "attention": attention,
                  "checkpoint_activations": checkpoint_activations}
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 

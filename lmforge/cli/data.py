@@ -106,36 +106,44 @@ def stats(run_dir: Path) -> None:
 def extract(warcs: tuple[Path, ...], output: Path, input_format: str, progress: bool) -> None:
     """Extract the text of web pages: WARC (or WET) files → one <|endoftext|>-separated file.
 
+    Pages go through the pipeline's `extract` step; those without text are counted by reason.
+
     \b
     Example:
       lmforge data extract data/sample.warc.gz -o runs/sample.txt
     """
     from tqdm import tqdm
 
-    from lmforge.data.document import Document
-    from lmforge.data.extract import extract_text
     from lmforge.data.readers import read_documents
+    from lmforge.data.stats import StepStats
+    from lmforge.data.steps import Extract, apply_step
     from lmforge.data.writers import format_text, remove_special_tokens
     from lmforge.fsutil import atomic_writer, refuse_overwriting_inputs
 
     refuse_overwriting_inputs([output], warcs)
-    skipped, counts = Counter(), Counter()
+    skipped: Counter[str] = Counter()
+    stats, step = StepStats(), Extract()
+    written = special = 0
     with atomic_writer(output, "w", encoding="utf-8") as f:
         for path in warcs:
             docs = read_documents(path, format=input_format, skipped=skipped)
             for doc in tqdm(docs, desc=path.name, unit="doc", disable=not progress):
-                text = doc.text if doc.html is None else extract_text(doc.html)
-                text, removed = remove_special_tokens(text or "")  # content, not a separator
-                counts["special"] += removed
-                if not text.strip():
-                    counts["no text"] += 1
+                doc = apply_step(step, doc, stats)
+                if doc is None:
                     continue
-                counts["written"] += 1
-                f.write(format_text([Document(doc.id, text)]))
-    console.print(f"{counts['written']:,} documents written to {output}; "
-                  f"{counts['no text']:,} without text")
-    if counts["special"]:
-        console.print(f"  {counts['special']:,} special-token string(s) removed from the text")
+                doc.text, removed = remove_special_tokens(doc.text)  # content, not a separator
+                special += removed
+                if doc.text.strip():
+                    written += 1
+                    f.write(format_text([doc]))
+                else:
+                    stats.removed["empty after removing special tokens"] += 1
+    console.print(f"{written:,} documents written to {output}; "
+                  f"{sum(stats.removed.values()):,} without text")
+    for reason, n in stats.removed.most_common():
+        console.print(f"  no text {n:,}: {reason}")
+    if special:
+        console.print(f"  {special:,} special-token string(s) removed from the text")
     for reason, n in skipped.most_common():
         console.print(f"  skipped {n:,}: {reason}")
 
@@ -188,22 +196,31 @@ def dedup(inputs: tuple[Path, ...], output: Path, exact: bool | None, num_hashes
 def langid(inputs: tuple[Path, ...], input_format: str) -> None:
     """Count the documents of each language (and their mean language-id score).
 
+    Documents go through the pipeline's `extract` and `langid` steps; those without text are
+    listed below the table, not counted.
+
     \b
     Example:
       lmforge data langid crawl.txt
     """
-    from lmforge.data.extract import extract_text
-    from lmforge.data.langid import identify_language
+    from lmforge.data.document import Document
     from lmforge.data.readers import read_documents
+    from lmforge.data.stats import StepStats
+    from lmforge.data.steps import Extract, LangId, apply_step
 
-    counts, scores = Counter(), Counter()
+    counts: Counter[str] = Counter()
+    scores: dict[str, float] = {}
+    steps, stats = (Extract(), LangId()), StepStats()
     for path in inputs:
         for doc in read_documents(path, format=input_format):
-            if doc.html is not None:
-                doc.text = extract_text(doc.html) or ""
-            lang, score = identify_language(doc.text)
-            counts[lang] += 1
-            scores[lang] += score
+            kept: Document | None = doc
+            for step in steps:
+                if kept is not None:
+                    kept = apply_step(step, kept, stats)
+            if kept is not None:
+                lang = kept.metadata["lang"]
+                counts[lang] += 1
+                scores[lang] = scores.get(lang, 0.0) + kept.metadata["lang_score"]
     table = Table(title=", ".join(map(str, inputs)))
     for name in ("language", "documents", "share", "mean score"):
         table.add_column(name, justify="left" if name == "language" else "right")
@@ -211,6 +228,8 @@ def langid(inputs: tuple[Path, ...], input_format: str) -> None:
     for lang, n in counts.most_common():
         table.add_row(lang, f"{n:,}", f"{n / total:.1%}", f"{scores[lang] / n:.3f}")
     console.print(table)
+    for reason, n in stats.removed.most_common():  # the pipeline's extract step drops these
+        console.print(f"  not counted {n:,}: {reason}")
 
 
 @data.command("train-classifier")

@@ -42,8 +42,26 @@ def serve(run_dir: Path, host: str, port: int, max_batch: int, model_name: str |
     model, tokenizer, _ = load_run(run_dir, device)
     if tokenizer is None:
         raise UserError(f"{run_dir} has no tokenizer/ directory; train with data.tokenizer set")
+    _check_address(host, port)
     name = model_name or run_dir.resolve().name
     with Engine(model, tokenizer, max_batch=max_batch) as engine:
         console.print(f"serving {run_dir} as {name!r} on http://{host}:{port}/v1 "
                       f"(max batch {max_batch})")
         uvicorn.run(create_app(engine, name), host=host, port=port, log_level="warning")
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (in use, not this machine's), before
+    the model is served: uvicorn would only log it and exit with status 3."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(address)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise UserError(f"cannot listen on {host}:{port} ({reason}); choose another --port or "
+                        "--host") from None

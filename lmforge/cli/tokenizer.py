@@ -1,7 +1,8 @@
 """`lmforge tokenizer ...`: train, encode, measure, show, export and import BPE tokenizers.
 
     lmforge tokenizer train data/small_en.txt --vocab-size 2048 --out runs/tok
-    lmforge tokenizer encode data/small_en.txt --tokenizer runs/tok --out runs/tokens.npy
+    lmforge tokenizer encode data/small_en.txt --tokenizer runs/tok --out runs/tokens.npy \\
+        --val-fraction 0.05
     lmforge tokenizer stats data/small_en.txt --tokenizer runs/tok
     lmforge tokenizer show "Hello, world!" --tokenizer runs/tok --html tokens.html
     lmforge tokenizer export --tokenizer runs/tok --format hf --out runs/tokenizer.json
@@ -18,7 +19,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from lmforge.cli import COUNT, EOT, PATH, UserError, console, main
+from lmforge import ENDOFTEXT as EOT
+from lmforge.cli import COUNT, PATH, UserError, console, main
 
 if TYPE_CHECKING:
     from lmforge.tokenizer.bpe import Tokenizer
@@ -34,7 +36,7 @@ def tokenizer() -> None:
     \b
     Typical flow:
       lmforge tokenizer train corpus.txt --vocab-size 10000 --out runs/tok
-      lmforge tokenizer encode corpus.txt --tokenizer runs/tok --out runs/tokens.npy
+      lmforge tokenizer encode corpus.txt --tokenizer runs/tok --out runs/t.npy --val-fraction 0.05
       lmforge tokenizer stats corpus.txt --tokenizer runs/tok
       lmforge tokenizer show "Hello, world!" --tokenizer runs/tok
       lmforge tokenizer export --tokenizer runs/tok --format hf --out tokenizer.json
@@ -42,6 +44,7 @@ def tokenizer() -> None:
 
 
 _input = click.argument("input_path", metavar="INPUT", type=PATH)
+_inputs = click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=PATH)
 _workers = click.option(
     "--workers", type=COUNT, default=None, help="Worker processes (default: one per CPU core)."
 )
@@ -66,7 +69,7 @@ _special = click.option(
 
 
 @tokenizer.command()
-@_input
+@_inputs
 @click.option(
     "--vocab-size",
     type=COUNT,
@@ -91,7 +94,7 @@ _special = click.option(
 )
 @_progress
 def train(
-    input_path: Path,
+    inputs: tuple[Path, ...],
     vocab_size: int,
     special_tokens: tuple[str, ...],
     no_special_tokens: bool,
@@ -99,24 +102,28 @@ def train(
     out: Path,
     progress: bool,
 ) -> None:
-    """Train a byte-level BPE tokenizer on a UTF-8 text file and save it to a directory.
+    """Train a byte-level BPE tokenizer on UTF-8 text files and save it to a directory.
 
-    Documents in INPUT should be separated by a special token (default <|endoftext|>); no merge
-    crosses a special token. Prints the vocabulary size, the time taken and the longest tokens.
+    Several INPUT files (or quoted glob patterns such as 'data/*.txt') are one corpus. Documents
+    should be separated by a special token (default <|endoftext|>); no merge crosses a special
+    token. Prints the vocabulary size, the time taken and the longest tokens.
 
     \b
-    Example:
+    Examples:
       lmforge tokenizer train data/small_en.txt --vocab-size 2048 --out runs/tok
+      lmforge tokenizer train 'data/*.txt' --vocab-size 8000 --out runs/tok
     """
     from lmforge.fsutil import refuse_overwriting_inputs
+    from lmforge.tokenizer.pretokenize import input_files
 
-    refuse_overwriting_inputs([], [input_path], output_dirs=[out])
+    files = input_files(inputs)
+    refuse_overwriting_inputs([], files, output_dirs=[out])
     specials = [] if no_special_tokens else list(special_tokens)
-    run_train(input_path, vocab_size, specials, workers, out, progress)
+    run_train(files, vocab_size, specials, workers, out, progress)
 
 
 @tokenizer.command()
-@_input
+@_inputs
 @_tokenizer_dir
 @click.option(
     "--out",
@@ -124,27 +131,43 @@ def train(
     required=True,
     help="Output token array, a .npy file (a .npy.json sidecar is written beside it).",
 )
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Also split off this fraction of the documents (<|endoftext|>-separated, chosen by a "
+    "seeded shuffle) as a validation file beside OUT: runs/tokens.npy -> runs/tokens.val.npy.",
+)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the --val-fraction shuffle.")
 @_workers
 @_special
 @_progress
 def encode(
-    input_path: Path,
+    inputs: tuple[Path, ...],
     tokenizer_dir: Path,
     out: Path,
+    val_fraction: float | None,
+    seed: int,
     workers: int | None,
     special: str,
     progress: bool,
 ) -> None:
-    """Encode a UTF-8 text file into a token-id array (.npy) for training.
+    """Encode UTF-8 text files into a token-id array (.npy) for training.
 
-    The array is uint16 when the vocabulary has at most 65,536 ids, else uint32; open it with
-    `numpy.load(path, mmap_mode="r")`. Prints the token count and the throughput.
+    Several INPUT files (or quoted glob patterns) are one corpus: the files in order, with
+    <|endoftext|> between two files unless the first already ends with it. The array is uint16
+    when the vocabulary has at most 65,536 ids, else uint32; open it with
+    `numpy.load(path, mmap_mode="r")`. Its .npy.json sidecar names the tokenizer, so
+    `lmforge train` takes data.tokenizer and model.vocab_size from it. Prints the token count
+    and the throughput.
 
     \b
-    Example:
+    Examples:
       lmforge tokenizer encode data/small_en.txt --tokenizer runs/tok --out runs/tokens.npy
+      lmforge tokenizer encode 'data/*.txt' --tokenizer runs/tok --out runs/t.npy --val-fraction .05
     """
-    run_encode(input_path, tokenizer_dir, out, workers, special, progress)
+    run_encode(inputs, tokenizer_dir, out, workers, special, progress, val_fraction, seed)
 
 
 @tokenizer.command()
@@ -248,6 +271,7 @@ def show(
     refuse_overwriting_inputs([html_path], [file_path, tokenizer_dir])
     if file_path is not None:
         text = read_text_prefix(file_path, max_bytes)
+    assert text is not None  # exactly one of TEXT and --file, checked above
     tok = Tokenizer.load(tokenizer_dir)
     ids = tok.encode(text, special=special)
     print_tokens(tok, ids)
@@ -282,8 +306,11 @@ def export(tokenizer_dir: Path, fmt: str, out: Path) -> None:
     """
     from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.tokenizer.bpe import Tokenizer
-    from lmforge.tokenizer.export import export_hf_tokenizer_json, export_tiktoken
-    from lmforge.tokenizer.formats import write_gpt2_vocab_merges
+    from lmforge.tokenizer.formats import (
+        export_hf_tokenizer_json,
+        export_tiktoken,
+        write_gpt2_vocab_merges,
+    )
 
     files = [out / "vocab.json", out / "merges.txt"] if fmt == "gpt2" else [out]
     refuse_overwriting_inputs(files, [tokenizer_dir])
@@ -331,7 +358,7 @@ def import_gpt2(vocab_json: Path, merges_txt: Path, specials: Sequence[str], out
 
 
 def run_train(
-    input_path: Path,
+    inputs: Sequence[Path],
     vocab_size: int,
     specials: Sequence[str],
     workers: int | None,
@@ -340,19 +367,15 @@ def run_train(
 ) -> Tokenizer:
     """Train, save and print a summary; returns the Tokenizer."""
     from lmforge.tokenizer.baselines import longest_tokens
-    from lmforge.tokenizer.bpe import Tokenizer
-    from lmforge.tokenizer.train import train_bpe
+    from lmforge.tokenizer.train import train_tokenizer
 
     t0 = time.perf_counter()
-    vocab, merges = train_bpe(
-        input_path, vocab_size, specials, num_workers=workers, progress=progress
-    )
+    tok = train_tokenizer(inputs, vocab_size, specials, num_workers=workers, progress=progress,
+                          out=out)
     seconds = time.perf_counter() - t0
-    tok = Tokenizer(vocab, merges, list(specials))
-    tok.save(out)
     console.print(
-        f"trained on {input_path} in {seconds:.1f} s: vocab size {tok.vocab_size:,} "
-        f"({len(tok.special_tokens)} special + 256 bytes + {len(merges):,} merges)"
+        f"trained on {_names(inputs)} in {seconds:.1f} s: vocab size {tok.vocab_size:,} "
+        f"({len(tok.special_tokens)} special + 256 bytes + {len(tok.merges):,} merges)"
     )
     longest = ", ".join(
         _shown(b) for _, b in longest_tokens(tok.vocab, 5, skip=_special_bytes(tok))
@@ -363,29 +386,52 @@ def run_train(
 
 
 def run_encode(
-    input_path: Path,
+    inputs: Sequence[Path],
     tokenizer_dir: Path,
     out: Path,
     workers: int | None,
     special: str,
     progress: bool,
+    val_fraction: float | None = None,
+    seed: int = 0,
 ) -> None:
-    """Encode a file to ``out`` (.npy) and print tokens, throughput and the output path."""
+    """Encode files to ``out`` (.npy), and ``--val-fraction`` of the documents to its ``.val.npy``
+    sibling; print tokens, throughput and the output paths."""
     from lmforge.fsutil import refuse_overwriting_inputs
     from lmforge.tokenizer.bpe import Tokenizer
+    from lmforge.tokenizer.formats import sidecar_path, val_token_path
+    from lmforge.tokenizer.pretokenize import input_files
 
     if out.suffix != ".npy":
         raise click.BadParameter(f"{out} must end in .npy", param_hint="--out")
-    refuse_overwriting_inputs([out, Path(f"{out}.json")], [input_path, tokenizer_dir])
+    files = input_files(inputs)
+    outputs = [out, val_token_path(out)] if val_fraction else [out]
+    refuse_overwriting_inputs([q for p in outputs for q in (p, sidecar_path(p))],
+                              [*files, tokenizer_dir])
     tok = Tokenizer.load(tokenizer_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    r = tok.encode_file(input_path, out, workers, special=special, progress=progress)
+    r = tok.encode_file(files, out, workers, special=special, progress=progress,
+                        val_fraction=val_fraction or 0.0, seed=seed)
+    tokens = r.num_tokens + (r.val.num_tokens if r.val else 0)
     console.print(
-        f"encoded {r.input_bytes / 1e6:,.1f} MB into {r.num_tokens:,} tokens "
-        f"({r.input_bytes / max(r.num_tokens, 1):.3f} bytes/token, {r.dtype}) "
+        f"encoded {r.input_bytes / 1e6:,.1f} MB of {_names(files)} into {tokens:,} tokens "
+        f"({r.input_bytes / max(tokens, 1):.3f} bytes/token, {r.dtype}) "
         f"in {r.seconds:.1f} s = {r.input_bytes / 1e6 / max(r.seconds, 1e-9):,.1f} MB/s"
     )
-    console.print(f"wrote {r.output_path} (+ {r.sidecar_path.name})")
+    if r.val is None:
+        console.print(f"wrote {r.output_path} (+ {r.sidecar_path.name})")
+        return
+    split = r.metadata["split"]
+    console.print(f"wrote {r.output_path} (+ {r.sidecar_path.name}): {split['documents']:,} "
+                  f"training documents, {r.num_tokens:,} tokens")
+    console.print(f"wrote {r.val.output_path} (+ {r.val.sidecar_path.name}): "
+                  f"{r.val.metadata['split']['documents']:,} validation documents, "
+                  f"{r.val.num_tokens:,} tokens")
+
+
+def _names(files: Sequence[Path]) -> str:
+    """``a.txt``, or ``3 files (a.txt, ...)``."""
+    return str(files[0]) if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
 
 
 def print_stats(tok: Tokenizer, text: str, source: str, top: int) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from lmforge.cli import COUNT, EOT, PATH, UserError, console, main
+from lmforge import ENDOFTEXT as EOT
+from lmforge.cli import COUNT, PATH, UserError, console, main
 
 
 @main.command("train")
@@ -76,6 +77,7 @@ def train_command(
         config = load_config(resume / "config.toml", list(overrides))
         run_dir = resume
     else:
+        assert config_path is not None  # exactly one of --config / --resume (checked above)
         config = load_config(config_path, list(overrides))
         run_dir = out or Path("runs") / config_path.stem
     _refuse_overwriting(config, run_dir, config_path)

@@ -109,13 +109,14 @@ def keep_mask(keys: np.ndarray, duplicated: np.ndarray) -> np.ndarray:
     return duplicated[at] != keys
 
 
-def check_dedup_paths(paths: Sequence[Path], output_dir: Path, what: str) -> list[Path]:
+def check_dedup_paths(paths: Sequence[str | os.PathLike], output_dir: Path, what: str) \
+        -> list[Path]:
     """`paths` as Paths, checked: they exist, have distinct names, and are not overwritten."""
-    paths = [Path(p) for p in paths]
-    for p in paths:
+    checked = [Path(p) for p in paths]
+    for p in checked:
         if not p.is_file():
             raise DataInputError(f"{what} {p} does not exist or is not a file; check the path")
-    names = [p.name for p in paths]
+    names = [p.name for p in checked]
     if len(set(names)) != len(names):
         clash = sorted({n for n in names if names.count(n) > 1})
         raise DataInputError(
@@ -123,10 +124,10 @@ def check_dedup_paths(paths: Sequence[Path], output_dir: Path, what: str) -> lis
             "more than once; rename or deduplicate the inputs in separate runs"
         )
     try:
-        refuse_overwriting_inputs([Path(output_dir) / p.name for p in paths], paths)
+        refuse_overwriting_inputs([Path(output_dir) / p.name for p in checked], checked)
     except OutputPathError as e:
         raise DataInputError(str(e)) from None
-    return paths
+    return checked
 
 
 def exact_line_dedup(input_paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike) \

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_writer
 
 
-class DataInputError(ValueError):
+class DataInputError(LmforgeError, ValueError):
     """Input the data pipeline cannot use; the message says what is wrong and how to fix it."""
 
 

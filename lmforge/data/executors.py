@@ -29,13 +29,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tqdm import tqdm
 
 from lmforge.data.document import DataInputError, Document, read_shard, write_shard
 from lmforge.data.stats import RunStats
-from lmforge.data.steps import apply_step, make_step
+from lmforge.data.steps import DocStep, GlobalStep, apply_step, make_step
 from lmforge.data.writers import write_output
 from lmforge.fsutil import atomic_write_text, remove_stale_temps
 from lmforge.procutil import kill_pool, process_pool
@@ -97,14 +97,17 @@ def run_shard_task(task: ShardTask) -> dict[str, Any]:
     """Read one shard, stream it through the document steps, write it; then the marker."""
     stats = RunStats()
     docs = _read(task, stats)
-    steps = [(stats.step(label), make_step(name, params)) for label, name, params in task.steps]
+    # A shard task holds only document steps: the pipeline puts each global step in its own task.
+    steps = [(stats.step(label), cast(DocStep, make_step(name, params)))
+             for label, name, params in task.steps]
 
     def processed() -> Iterator[Document]:
         for doc in docs:
             for step_stats, step in steps:
-                doc = apply_step(step, doc, step_stats)
-                if doc is None:
+                out = apply_step(step, doc, step_stats)
+                if out is None:
                     break
+                doc = out
             else:
                 yield doc
 
@@ -127,8 +130,8 @@ def run_global_task(task: GlobalTask) -> dict[str, Any]:
     """Run one global step over every shard of the previous stage; then the marker."""
     label, name, params = task.step
     stats = RunStats()
-    make_step(name, params).run([Path(s) for s in task.shards], Path(task.output_dir),
-                                stats.step(label))
+    step = cast(GlobalStep, make_step(name, params))  # a global task holds one global step
+    step.run([Path(s) for s in task.shards], Path(task.output_dir), stats.step(label))
     missing = [s for s in task.shards if not (Path(task.output_dir) / Path(s).name).is_file()]
     if missing:
         raise DataInputError(f"step {name!r} did not write {missing[0]} into {task.output_dir}")

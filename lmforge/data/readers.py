@@ -42,19 +42,19 @@ Counter({'empty text': 1})
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 
+from lmforge import ENDOFTEXT as EOT
 from lmforge.data.document import DataInputError, Document
 
-EOT = "<|endoftext|>"
 HTML_CONTENT_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 FORMATS = ("warc", "wet", "jsonl", "text")
 _SUFFIX_FORMATS = {".warc": "warc", ".wet": "wet", ".jsonl": "jsonl",
@@ -100,7 +100,7 @@ def read_warc(path: str | os.PathLike, *, skipped: Counter | None = None) -> Ite
         yield Document(id=f"{path.name}#{index}", html=payload, metadata={
             "url": record.headers.get("WARC-Target-URI"),
             "date": record.headers.get("WARC-Date"),
-            "content_type": record.http_content_type.lower(),
+            "content_type": (record.http_content_type or "").lower(),  # set: checked above
         })
 
 
@@ -232,7 +232,7 @@ def _check_input(path: str | os.PathLike) -> Path:
     return path
 
 
-def _open_binary(path: Path) -> BinaryIO:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     """`path` opened for reading, gzip or zstd undone (detected from the magic bytes)."""
     with open(path, "rb") as f:
         magic = f.read(4)

@@ -30,6 +30,7 @@ from typing import Any
 
 from rich.table import Table
 
+from lmforge.errors import InputError, PathNotFound
 from lmforge.fsutil import atomic_write_text
 
 STATS_FILE = "stats.json"
@@ -120,12 +121,16 @@ def read_report(run_dir: str | os.PathLike) -> tuple[RunStats, dict[str, Any]]:
     """The stats of a finished run directory and the report's other keys."""
     path = Path(run_dir) / STATS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"{path} does not exist; give the output directory of a finished `lmforge data run`"
         )
-    data = json.loads(path.read_text(encoding="utf-8"))
-    extra = {k: v for k, v in data.items() if k not in ("steps", "output")}
-    return RunStats.from_dict(data), extra
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        extra = {k: v for k, v in data.items() if k not in ("steps", "output")}
+        return RunStats.from_dict(data), extra
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # garbage of any shape
+        raise InputError(f"{path} is not a stats report ({type(e).__name__}: {e}); it is "
+                         "damaged: run the pipeline again with `lmforge data run`") from None
 
 
 def _reasons(counts: Counter, limit: int = 4) -> str:

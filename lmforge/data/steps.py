@@ -128,7 +128,8 @@ class Extract(DocStep):
         return doc
 
 
-def _drop(stats: StepStats, reason: str) -> None:
+def _drop(stats: StepStats, reason: str) -> Document | None:
+    """Count `reason` in `stats`; always None (no document), so a step can `return _drop(...)`."""
     stats.removed[reason] += 1
     return None
 
@@ -137,6 +138,9 @@ class LangId(DocStep):
     """Language id (`identify_language`): records metadata lang/lang_score, keeps `keep` langs."""
 
     name = "langid"
+    keep: list[str]
+    min_score: float
+    model: str
     PARAMS: ClassVar = {"keep": [], "min_score": 0.0, "model": ""}  # keep = []: every language
     RANGES: ClassVar = {"min_score": Range(0, 1)}
 
@@ -156,6 +160,7 @@ class Pii(DocStep):
     """Masks e-mail addresses, phone numbers and IPv4 addresses; counts masks per kind."""
 
     name = "pii"
+    kinds: list[str]
     PARAMS: ClassVar = {"kinds": ["email", "phone", "ip"]}
     KINDS: ClassVar = {"email": "mask_emails", "phone": "mask_phone_numbers", "ip": "mask_ips"}
 
@@ -185,6 +190,10 @@ class Harmful(DocStep):
     """
 
     name = "harmful"
+    nsfw_threshold: float
+    toxic_threshold: float
+    nsfw_model: str
+    toxic_model: str
     PARAMS: ClassVar = {"nsfw_threshold": 0.5, "toxic_threshold": 0.5,
                         "nsfw_model": "", "toxic_model": ""}  # "" = the offline default model
     RANGES: ClassVar = {name: Range(0, low_open=True, note="1 or more: off")
@@ -221,6 +230,8 @@ class Quality(DocStep):
     """fastText quality classifier (`classify_quality`): keeps P(high) >= min_score."""
 
     name = "quality"
+    model: str
+    min_score: float
     PARAMS: ClassVar = {"model": "", "min_score": 0.5}  # model: `lmforge data train-classifier`
     RANGES: ClassVar = {"min_score": Range(0, 1)}
 
@@ -242,6 +253,8 @@ class MinLength(DocStep):
     """Drops documents shorter than `min_chars` characters or `min_words` whitespace words."""
 
     name = "min_length"
+    min_chars: int
+    min_words: int
     PARAMS: ClassVar = {"min_chars": 1, "min_words": 0}
     RANGES: ClassVar = {"min_chars": Range(0), "min_words": Range(0)}
 
@@ -284,6 +297,11 @@ class MinHashDedup(GlobalStep):
     """MinHash + LSH near-duplicate documents: keeps one document per cluster."""
 
     name = "minhash_dedup"
+    num_hashes: int
+    num_bands: int
+    ngram: int
+    threshold: float
+    seed: int
     PARAMS: ClassVar = {"num_hashes": 112, "num_bands": 14, "ngram": 5, "threshold": 0.8,
                         "seed": 0}
 

@@ -25,11 +25,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from lmforge import ENDOFTEXT as EOT
 from lmforge.data.document import DataInputError, Document
 from lmforge.data.stats import StepStats
 from lmforge.fsutil import atomic_writer
 
-EOT = "<|endoftext|>"
 FORMATS = ("text", "jsonl")
 SUFFIX = {"text": ".txt", "jsonl": ".jsonl"}
 SPECIAL_REMOVED = "special_token_removed"  # the write step's reason for each removal

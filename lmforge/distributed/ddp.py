@@ -239,6 +239,7 @@ class DDP(_DataParallel):
             )
         bucket.seen.add(id(p))
         if bucket.buffer is not None:
+            assert p.grad is not None  # a post-accumulate-grad hook runs once .grad is set
             off = bucket.offsets[i]
             bucket.buffer[off : off + p.numel()].copy_(p.grad.reshape(-1))
         bucket.ready += 1
@@ -283,6 +284,7 @@ class DDP(_DataParallel):
         work.wait()
         used = dict(zip((id(p) for p in self.params), flags.tolist(), strict=True))
         for b in self._buckets:
+            assert b.work is not None and b.tensor is not None  # every bucket was launched above
             b.work.wait()
             b.tensor.div_(self.world_size)
             for p, off in zip(b.params, b.offsets, strict=True):

@@ -104,7 +104,7 @@ class _Saved(NamedTuple):
     use: _Use
     size: torch.Size
     stride: tuple[int, ...]
-    offset: int
+    offset: int | torch.SymInt
 
 
 class _GatherFn(torch.autograd.Function):
@@ -178,15 +178,18 @@ class FSDP(nn.Module):
         ref = weakref.ref(self)  # hooks must not keep a dropped wrapper alive (or firing)
 
         def pre(module: nn.Module, args: tuple) -> tuple | None:
-            return None if ref() is None else ref()._pre_forward(module, args)
+            fsdp = ref()
+            return None if fsdp is None else fsdp._pre_forward(module, args)
 
         def post(module: nn.Module, args: tuple, out: Any) -> None:
-            if ref() is not None:
-                ref()._post_forward(module)
+            fsdp = ref()
+            if fsdp is not None:
+                fsdp._post_forward(module)
 
         def grad_ready(p: Tensor) -> None:
-            if ref() is not None:
-                ref()._queue_finish()
+            fsdp = ref()
+            if fsdp is not None:
+                fsdp._queue_finish()
 
         for unit in self._units:
             unit.register_forward_pre_hook(pre)
@@ -273,6 +276,7 @@ class FSDP(nn.Module):
         for attr in self._units[module]:
             module.__dict__.pop(attr, None)
         for use in self._open.pop(module, []):
+            assert use.full is not None  # an open use holds its gathered buffer
             del self._live[use.full.untyped_storage().data_ptr()]
             use.full = None
 
@@ -347,6 +351,7 @@ class FSDP(nn.Module):
             self._reduce_scatter(fs)
 
     def _reduce_scatter(self, fs: _FlatShard) -> None:
+        assert fs.acc is not None  # callers reduce only a shard with accumulated gradients
         grad, fs.acc = fs.acc.contiguous(), None
         out = torch.empty(fs.shard.numel(), dtype=grad.dtype, device=grad.device)
         work = dist.reduce_scatter_single(out, grad, async_op=True)
@@ -371,17 +376,17 @@ class FSDP(nn.Module):
                 self._reduce_scatter(fs)
             fs.pending = 0
         replicated = [
-            (p, dist.all_reduce(p.grad, async_op=True))
-            for p in self._replicated
-            if p.grad is not None
+            (grad, dist.all_reduce(grad, async_op=True))
+            for grad in (p.grad for p in self._replicated)
+            if grad is not None
         ]
         for shard, out, _, work in self._reductions:
             work.wait()
             out = out.div_(self.world_size).to(shard.dtype)
             shard.grad = out if shard.grad is None else shard.grad.add_(out)
-        for p, work in replicated:
+        for grad, work in replicated:
             work.wait()
-            p.grad.div_(self.world_size)
+            grad.div_(self.world_size)
         _wait_all(self._bwd_ahead.values())  # prefetched for a node that never ran
         self._bwd_ahead.clear()
         self._reductions, self._finish_queued = [], False

@@ -47,6 +47,8 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from lmforge.errors import LmforgeError
+
 # what a rank of `run_distributed` runs: ``python -c _RUN_JOB <job file>``
 _RUN_JOB = "from lmforge.distributed.launch import run_job; run_job()"
 # the parent's state a rank needs to unpickle the job (see multiprocessing.spawn.prepare)
@@ -55,7 +57,7 @@ _PREPARATION = ("sys_path", "sys_argv", "dir", "init_main_from_name", "init_main
 _AGENT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
 
 
-class RankFailedError(RuntimeError):
+class RankFailedError(LmforgeError, RuntimeError):
     """A rank of a launched run failed; ``.rank`` says which, the message says why."""
 
     def __init__(self, rank: int, message: str) -> None:

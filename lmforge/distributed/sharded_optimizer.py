@@ -32,7 +32,7 @@ non-sharded optimizer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.distributed as dist
@@ -93,8 +93,14 @@ class ShardedOptimizer(torch.optim.Optimizer):
         self._optimizer_cls, self._kwargs = optimizer_cls, kwargs
         self._owner: dict[int, int] = {}  # id(param) -> owning rank
         self._loads = [0] * self.world_size  # elements owned per rank
-        self.optimizer: torch.optim.Optimizer | None = None
+        self._inner: torch.optim.Optimizer | None = None  # made by the first add_param_group
         super().__init__(params, defaults=kwargs)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The inner optimizer over this rank's shard (it exists once __init__ has returned)."""
+        assert self._inner is not None, "ShardedOptimizer has no param group yet"
+        return self._inner
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to every rank's view; its owned part goes to the inner optimizer."""
@@ -105,12 +111,18 @@ class ShardedOptimizer(torch.optim.Optimizer):
             self._owner[id(p)] = rank
         mine = [p for p, rank in zip(group["params"], owners, strict=True) if rank == self.rank]
         local = {**_hyperparams(group), "params": mine}
-        if self.optimizer is None:
-            self.optimizer = self._optimizer_cls([local], **self._kwargs)
+        if self._inner is None:
+            self._inner = self._optimizer_cls([local], **self._kwargs)
         else:
-            self.optimizer.add_param_group(local)
+            self._inner.add_param_group(local)
         for key, value in _hyperparams(self.optimizer.param_groups[-1]).items():
             group.setdefault(key, value)  # the inner class's defaults (betas, eps, ...)
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -142,7 +154,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         }
         parts: list[dict | None] = [None] * self.world_size
         dist.all_gather_object(parts, local)
-        state = {k: v for part in parts for k, v in part.items()}
+        state = {k: v for part in parts if part is not None for k, v in part.items()}
         groups = [
             {**_hyperparams(g), "params": [index[id(p)] for p in g["params"]]}
             for g in self.param_groups

@@ -25,9 +25,11 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
+from lmforge.errors import InvalidArgument
 from lmforge.fsutil import atomic_write_bytes
 from lmforge.infer.batch import generate_batch
 from lmforge.infer.prompts import model_limits
+from lmforge.train.data import check_token_ids
 
 
 def sample_corpus(
@@ -47,19 +49,21 @@ def sample_corpus(
     None), int64. Prompts are windows of `source` (1-D token ids) at seeded random offsets;
     continuations have exactly `new_tokens` ids (no early stop, so every record has one shape).
     """
-    context_length, _ = model_limits(model)
+    context_length, vocab_size = model_limits(model)
     if min(num_tokens, prompt_len, new_tokens, batch_size) < 1:
-        raise ValueError("num_tokens, prompt_len, new_tokens and batch_size must all be >= 1")
+        raise InvalidArgument("num_tokens, prompt_len, new_tokens and batch_size must all be >= 1")
     if prompt_len + new_tokens > context_length:
-        raise ValueError(
+        raise InvalidArgument(
             f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the model's "
             f"context_length={context_length}; shorten one of them"
         )
     if source.ndim != 1 or len(source) <= prompt_len:
-        raise ValueError(
+        raise InvalidArgument(
             f"the source needs more than prompt_len={prompt_len} token ids in one dimension, "
             f"got shape {source.shape}; pass a token file written by `lmforge tokenizer encode`"
         )
+    if vocab_size is not None:
+        check_token_ids(source, vocab_size, name="the source tokens")
     rng = np.random.default_rng(seed)
     records, written = [], 0
     with tqdm(total=num_tokens, unit="tok", disable=not progress, desc="sampling") as bar:

@@ -43,13 +43,15 @@ import collections
 import itertools
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from lmforge.errors import InvalidArgument
 from lmforge.infer.generate import EOS_TOKEN, StopStrings
+from lmforge.infer.kv_cache import KVCache
 from lmforge.infer.loop import decoder, prefill
 from lmforge.infer.prompts import check_prompt, model_device, model_limits
 from lmforge.infer.sampling import (
@@ -155,7 +157,7 @@ class Request:
         self._stops = StopStrings(params.stop, self._released.append)
         try:  # deliver into the caller's event loop when submitted from async code
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            self._queue: queue.Queue | asyncio.Queue = asyncio.Queue()
+            self._queue: queue.Queue[Event] | asyncio.Queue[Event] = asyncio.Queue()
         except RuntimeError:
             self._loop, self._queue = None, queue.Queue()
 
@@ -164,6 +166,7 @@ class Request:
         self.cancelled = True
 
     def __iter__(self) -> Iterator[Event]:
+        assert isinstance(self._queue, queue.Queue), "submitted from async code: use `async for`"
         while True:
             event = self._queue.get()
             yield event
@@ -171,6 +174,7 @@ class Request:
                 return
 
     async def __aiter__(self) -> AsyncIterator[Event]:
+        assert isinstance(self._queue, asyncio.Queue), "submitted from sync code: use `for`"
         while True:
             event = await self._queue.get()
             yield event
@@ -211,8 +215,8 @@ class Request:
     def _finish(self, reason: str, error: str | None = None) -> None:
         """Release any held-back text and send the closing event."""
         self.done = True
-        tail = self._decoder is not None and reason != "stop_string"
-        if tail and not self._stops.add(self._decoder.flush()):
+        tail = self._decoder if reason != "stop_string" else None
+        if tail is not None and not self._stops.add(tail.flush()):
             self._stops.finish()
         reason = "stop" if reason == "stop_string" else reason
         self._emit(Event(text=self._take(), finish_reason=reason, error=error))
@@ -239,9 +243,10 @@ class Engine:
         self._wake = threading.Condition()
         self._closed = False
         self._rows: list[Request] = []  # the request of each cache row
-        self._cache = None
+        self._cache: KVCache | None = None
         self._next: Tensor | None = None  # (rows,) each row's last chosen token, fed next step
-        self._decode = None  # the resolved decode step (`batch.decoder`), refreshed on admission
+        # the resolved decode step (`batch.decoder`), refreshed on admission
+        self._decode: Callable[[KVCache, Tensor], Tensor] | None = None
         self._thread = threading.Thread(target=self._loop, name="lmforge-engine", daemon=True)
         self._thread.start()
 
@@ -262,7 +267,7 @@ class Engine:
         cannot hold."""
         ids, room = check_prompt(prompt_ids, None, self.context_length, self.vocab_size)
         if max_tokens is not None and max_tokens > room:
-            raise ValueError(
+            raise InvalidArgument(
                 f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}: more than the "
                 f"model's context of {self.context_length} tokens; ask for at most {room} new "
                 "tokens"
@@ -329,6 +334,7 @@ class Engine:
         if self._rows:
             if admits or self._decode is None:  # weights changed since? checked per admission
                 self._decode = decoder(self.model)
+            assert self._cache is not None and self._next is not None  # made by the first _admit
             logits = self._decode(self._cache, self._next)  # (rows, vocab)
             tokens, keep = self._advance(self._rows, logits)
             self._next = tokens
@@ -343,6 +349,7 @@ class Engine:
         if self._cache is None:
             self._cache, self._next = cache, tokens
         else:
+            assert self._next is not None  # set together with the cache
             self._cache.extend(cache)
             self._next = torch.cat([self._next, tokens])
         self._rows.append(request)
@@ -357,6 +364,7 @@ class Engine:
         if not rows:
             self._rows, self._cache, self._next = [], None, None
             return
+        assert self._cache is not None and self._next is not None  # rows exist: so does a cache
         self._cache.select(rows)
         self._next = self._next[torch.tensor(rows, device=self._next.device)]
         self._rows = [self._rows[i] for i in rows]
@@ -379,8 +387,9 @@ class Engine:
             request._emit(Event(
                 text=text,
                 token_id=token,
-                logprob=chosen[i] if p.logprobs else None,
-                top_logprobs=top[i][: p.top_logprobs] if p.top_logprobs else None,
+                logprob=chosen[i] if chosen is not None and p.logprobs else None,
+                top_logprobs=top[i][: p.top_logprobs] if top is not None and p.top_logprobs
+                else None,
             ))
             if hit:
                 request._finish("stop_string")

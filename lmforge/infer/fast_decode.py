@@ -3,9 +3,9 @@
 What: `DecodeStep(model)(cache, tokens)` computes what `model(tokens[:, None],
 kv_cache=cache)[:, -1]` computes — next-token logits (batch, vocab) after feeding one token per
 cached sequence — and writes the same keys/values into the same `KVCache`. `decode` in
-`lmforge.infer.batch` uses it whenever it applies (`decode_step_for`), so `generate_batch`, the
-server and speculative decoding all get it. `DecodeStep(model, compile=True)` runs it under
-`torch.compile` (`StaticStep`).
+`lmforge.infer.loop` uses it whenever it applies (`decode_step_for`), so `generate`,
+`generate_batch`, the server and speculative decoding all get it. `DecodeStep(model,
+compile=True)` runs it under `torch.compile` (`StaticStep`).
 
 How, and why (profiled on the demo model, 13.8M params, fp32, batch 1, 2-core AVX-512 CPU: a
 decode step of the module path took 4.4 ms, 3.4 ms of it in its 43 matrix-vector products):
@@ -43,6 +43,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,8 @@ from torch import Tensor, nn
 
 from lmforge.infer.kv_cache import KVCache
 from lmforge.model import TransformerLM
-from lmforge.model.layers import scaled_dot_product_attention
+from lmforge.model.layers import SwiGLU, scaled_dot_product_attention
+from lmforge.model.transformer import TransformerBlock
 
 Linear = Callable[[Tensor, Tensor], Tensor]  # (x (batch, in), packed matrix) → (batch, out)
 Attend = Callable[[int, Tensor, Tensor, Tensor], Tensor]  # (layer, q, k, v) → output
@@ -76,25 +78,26 @@ class DecodeStep:
         self.eps, self.heads = c.norm_eps, c.num_heads
         self.gated, self.post_norm = c.ffn == "swiglu", c.norm_position == "post"
         self.reference = c.attention == "reference"
-        self.rope = model.layers[0].attn.rope
+        blocks = cast(list[TransformerBlock], list(model.layers))  # ModuleList is not generic
+        self.rope = blocks[0].attn.rope
         self.embeddings = model.token_embeddings.weight
         self.final = None if model.ln_final is None else model.ln_final.weight
         with torch.no_grad():
             # (out, in) matrices: multi-row products as W @ Xᵀ, and the compiled step.
-            self.layers = [self._pack(block, lambda w: w) for block in model.layers]
+            self.layers = [self._pack(block, lambda w: w) for block in blocks]
             self.lm_head = model.lm_head.weight
             # (in, out) copies for eager one-row products x @ W (MKL's fast matrix-vector path).
             t = lambda w: w.t().contiguous()  # noqa: E731
-            self.layers_in_out = None if compile else [self._pack(b, t) for b in model.layers]
+            self.layers_in_out = None if compile else [self._pack(b, t) for b in blocks]
             self.lm_head_in_out = None if compile else t(self.lm_head)
         self.static = StaticStep(self) if compile else None
 
-    def _pack(self, block: nn.Module, pack: Callable[[Tensor], Tensor]) -> _Layer:
+    def _pack(self, block: TransformerBlock, pack: Callable[[Tensor], Tensor]) -> _Layer:
         a, f = block.attn, block.ffn
         qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-        up = torch.cat([f.w1.weight, f.w3.weight]) if self.gated else f.w1.weight
-        gains = [getattr(n, "weight", None) for n in (block.ln1, block.ln2)]
-        return _Layer(*gains, pack(qkv), pack(a.output_proj.weight), pack(up), pack(f.w2.weight))
+        up = torch.cat([f.w1.weight, f.w3.weight]) if isinstance(f, SwiGLU) else f.w1.weight
+        ln1, ln2 = (getattr(n, "weight", None) for n in (block.ln1, block.ln2))
+        return _Layer(ln1, ln2, pack(qkv), pack(a.output_proj.weight), pack(up), pack(f.w2.weight))
 
     def __call__(self, cache: KVCache, tokens: Tensor) -> Tensor:
         """tokens (batch,) int64, one per cached sequence → logits (batch, vocab)."""

@@ -20,12 +20,14 @@ for every generation that fits in the context.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from lmforge import ENDOFTEXT
+from lmforge.errors import InvalidArgument
 from lmforge.infer.loop import Generation, token_loop
 from lmforge.infer.prompts import check_prompt, model_device, model_limits
 from lmforge.infer.sampling import SamplingSettings, check_sampling
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EOS_TOKEN", "StopStrings", "generate", "generate_ids"]
 
-EOS_TOKEN = b"<|endoftext|>"
+EOS_TOKEN = ENDOFTEXT.encode()  # the end-of-text token, as the tokenizer's bytes
 
 
 def generate_ids(
@@ -48,7 +50,7 @@ def generate_ids(
     top_p: float | None = None,
     eos_id: int | None = None,
     seed: int | None = None,
-) -> Iterator[int]:
+) -> Generator[int, None, None]:
     """Yield up to ``max_new_tokens`` new token ids after ``prompt_ids``, one at a time.
 
     The model runs on its own device with a KV cache, in eval mode, each step under
@@ -72,7 +74,9 @@ def generate_ids(
     return _tokens(steps)
 
 
-def _tokens(steps: Iterator[list[tuple[int, int]]]) -> Iterator[int]:
+def _tokens(
+    steps: Generator[list[tuple[int, int]], None, None],
+) -> Generator[int, None, None]:
     """The tokens of a one-prompt `token_loop`; closing this closes the loop (and so restores
     the model's training mode) at once."""
     try:
@@ -114,7 +118,7 @@ def generate(
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
         if eos_id is None:
-            raise ValueError(
+            raise InvalidArgument(
                 "the prompt is empty and the tokenizer has no <|endoftext|> token to start "
                 "from; give a non-empty prompt"
             )
@@ -150,7 +154,7 @@ class StopStrings:
 
     def __init__(self, stop: Sequence[str], stream: Callable[[str], None] | None):
         if any(not s for s in stop):
-            raise ValueError("stop strings must be non-empty")
+            raise InvalidArgument("stop strings must be non-empty")
         self.stop, self.stream = list(stop), stream
         self.text, self.sent = "", 0
 

@@ -19,8 +19,10 @@ ValueError names the setting. Running out of disk space in either direction rais
 
 `import_hf(model_dir, out_run_dir)` reverses it for a Llama-architecture checkpoint
 (`config.json` + `model.safetensors` or sharded `model-*.safetensors` with
-`model.safetensors.index.json`): the run directory gets `config.toml` and a step-0 run checkpoint
-(fresh AdamW state), so `load_run`, `lmforge generate` and `lmforge train --resume` accept it.
+`model.safetensors.index.json`): the run directory is written as training writes one
+(`train.run_dir.prepare_run_dir`: `config.toml`, `run.json`, `tokenizer/`) with a step-0 run
+checkpoint holding the trainer's AdamW (fresh state, `train.loop.initial_training_state`), so
+`load_run`, `lmforge generate` and `lmforge train --resume --set data.train=...` accept it.
 Refused with the reason: grouped-query attention, biases, RoPE scaling, a non-SiLU activation,
 a head_dim other than hidden_size / heads, and `.bin`-only checkpoints; a truncated or corrupt
 file (JSON, safetensors) or non-finite weights are refused naming the file. A `tokenizer.json` is
@@ -33,17 +35,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
-from lmforge.fsutil import give_default_permissions
+from lmforge import ENDOFTEXT as EOT
+from lmforge.errors import InputError, PathExists, PathNotFound
+from lmforge.fsutil import atomic_directory
 from lmforge.model.config import ModelConfig
 from lmforge.model.hf import from_llama_state_dict, llama_config_kwargs, to_llama_state_dict
-
-EOT = "<|endoftext|>"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -55,34 +56,23 @@ def _read_json(path: Path, fix: str) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); it is truncated or corrupt: {fix}") \
+        raise InputError(f"{path} is not valid JSON ({e}); it is truncated or corrupt: {fix}") \
             from None
     if not isinstance(doc, dict):
-        raise ValueError(f"{path} holds a JSON {type(doc).__name__}, not an object: {fix}")
+        raise InputError(f"{path} holds a JSON {type(doc).__name__}, not an object: {fix}")
     return doc
 
 
 _REDOWNLOAD = "download or copy the model directory again"
 
 
-def _fresh_dir(target: Path) -> Path:
-    """A new empty temp directory beside `target` (which must not hold files yet)."""
+def _refuse_nonempty(target: Path) -> None:
+    """Refuse an output directory that already holds files (an empty one is replaced)."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(
+        raise PathExists(
             f"{target} already exists and is not empty; choose another output directory or "
             "delete it first"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    if target.is_dir():  # empty (checked by _fresh_dir); rename cannot replace it portably
-        target.rmdir()
-    os.replace(tmp, target)
 
 
 # ------------------------------------------------------------------------------------- export
@@ -115,7 +105,7 @@ def export_hf(
 ) -> Path:
     """Write run `run_dir` as an HF Llama model dir: its newest checkpoint with intact weights,
     or `checkpoint` (see `train.run_dir.load_run`)."""
-    from lmforge.tokenizer.export import export_hf_tokenizer_json
+    from lmforge.tokenizer.formats import export_hf_tokenizer_json
     from lmforge.train.checkpoint import disk_full_error
     from lmforge.train.run_dir import load_run
 
@@ -125,7 +115,7 @@ def export_hf(
     eot_id = None
     if tokenizer is not None:
         if tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"the run's tokenizer has {tokenizer.vocab_size} ids but model.vocab_size = "
                 f"{config.vocab_size}; the model cannot score every token, so it cannot be exported"
             )
@@ -135,28 +125,24 @@ def export_hf(
     if config.tie_embeddings:
         del weights["lm_head.weight"]  # the same tensor as embed_tokens; HF re-ties it on load
     weights = {k: v.detach().contiguous() for k, v in weights.items()}
-    tmp = _fresh_dir(out_dir)
-    try:
-        with disk_full_error(out_dir, "run `lmforge export hf` again"):
-            _write_json(tmp / "config.json", hf_config)
-            _write_json(tmp / "generation_config.json", {
-                "_from_model_config": True, "bos_token_id": eot_id, "eos_token_id": eot_id,
+    _refuse_nonempty(out_dir)
+    with disk_full_error(out_dir, "run `lmforge export hf` again"), \
+            atomic_directory(out_dir) as tmp:
+        _write_json(tmp / "config.json", hf_config)
+        _write_json(tmp / "generation_config.json", {
+            "_from_model_config": True, "bos_token_id": eot_id, "eos_token_id": eot_id,
+        })
+        safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), {"format": "pt"})
+        if tokenizer is not None:
+            export_hf_tokenizer_json(tokenizer, tmp / "tokenizer.json")
+            eot = EOT if eot_id is not None else None
+            _write_json(tmp / "tokenizer_config.json", {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": eot,
+                "eos_token": eot,
+                "model_max_length": config.context_length,
+                "clean_up_tokenization_spaces": False,
             })
-            safetensors.torch.save_file(weights, str(tmp / "model.safetensors"), {"format": "pt"})
-            if tokenizer is not None:
-                export_hf_tokenizer_json(tokenizer, tmp / "tokenizer.json")
-                eot = EOT if eot_id is not None else None
-                _write_json(tmp / "tokenizer_config.json", {
-                    "tokenizer_class": "PreTrainedTokenizerFast",
-                    "bos_token": eot,
-                    "eos_token": eot,
-                    "model_max_length": config.context_length,
-                    "clean_up_tokenization_spaces": False,
-                })
-            give_default_permissions(tmp)
-            _move_into_place(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -167,47 +153,58 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """A ModelConfig for a Llama `config.json` dict; ValueError for what we cannot represent."""
     archs = hf.get("architectures") or []
     if hf.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
-        raise ValueError(
+        raise InputError(
             f"{source} describes model_type={hf.get('model_type')!r} ({', '.join(archs) or '?'}); "
             "only Llama-architecture checkpoints (LlamaForCausalLM) can be imported"
         )
+    sizes = ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
+             "num_attention_heads", "intermediate_size")
+    if missing := [k for k in sizes if k not in hf]:
+        raise InputError(f"{source} lacks {missing[0]!r}; it is incomplete: {_REDOWNLOAD}")
+    if bad := [f"{k}={hf[k]!r}" for k in sizes
+               if not isinstance(hf[k], int) or isinstance(hf[k], bool) or hf[k] < 1]:
+        raise InputError(f"{source} has {', '.join(bad)}; these sizes must be positive integers: "
+                         f"{_REDOWNLOAD}")
     heads = hf["num_attention_heads"]
     kv_heads = hf.get("num_key_value_heads") or heads
     if kv_heads != heads:
-        raise ValueError(
+        raise InputError(
             f"{source} uses grouped-query attention (num_key_value_heads={kv_heads}, "
             f"num_attention_heads={heads}); lmforge models have one key/value head per query head"
         )
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
-            raise ValueError(f"{source} sets {key}=true; lmforge linear layers have no biases")
+            raise InputError(f"{source} sets {key}=true; lmforge linear layers have no biases")
     if hf.get("hidden_act", "silu") != "silu":
         act = hf["hidden_act"]
-        raise ValueError(f"{source} has hidden_act={act!r}; lmforge uses SwiGLU (silu)")
+        raise InputError(f"{source} has hidden_act={act!r}; lmforge uses SwiGLU (silu)")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
-        raise ValueError(
+        raise InputError(
             f"{source} uses RoPE scaling {rope_type!r}; lmforge implements plain RoPE only "
             "(rope_type 'default')"
         )
     d_model = hf["hidden_size"]
     if hf.get("head_dim") not in (None, d_model // heads):
-        raise ValueError(
+        raise InputError(
             f"{source} has head_dim={hf['head_dim']} but hidden_size/num_attention_heads = "
             f"{d_model // heads}; lmforge needs them equal"
         )
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        context_length=hf["max_position_embeddings"],
-        d_model=d_model,
-        num_layers=hf["num_hidden_layers"],
-        num_heads=heads,
-        d_ff=hf["intermediate_size"],
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-    )
+    try:
+        return ModelConfig(
+            vocab_size=hf["vocab_size"],
+            context_length=hf["max_position_embeddings"],
+            d_model=d_model,
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            d_ff=hf["intermediate_size"],
+            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        )
+    except (ValueError, TypeError) as e:  # ModelConfig's checks, a non-number rope_theta/eps
+        raise InputError(f"{source}: {e}; lmforge cannot build this model") from None
 
 
 def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -216,7 +213,7 @@ def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     if index.is_file():
         weight_map = _read_json(index, _REDOWNLOAD).get("weight_map")
         if not isinstance(weight_map, dict):
-            raise ValueError(f"{index} has no weight_map object; {_REDOWNLOAD}")
+            raise InputError(f"{index} has no weight_map object; {_REDOWNLOAD}")
         files = sorted({model_dir / f for f in weight_map.values()})
     elif (model_dir / "model.safetensors").is_file():
         files = [model_dir / "model.safetensors"]
@@ -225,21 +222,21 @@ def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     if not files:
         hint = " (it has PyTorch .bin files: re-save it with safe_serialization=True)" if any(
             model_dir.glob("*.bin")) else ""
-        raise FileNotFoundError(f"{model_dir} holds no .safetensors weights{hint}")
+        raise PathNotFound(f"{model_dir} holds no .safetensors weights{hint}")
     state: dict[str, torch.Tensor] = {}
     for f in files:
         if not f.is_file():
-            raise FileNotFoundError(f"{f} is listed in {index.name} but missing; download it")
+            raise PathNotFound(f"{f} is listed in {index.name} but missing; download it")
         try:
             tensors = safetensors.torch.load_file(str(f))
         except safetensors.SafetensorError as e:
-            raise ValueError(
+            raise InputError(
                 f"{f} is not a readable safetensors file ({e}); it is truncated or corrupt: "
                 f"{_REDOWNLOAD}"
             ) from None
         bad = [n for n, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"{f} holds non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. "
                 f"{bad[0]}; the model is unusable: {_REDOWNLOAD}"
             )
@@ -249,55 +246,44 @@ def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
 
 def _hf_tokenizer(path: Path):
     """Our Tokenizer for an HF `tokenizer.json` that encodes exactly like one, else None."""
-    from lmforge.tokenizer import GPT2_PATTERN, Tokenizer, TokenizerInputError
-    from lmforge.tokenizer.formats import _unicode_to_bytes
+    from lmforge.tokenizer import Tokenizer, TokenizerInputError
+    from lmforge.tokenizer.formats import parse_hf_tokenizer_json
 
     doc = _read_json(path, f"{_REDOWNLOAD}, or delete {path.name} to import without a tokenizer")
-    model, pre = doc.get("model") or {}, doc.get("pre_tokenizer") or {}
-    ours = [{"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated",
-             "invert": False}, {"type": "ByteLevel", "use_regex": False}]
-    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    same_split = len(steps) == 2 and steps[0] == ours[0] and all(
-        steps[1].get(k) == v for k, v in ours[1].items()) and not steps[1].get("add_prefix_space")
-    gpt2_split = len(steps) == 1 and steps[0].get("type") == "ByteLevel" and steps[0].get(
-        "use_regex", True) and not steps[0].get("add_prefix_space")
-    if model.get("type") != "BPE" or doc.get("normalizer") or not (same_split or gpt2_split):
+    parts = parse_hf_tokenizer_json(doc)
+    if parts is None:
         return None
-    specials = {t["content"]: t["id"] for t in doc.get("added_tokens", []) if t.get("special")}
-    to_byte = _unicode_to_bytes()
     try:
-        vocab = {i: s.encode() if s in specials else bytes(to_byte[c] for c in s)
-                 for s, i in model["vocab"].items()}
-        vocab.update({i: s.encode() for s, i in specials.items()})
-        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
-        merges = [tuple(bytes(to_byte[c] for c in part) for part in m) for m in merges]
-        return Tokenizer(vocab, merges, list(specials))
-    except (KeyError, TokenizerInputError):
+        return Tokenizer(*parts)
+    except TokenizerInputError:
         return None
 
 
 def import_hf(model_dir: str | os.PathLike, out_run_dir: str | os.PathLike) -> Path:
     """Write a Llama checkpoint dir as an lmforge run dir (with `tokenizer/` when convertible)."""
-    from lmforge.config import TrainConfig, save_config
+    from lmforge.config import TrainConfig
     from lmforge.model import TransformerLM
     from lmforge.train.checkpoint import disk_full_error, save_run_checkpoint
-    from lmforge.train.optim import AdamW
+    from lmforge.train.loop import initial_training_state
+    from lmforge.train.run_dir import prepare_run_dir
+    from lmforge.train.step import decay_groups, make_optimizer
 
     model_dir, out_run_dir = Path(model_dir), Path(out_run_dir)
+    _refuse_nonempty(out_run_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json; pass a HuggingFace model dir")
+        raise PathNotFound(f"{model_dir} has no config.json; pass a HuggingFace model dir")
     hf = _read_json(model_dir / "config.json", _REDOWNLOAD)
     try:
         config = model_config_from_hf(hf, str(model_dir / "config.json"))
     except KeyError as e:
-        raise ValueError(
+        raise InputError(
             f"{model_dir / 'config.json'} lacks {e.args[0]!r}; it is incomplete: {_REDOWNLOAD}"
         ) from None
     state = {k: v for k, v in _read_safetensors(model_dir).items() if "rotary_emb" not in k}
     try:
         ours = from_llama_state_dict(state, config)
     except KeyError as e:
-        raise ValueError(
+        raise InputError(
             f"{model_dir} lacks tensor {e.args[0]} that its config.json implies; the checkpoint "
             "is incomplete (re-download it) or not a plain Llama model"
         ) from None
@@ -307,25 +293,25 @@ def import_hf(model_dir: str | os.PathLike, out_run_dir: str | os.PathLike) -> P
         "self_attn.o_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight",
         "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")}
     if extra := sorted(set(state) - used):
-        raise ValueError(
+        raise InputError(
             f"{model_dir} has tensors lmforge's Llama has no place for: {', '.join(extra[:5])}"
         )
     model = TransformerLM.from_config(config)
-    model.load_state_dict({k: v.to(torch.float32) for k, v in ours.items()})
+    try:
+        model.load_state_dict({k: v.to(torch.float32) for k, v in ours.items()})
+    except RuntimeError as e:  # a tensor whose shape is not the one config.json implies
+        first = str(e).strip().splitlines()[-1].strip()
+        raise InputError(f"{model_dir}: the tensors do not fit its config.json ({first}); "
+                         f"{_REDOWNLOAD}") from None
     tokenizer = None
     if (model_dir / "tokenizer.json").is_file():
         tokenizer = _hf_tokenizer(model_dir / "tokenizer.json")
         if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
             tokenizer = None
-    tmp = _fresh_dir(out_run_dir)
-    try:
-        with disk_full_error(out_run_dir, "run `lmforge import hf` again"):
-            save_config(TrainConfig(model=config), tmp / "config.toml")
-            save_run_checkpoint(tmp, 0, model, AdamW(model.parameters()),
-                                {"imported_from": str(model_dir)})
-            if tokenizer is not None:
-                tokenizer.save(tmp / "tokenizer")
-            _move_into_place(tmp, out_run_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    train_config = TrainConfig(model=config)
+    with disk_full_error(out_run_dir, "run `lmforge import hf` again"), \
+            atomic_directory(out_run_dir) as tmp:
+        prepare_run_dir(tmp, train_config, model, torch.device("cpu"), tokenizer=tokenizer)
+        optimizer = make_optimizer(decay_groups(model), train_config.optim)
+        save_run_checkpoint(tmp, 0, model, optimizer, initial_training_state(str(model_dir)))
     return out_run_dir

@@ -34,9 +34,13 @@ d_model 512, float32: 128 MiB).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lmforge.model.config import ModelConfig
 
 
 class KVCache:
@@ -74,7 +78,7 @@ class KVCache:
 
         `max_len` defaults to the model's context_length, and may not exceed it.
         """
-        c = model.config
+        c = cast("ModelConfig", model.config)  # a TransformerLM's (Module attributes are untyped)
         max_len = c.context_length if max_len is None else max_len
         if max_len > c.context_length:
             raise ValueError(
@@ -125,7 +129,7 @@ class KVCache:
         """Layer i's view, passed to its attention module."""
         return _LayerCache(self, i)
 
-    def update(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def update(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Write layer i's new k, v (batch, heads, seq, head_dim) at the reserved slots.
 
         Returns the keys and values of slots 0..max(lengths)+seq-1 (batch, heads, slots,
@@ -211,5 +215,5 @@ class _LayerCache:
     def __init__(self, cache: KVCache, index: int):
         self.cache, self.index = cache, index
 
-    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.cache.update(self.index, k, v)

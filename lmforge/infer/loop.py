@@ -31,8 +31,9 @@ which the tests do not see on tiny models. The model must be a `TransformerLM` (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,7 @@ from lmforge.infer.sampling import (
     is_penalised,
     token_logprobs,
 )
+from lmforge.model import TransformerLM
 
 
 @dataclass
@@ -71,10 +73,11 @@ def prefill(model: nn.Module, prompts: list[list[int]], max_len: int) -> tuple[K
     for row, prompt in enumerate(prompts):
         ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
     cache = KVCache.for_model(model, len(prompts), max_len)
-    hidden = model.hidden_states(ids, kv_cache=cache)  # (batch, longest prompt, d_model)
+    lm = cast(TransformerLM, model)  # what it must be to have hidden_states and lm_head
+    hidden = lm.hidden_states(ids, kv_cache=cache)  # (batch, longest prompt, d_model)
     cache.truncate(lengths.tolist())
     last = hidden[torch.arange(len(prompts), device=device), lengths - 1]  # (batch, d_model)
-    return cache, model.lm_head(last)
+    return cache, lm.lm_head(last)
 
 
 def decode(model: nn.Module, cache: KVCache, tokens: Tensor, *, compile: bool = False) -> Tensor:
@@ -108,7 +111,7 @@ def token_loop(
     generator: Generators = None,
     logprobs: bool = True,
     compile: bool = False,
-) -> Iterator[list[tuple[int, int]]]:
+) -> Generator[list[tuple[int, int]], None, None]:
     """Generate for checked `prompts` (see `lmforge.infer.prompts.check_prompts`), yielding
     after each step the (prompt index, token) pairs it added, and filling `results` (one
     `Generation` per prompt) as it goes.

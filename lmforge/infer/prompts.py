@@ -5,10 +5,11 @@ serving `Engine` (hence `lmforge serve`), applied by `check_prompt`:
 
 - a prompt is a non-empty list of token ids in [0, vocab_size);
 - it must leave room for at least one new token: at most ``context_length - 1`` tokens. A
-  longer prompt is refused (ValueError, one message everywhere: "the prompt has 300 tokens but
-  the model's context is 256 tokens (prompt + new tokens); shorten the prompt to at most 255
-  tokens"), never cropped behind the caller's back: dropping the start of a prompt silently
-  (a system prompt, the question) is worse than an error that says what to keep;
+  longer prompt is refused (`InvalidArgument`, a ValueError; one message everywhere: "the
+  prompt has 300 tokens but the model's context is 256 tokens (prompt + new tokens); shorten
+  the prompt to at most 255 tokens"), never cropped behind the caller's back: dropping the
+  start of a prompt silently (a system prompt, the question) is worse than an error that says
+  what to keep;
 - a sequence never outgrows the context: at most ``context_length - len(prompt)`` new tokens
   come out, whatever ``max_new_tokens`` asks; a generation that reaches the end of the context
   stops there with finish reason "length", as at ``max_new_tokens`` (a KV cache holds absolute
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from lmforge.errors import InvalidArgument
 from lmforge.infer.sampling import is_int
 
 
@@ -60,29 +62,30 @@ def check_prompt(
 ) -> tuple[list[int], int]:
     """(the prompt as a list of ints, how many new tokens it may get) under the prompt rule
     (see the module notes): min(max_new_tokens, context_length - len(prompt)), or the room
-    left in the context when ``max_new_tokens`` is None. ValueError, naming ``name``, for a
-    prompt that breaks the rule or a ``max_new_tokens`` that is not an int >= 0 or None."""
+    left in the context when ``max_new_tokens`` is None. `InvalidArgument` (a ValueError),
+    naming ``name``, for a prompt that breaks the rule or a ``max_new_tokens`` that is not an
+    int >= 0 or None."""
     if max_new_tokens is not None and not (is_int(max_new_tokens) and max_new_tokens >= 0):
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        raise InvalidArgument(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if isinstance(prompt_ids, str | bytes) or not isinstance(prompt_ids, Iterable):
-        raise ValueError(f"{name} is {type(prompt_ids).__name__}, not a list of token ids; "
-                         "encode text with the model's tokenizer first")
+        raise InvalidArgument(f"{name} is {type(prompt_ids).__name__}, not a list of token ids; "
+                              "encode text with the model's tokenizer first")
     try:
         ids = [operator.index(i) for i in prompt_ids]
     except TypeError:
-        raise ValueError(f"{name} must be integer token ids (a list of int)") from None
+        raise InvalidArgument(f"{name} must be integer token ids (a list of int)") from None
     bad = [i for i in ids if i < 0 or (vocab_size is not None and i >= vocab_size)]
     if bad:
-        raise ValueError(
+        raise InvalidArgument(
             f"{name} holds ids outside [0, {vocab_size}): {bad[:5]}; encode the prompt with "
             "the tokenizer the model was trained with"
         )
     if not ids:
-        raise ValueError(f"{name} is empty; start from at least one token (e.g. the "
-                         "<|endoftext|> token's id for an unconditional sample)")
+        raise InvalidArgument(f"{name} is empty; start from at least one token (e.g. the "
+                              "<|endoftext|> token's id for an unconditional sample)")
     n = len(ids)
     if n >= context_length:
-        raise ValueError(
+        raise InvalidArgument(
             f"{name} has {n} tokens but the model's context is {context_length} tokens (prompt "
             f"+ new tokens); shorten the prompt to at most {context_length - 1} tokens, e.g. "
             f"keep its last {context_length - 1}"
@@ -98,7 +101,7 @@ def check_prompts(
     target and draft): (the prompts as lists of ints, each one's new-token budget, the
     smallest over the models). ValueError naming the first bad prompt as prompts[i]."""
     if isinstance(prompts, str) or not isinstance(prompts, list | tuple) or not prompts:
-        raise ValueError(
+        raise InvalidArgument(
             "prompts must be a non-empty list of token-id lists, e.g. [[1, 2, 3], [4, 5]]"
         )
     checked, budgets = [], []

@@ -43,11 +43,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import torch
 from torch import Tensor
 
+from lmforge.errors import InvalidArgument
 from lmforge.model.layers import softmax
 
 MIN_TEMPERATURE = 1e-6
@@ -58,7 +59,7 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 Generators = torch.Generator | Sequence[torch.Generator | None] | None
 
 
-def is_int(x: object) -> bool:
+def is_int(x: object) -> TypeGuard[int]:
     """An int, not a bool."""
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -77,46 +78,54 @@ def check_sampling(
     presence_penalty: float = 0.0,
     seed: int | None = None,
 ) -> None:
-    """Raise ValueError, naming the setting and its range, for any setting out of range (see the
-    module notes); the check every entry point runs before generating."""
+    """Raise `InvalidArgument` (a ValueError), naming the setting and its range, for any setting
+    out of range (see the module notes); the check every entry point runs before generating."""
     if not (_is_number(temperature) and 0 <= temperature < math.inf):
-        raise ValueError(
+        raise InvalidArgument(
             f"temperature must be a finite number >= 0, got {temperature!r}; "
             "use 0 for greedy decoding or e.g. 0.8 for sampling"
         )
     if 0 < temperature < MIN_TEMPERATURE:
-        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, "
-                         f"got {temperature!r}; use 0 for greedy decoding")
+        raise InvalidArgument(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, "
+                              f"got {temperature!r}; use 0 for greedy decoding")
     if top_k is not None and not (is_int(top_k) and top_k >= 1):
-        raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}; None keeps all tokens")
+        raise InvalidArgument(f"top_k must be an int >= 1 or None, got {top_k!r}; None keeps "
+                              "all tokens")
     if top_p is not None and not (_is_number(top_p) and MIN_TOP_P <= top_p <= 1):
-        raise ValueError(
+        raise InvalidArgument(
             f"top_p must be in [{MIN_TOP_P:g}, 1] or None, got {top_p!r}; e.g. 0.9 keeps the "
             "tokens making up 90% of the probability mass, None or 1.0 keeps all"
         )
     low, high = REPETITION_PENALTY_RANGE
     if not (_is_number(repetition_penalty) and low <= repetition_penalty <= high):
-        raise ValueError(f"repetition_penalty must be in [{low:g}, {high:g}] (1.0 = off), "
-                         f"got {repetition_penalty!r}")
+        raise InvalidArgument(f"repetition_penalty must be in [{low:g}, {high:g}] (1.0 = off), "
+                              f"got {repetition_penalty!r}")
     for name, value in (("frequency_penalty", frequency_penalty),
                         ("presence_penalty", presence_penalty)):
         if not (_is_number(value) and math.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number (0 = off), got {value!r}")
+            raise InvalidArgument(f"{name} must be a finite number (0 = off), got {value!r}")
     low, high = SEED_RANGE
     if seed is not None and not (is_int(seed) and low <= seed <= high):
-        raise ValueError(f"seed must be an int in [-2**63, 2**64 - 1] or None, got {seed!r}")
+        raise InvalidArgument(f"seed must be an int in [-2**63, 2**64 - 1] or None, got {seed!r}")
 
 
 class Settings(Protocol):
     """What `choose_tokens` reads of one sequence's settings (`SamplingSettings`, or the
     server's `SamplingParams`)."""
 
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    repetition_penalty: float
-    frequency_penalty: float
-    presence_penalty: float
+    # Read-only properties, so frozen dataclasses satisfy the protocol.
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_k(self) -> int | None: ...
+    @property
+    def top_p(self) -> float | None: ...
+    @property
+    def repetition_penalty(self) -> float: ...
+    @property
+    def frequency_penalty(self) -> float: ...
+    @property
+    def presence_penalty(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -195,9 +204,12 @@ def sample_next_token(
             f"{tuple(logits.shape)} {logits.dtype}; take the last position: logits[:, -1, :]"
         )
     z = logits.float().reshape(-1, logits.shape[-1])
-    per_row = generator is not None and not isinstance(generator, torch.Generator)
-    if per_row and len(generator) != z.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for {z.shape[0]} rows of logits; "
+    if generator is None or isinstance(generator, torch.Generator):
+        shared, per_row = generator, None
+    else:
+        shared, per_row = None, generator
+    if per_row is not None and len(per_row) != z.shape[0]:
+        raise ValueError(f"got {len(per_row)} generators for {z.shape[0]} rows of logits; "
                          "give one per row, or one torch.Generator for the whole batch")
     if temperature == 0:
         token = z.argmax(dim=-1)
@@ -208,11 +220,11 @@ def sample_next_token(
         if top_p is not None:
             z = filter_top_p(z, top_p)
         probs = softmax(z)
-        if per_row:
+        if per_row is not None:
             token = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)
-                               for i, g in enumerate(generator)]).squeeze(-1)
+                               for i, g in enumerate(per_row)]).squeeze(-1)
         else:
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = torch.multinomial(probs, 1, generator=shared).squeeze(-1)
     return token.reshape(logits.shape[:-1])
 
 
@@ -267,25 +279,28 @@ def choose_tokens(
     batch is drawn in one call; otherwise row by row, each with its own settings and generator
     (greedy rows without penalties are plain argmax and draw nothing).
     """
-    shared = not isinstance(settings, Sequence)
+    if isinstance(settings, Sequence):
+        shared, per_row = None, list(settings)
+    else:
+        shared, per_row = settings, [settings] * logits.shape[0]
     rows = range(logits.shape[0])
 
     def scores(i: int, s: Settings) -> Tensor:
         row = logits[i : i + 1]
         if not is_penalised(s):
             return row
-        if histories is None or histories[i] is None:
+        seen = None if histories is None else histories[i]
+        if seen is None:
             raise ValueError(f"row {i} has penalties on: give its history (prompt + output)")
-        history = torch.tensor([list(histories[i])], dtype=torch.long, device=logits.device)
+        history = torch.tensor([list(seen)], dtype=torch.long, device=logits.device)
         return apply_penalties(row, history, repetition_penalty=s.repetition_penalty,
                                frequency_penalty=s.frequency_penalty,
                                presence_penalty=s.presence_penalty)
 
-    if shared and (generator is None or isinstance(generator, torch.Generator)):
-        z = torch.cat([scores(i, settings) for i in rows]) if is_penalised(settings) else logits
-        return sample_next_token(z, temperature=settings.temperature, top_k=settings.top_k,
-                                 top_p=settings.top_p, generator=generator)
-    per_row = [settings] * logits.shape[0] if shared else list(settings)
+    if shared is not None and (generator is None or isinstance(generator, torch.Generator)):
+        z = torch.cat([scores(i, shared) for i in rows]) if is_penalised(shared) else logits
+        return sample_next_token(z, temperature=shared.temperature, top_k=shared.top_k,
+                                 top_p=shared.top_p, generator=generator)
     generators = (list(generator) if generator is not None
                   and not isinstance(generator, torch.Generator) else [generator] * len(per_row))
     if len(per_row) != logits.shape[0] or len(generators) != logits.shape[0]:

@@ -48,6 +48,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException
 
+from lmforge.errors import LmforgeError
 from lmforge.infer.chat import CHAT_STOP, render_chat
 from lmforge.infer.engine import Completion, Engine, Event, SamplingParams
 from lmforge.infer.sampling import REPETITION_PENALTY_RANGE, SEED_RANGE
@@ -60,7 +61,7 @@ BODY_BYTES_PER_TOKEN_BYTE = 8
 BODY_BASE_BYTES = 1 << 16  # for the fields besides the prompt, and for tiny contexts
 
 
-class APIError(Exception):
+class APIError(LmforgeError):
     """An error answered with OpenAI's error body and `status`."""
 
     def __init__(self, status: int, message: str, param: str | None = None,

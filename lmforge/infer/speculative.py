@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lmforge.errors import InvalidArgument
 from lmforge.infer.fast_decode import decode_step_for
 from lmforge.infer.kv_cache import KVCache
 from lmforge.infer.loop import decoder, prefill
@@ -133,11 +134,11 @@ def _check(
     """(prompt ids, new-token budget) under the prompt rule of `lmforge.infer.prompts` for both
     models; ValueError for a bad k, prompt or budget, or mismatched vocabularies."""
     if not (is_int(k) and k >= 1):
-        raise ValueError(f"k (draft tokens per round) must be an int >= 1, got {k!r}; e.g. 4")
+        raise InvalidArgument(f"k (draft tokens per round) must be an int >= 1, got {k!r}; e.g. 4")
     vocab_t = getattr(getattr(target, "config", None), "vocab_size", None)
     vocab_d = getattr(getattr(draft, "config", None), "vocab_size", None)
     if vocab_t != vocab_d:
-        raise ValueError(
+        raise InvalidArgument(
             f"the target's vocab_size={vocab_t} differs from the draft's vocab_size={vocab_d}; "
             "speculative decoding needs a draft trained with the same tokenizer"
         )
@@ -209,7 +210,8 @@ def _run(
     tcache, dcache = cache(target), cache(draft)
     t_device, d_device = model_device(target), model_device(draft)
     feed_target, feed_draft = _Feeder(target, tcache, compile), _Feeder(draft, dcache, compile)
-    tokens, out = list(prompt), []
+    tokens = list(prompt)
+    out: list[int] = []
     proposed = accepted = 0
     while len(out) < max_new_tokens:
         k_round = min(k, max_new_tokens - len(out) - 1)

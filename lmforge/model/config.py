@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from lmforge.errors import InvalidArgument
 from lmforge.model.layers import default_d_ff
 
 _CHOICES = {
@@ -44,30 +45,33 @@ class ModelConfig:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+                raise InvalidArgument(f"model.{name} must be a positive integer, got {value!r}")
         for name in ("tie_embeddings", "checkpoint_activations"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
+                raise InvalidArgument(
+                    f"model.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("rope_theta", "norm_eps"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 < value < math.inf:
-                raise ValueError(f"model.{name} must be a positive finite number, got {value!r}")
+                raise InvalidArgument(
+                    f"model.{name} must be a positive finite number, got {value!r}")
         if self.d_model % self.num_heads:
-            raise ValueError(
+            raise InvalidArgument(
                 f"model.d_model={self.d_model} is not divisible by model.num_heads="
                 f"{self.num_heads}; pick num_heads that divides d_model (e.g. "
                 f"{_divisor_hint(self.d_model, self.num_heads)})"
             )
         if self.positional == "rope" and self.head_dim % 2:
-            raise ValueError(
+            raise InvalidArgument(
                 f"RoPE needs an even head dimension, but d_model/num_heads = {self.head_dim}; "
                 "change num_heads or set positional = 'nope'"
             )
         if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff < 1):
-            raise ValueError(f"model.d_ff must be a positive integer or omitted, got {self.d_ff!r}")
+            raise InvalidArgument(
+                f"model.d_ff must be a positive integer or omitted, got {self.d_ff!r}")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(
+                raise InvalidArgument(
                     f"model.{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
 
@@ -90,7 +94,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
+            raise InvalidArgument(f"unknown model setting(s): {', '.join(unknown)}")
         return cls(**data)
 
 

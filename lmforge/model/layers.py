@@ -136,6 +136,9 @@ class RotaryPositionalEmbedding(nn.Module):
     `rotate_fast` computes the same rotation as one complex multiply (the fast path).
     """
 
+    cos: Tensor  # (max_seq_len, d_k/2) buffers
+    sin: Tensor
+
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
         super().__init__()
         if d_k % 2:

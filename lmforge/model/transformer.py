@@ -107,8 +107,8 @@ class TransformerBlock(nn.Module):
         ffn = SwiGLU if c.ffn == "swiglu" else SiLUFeedForward
         self.ffn = ffn(c.d_model, c.hidden_dim, device, dtype)
         if c.norm == "rmsnorm":
-            self.ln1 = RMSNorm(c.d_model, c.norm_eps, device, dtype)
-            self.ln2 = RMSNorm(c.d_model, c.norm_eps, device, dtype)
+            self.ln1: nn.Module = RMSNorm(c.d_model, c.norm_eps, device, dtype)
+            self.ln2: nn.Module = RMSNorm(c.d_model, c.norm_eps, device, dtype)
         else:
             self.ln1 = self.ln2 = nn.Identity()
 
@@ -163,9 +163,7 @@ class TransformerLM(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig, device=None, dtype=None) -> TransformerLM:
-        d = config.to_dict()
-        positional = [d.pop(k) for k in ("vocab_size", "context_length", "d_model", "num_layers")]
-        return cls(*positional, d.pop("num_heads"), device=device, dtype=dtype, **d)
+        return cls(**config.to_dict(), device=device, dtype=dtype)
 
     def forward(
         self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache=None

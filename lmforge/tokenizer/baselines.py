@@ -46,7 +46,8 @@ WORD_REGEX = re.compile(WORD_PATTERN)
 class TextTokenizer(Protocol):
     """Anything with the tokenizer interface: BPE ``Tokenizer`` and the baselines here."""
 
-    vocab_size: int
+    @property
+    def vocab_size(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -205,7 +206,8 @@ def tokenizer_stats(tokenizer: TextTokenizer, text: str, top_k: int = 10) -> Tok
         raise TokenizerInputError("tokenizer_stats: the text is empty; give at least one char.")
     ids = tokenizer.encode(text)
     words = WordTokenizer.train(text)
-    baselines = {"byte": ByteTokenizer(), "char": CharTokenizer(), "word": words}
+    baselines: dict[str, ByteTokenizer | CharTokenizer | WordTokenizer] = {
+        "byte": ByteTokenizer(), "char": CharTokenizer(), "word": words}
     counts = Counter(ids)
     return TokenizerStats(
         n_bytes=len(text.encode("utf-8")),

@@ -22,7 +22,8 @@ used automatically when it is built. Tests prove both equal tiktoken's GPT-2 ids
 Streaming (``encode_iterable``) keeps a text buffer and emits everything before the last *safe
 cut*: a position where the pre-token split and the special-token split of the whole text are
 known to break, whatever text follows (see ``_CUT_REGEX``). Whole files (``encode_file``) are
-encoded in parallel by ``encode_file.write_token_file``.
+encoded in parallel by ``encode_file.write_token_file`` through ``encode_to_bytes``. Files are
+read and written by ``formats``, which does not depend on this class.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import hashlib
 import itertools
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,12 @@ import regex
 
 from lmforge.tokenizer import native
 from lmforge.tokenizer.encode_file import EncodeFileResult, write_token_file
+from lmforge.tokenizer.formats import read_gpt2_vocab_merges, read_tokenizer_dir, save_tokenizer
 from lmforge.tokenizer.pretokenize import (
     GPT2_REGEX,
     TokenizerInputError,
     check_special_tokens,
-    read_text_chunk,
+    input_files,
     special_token_regex,
     split_on_special_tokens,
 )
@@ -170,6 +172,29 @@ class Tokenizer:
             return enc.encode(text)
         return self.encode_reference(text)
 
+    def encode_to_bytes(self, text: str, itemsize: int = 2, *, special: str = "special") -> bytes:
+        """``encode(text, special=special)`` packed as little-endian unsigned ints of ``itemsize``
+        bytes (2 or 4): the data of a token array, without a Python int per id.
+
+        >>> Tokenizer({i: bytes([i]) for i in range(256)}, []).encode_to_bytes("hi")
+        b'h\\x00i\\x00'
+        """
+        _check_policy(special)
+        enc = self._encoder()
+        if enc is None:
+            return np.asarray(self.encode(text, special=special), f"<u{itemsize}").tobytes()
+        if special == "plain" or self._special_re is None:
+            return enc.encode_to_bytes(text, itemsize)
+        parts = []
+        for piece, is_special in split_on_special_tokens(text, self._special_re):
+            if not is_special:
+                parts.append(enc.encode_to_bytes(piece, itemsize))
+            elif special == "special":
+                parts.append(self._special_ids[piece].to_bytes(itemsize, "little"))
+            else:
+                raise _special_found(piece)
+        return b"".join(parts)
+
     def encode_reference(self, text: str) -> list[int]:
         """``encode_ordinary`` by the pure-Python reference (regex + cached merge loop)."""
         ids: list[int] = []
@@ -206,6 +231,11 @@ class Tokenizer:
                     i += 1
             ids = out
         return ids
+
+    @property
+    def has_native_encoder(self) -> bool:
+        """Whether encoding runs in C (which releases the GIL, so threads encode in parallel)."""
+        return self._encoder() is not None
 
     def _encoder(self):
         """The C encoder for this vocabulary, built on first use; None without the C module."""
@@ -295,44 +325,37 @@ class Tokenizer:
 
     def encode_file(
         self,
-        input_path: str | os.PathLike,
+        input_path: str | os.PathLike | Sequence[str | os.PathLike],
         output_path: str | os.PathLike,
         num_workers: int | None = None,
         *,
         special: str = "special",
         progress: bool = True,
         chunk_bytes: int | None = None,
+        val_fraction: float = 0.0,
+        seed: int = 0,
     ) -> EncodeFileResult:
         """Encode a UTF-8 file to a ``.npy`` token array plus sidecar ``{output_path}.json``.
 
-        The file is cut at safe offsets (``find_chunk_boundaries``) into chunks of about
-        ``chunk_bytes`` (default: up to 4 MiB), encoded by ``num_workers`` threads (C encoder,
-        which releases the GIL) or processes (Python reference), and written in order to a
-        temporary file that replaces ``output_path`` only on success. The array is uint16 when
-        ``vocab_size <= 65536``, else uint32; open it with ``np.load(path, mmap_mode="r")``.
+        ``input_path`` may also be several files and glob patterns: one corpus, the files in
+        order with ``<|endoftext|>`` between two files (not after one that already ends with it),
+        so the ids are exactly those of encoding the joined text. The text is cut at safe
+        offsets (``find_chunk_boundaries``) into chunks of about ``chunk_bytes`` (default: up to
+        4 MiB), encoded by ``num_workers`` threads (C encoder, which releases the GIL) or
+        processes (Python reference), and written in order to a temporary file that replaces
+        ``output_path`` only on success. The array is uint16 when ``vocab_size <= 65536``, else
+        uint32; open it with ``np.load(path, mmap_mode="r")``.
+
+        ``val_fraction`` > 0 splits the corpus by document (``split.split_token_ids``, seeded by
+        ``seed``): the training documents go to ``output_path``, the validation ones to
+        ``formats.val_token_path(output_path)`` (``tokens.npy`` -> ``tokens.val.npy``), each
+        with its sidecar; the result's ``val`` describes the second file.
         """
         _check_policy(special)
         return write_token_file(
-            self, input_path, output_path, num_workers, special, progress, chunk_bytes
+            self, input_files(input_path), output_path, num_workers, special, progress,
+            chunk_bytes, val_fraction=val_fraction, seed=seed,
         )
-
-    def _encode_chunk(self, path: str, start: int, end: int, special: str, itemsize: int) -> bytes:
-        """Ids of bytes ``[start, end)`` of ``path`` packed little-endian (``itemsize`` 2 or 4)."""
-        text = read_text_chunk(path, start, end)
-        enc = self._encoder()
-        if enc is None:
-            return np.asarray(self.encode(text, special=special), f"<u{itemsize}").tobytes()
-        if special == "plain" or self._special_re is None:
-            return enc.encode_to_bytes(text, itemsize)
-        parts = []
-        for piece, is_special in split_on_special_tokens(text, self._special_re):
-            if not is_special:
-                parts.append(enc.encode_to_bytes(piece, itemsize))
-            elif special == "special":
-                parts.append(self._special_ids[piece].to_bytes(itemsize, "little"))
-            else:
-                raise _special_found(piece)
-        return b"".join(parts)
 
     @classmethod
     def from_files(
@@ -342,26 +365,20 @@ class Tokenizer:
         special_tokens: list[str] | None = None,
     ) -> Tokenizer:
         """Load GPT-2 style ``vocab.json`` + ``merges.txt``."""
-        from lmforge.tokenizer.formats import read_gpt2_vocab_merges
-
         specials = list(special_tokens or [])
         vocab, merges = read_gpt2_vocab_merges(vocab_filepath, merges_filepath, specials)
         return cls(vocab, merges, specials)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write a self-describing tokenizer directory (see ``formats.save_tokenizer``)."""
-        from lmforge.tokenizer.formats import save_tokenizer
-
         path = Path(save_tokenizer(self, directory))
         self.directory = path
         return path
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Tokenizer:
-        """Open a directory written by ``save`` (see ``formats.load_tokenizer``)."""
-        from lmforge.tokenizer.formats import load_tokenizer
-
-        tok = load_tokenizer(directory)
+        """Open a directory written by ``save`` (see ``formats.read_tokenizer_dir``)."""
+        tok = cls(*read_tokenizer_dir(directory))
         tok.directory = Path(directory)
         return tok
 

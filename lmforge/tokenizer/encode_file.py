@@ -1,51 +1,90 @@
-"""Whole-file encoding: a UTF-8 corpus -> a ``.npy`` token array + a sidecar JSON, in parallel.
+"""Whole-corpus encoding: UTF-8 files -> a ``.npy`` token array + a sidecar JSON, in parallel.
 
-The file is cut at safe byte offsets (``pretokenize.find_chunk_boundaries``: where cutting cannot
-change the ids), the chunks are encoded by a pool — threads when the C encoder is built (it
-releases the GIL), processes otherwise — and the packed ids are written *in order* after a
+Each file is cut at safe byte offsets (``pretokenize.find_chunk_boundaries``: where cutting
+cannot change the ids), the chunks are encoded by a pool — threads when the C encoder is built
+(it releases the GIL), processes otherwise — and the packed ids are written *in order* after a
 fixed-size ``.npy`` header, which is rewritten with the final shape at the end. At most two
 chunks per worker are in flight, so memory is a few chunks, never the file.
 
-Output is atomic: everything goes to temporary files beside the targets, fsynced, then moved into
-place with ``os.replace``; on any error (or Ctrl-C) the temporaries are removed and an existing
-output is left untouched. The temporaries name this process (``fsutil.temp_prefix``), so a later
-run of the same output removes those a killed run left (``fsutil.remove_stale_temps``). Pool
-workers die with this process and are killed at once on an error or Ctrl-C (``lmforge.procutil``).
+Several files are one corpus: the files in order, with the ``<|endoftext|>`` id between two files
+unless the first already ends with that text (under the "special" policy), so the ids are those
+of encoding the joined text. With a validation fraction the corpus is encoded to a scratch file
+and split by document (``split.split_token_ids``) into the training file and ``*.val.npy``.
+
+Output is atomic (``fsutil.atomic_writer``): everything goes to temporary files beside the
+targets, fsynced, then moved into place; on any error (or Ctrl-C) the temporaries are removed and
+existing outputs are left untouched. A later run of the same output removes the temporaries a
+killed run left (``fsutil.remove_stale_temps``). Pool workers die with this process and are
+killed at once on an error or Ctrl-C (``lmforge.procutil``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import itertools
-import json
 import os
-import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
-import lmforge
-from lmforge.fsutil import TEMP_SUFFIX, remove_stale_temps, temp_prefix
+from lmforge import ENDOFTEXT
+from lmforge.fsutil import atomic_writer, remove_stale_temps, scratch_file
 from lmforge.procutil import fast_start_method, kill_pool, process_pool
+from lmforge.tokenizer.formats import (
+    sidecar_path,
+    token_file_metadata,
+    val_token_path,
+    write_sidecar,
+)
 from lmforge.tokenizer.pretokenize import (
     TokenizerInputError,
     check_input_file,
+    ends_with,
     find_chunk_boundaries,
+    read_text_chunk,
 )
-
-if TYPE_CHECKING:
-    from lmforge.tokenizer.bpe import Tokenizer
+from lmforge.tokenizer.split import split_token_ids, val_document_mask
 
 _NPY_HEADER_BYTES = 128  # fixed-size .npy v1.0 header, rewritten with the final shape at the end
 _MAX_CHUNK_BYTES = 4 << 20
-_worker_tokenizer: Tokenizer | None = None  # set in each worker process by _init_worker
+_COPY_BLOCK = 1 << 22  # ids copied at a time from the scratch file into a split
+_worker_tokenizer: TokenEncoder | None = None  # set in each worker process by _init_worker
+
+
+class TokenEncoder(Protocol):
+    """What encoding a corpus needs from a tokenizer (``bpe.Tokenizer`` has all of it)."""
+
+    @property
+    def vocab(self) -> Mapping[int, bytes]: ...
+
+    @property
+    def special_tokens(self) -> Sequence[str]: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def directory(self) -> Path | None: ...
+
+    @property
+    def has_native_encoder(self) -> bool: ...
+
+    def fingerprint(self) -> str: ...
+
+    def id_of(self, token: bytes) -> int | None: ...
+
+    def encode_to_bytes(self, text: str, itemsize: int = 2, *, special: str = "special") -> bytes:
+        ...
 
 
 @dataclass(frozen=True)
@@ -56,9 +95,10 @@ class EncodeFileResult:
     sidecar_path: Path  # f"{output_path}.json"
     num_tokens: int
     dtype: str  # "uint16" or "uint32"
-    input_bytes: int
+    input_bytes: int  # of all the input files together
     seconds: float  # wall time of the whole call
     metadata: dict  # the sidecar's contents (tokenizer fingerprint, source, policy, version)
+    val: EncodeFileResult | None = None  # the validation split, when one was asked for
 
 
 def _npy_header(dtype: np.dtype, n: int) -> bytes:
@@ -72,31 +112,38 @@ def _npy_header(dtype: np.dtype, n: int) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
 
 
-def _init_worker(tokenizer: Tokenizer) -> None:
+def _encode_job(tok: TokenEncoder, path: str, start: int, end: int, special: str,
+                itemsize: int) -> bytes:
+    """The packed ids of bytes ``[start, end)`` of ``path``."""
+    return tok.encode_to_bytes(read_text_chunk(path, start, end), itemsize, special=special)
+
+
+def _init_worker(tokenizer: TokenEncoder) -> None:
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
 
 
 def _encode_in_worker(path: str, start: int, end: int, special: str, itemsize: int) -> bytes:
-    return _worker_tokenizer._encode_chunk(path, start, end, special, itemsize)
+    assert _worker_tokenizer is not None, "the pool initializer sets the worker's tokenizer"
+    return _encode_job(_worker_tokenizer, path, start, end, special, itemsize)
 
 
-def _executor(tok: Tokenizer, workers: int) -> Executor:
+def _executor(tok: TokenEncoder, workers: int) -> ThreadPoolExecutor | ProcessPoolExecutor:
     """Threads when the C encoder (which releases the GIL) is available, else processes."""
-    if tok._encoder() is not None:
+    if tok.has_native_encoder:
         return ThreadPoolExecutor(workers)
     return process_pool(workers, method=fast_start_method(), initializer=_init_worker,
                         initargs=(tok,))
 
 
-def _encoded_chunks(tok: Tokenizer, jobs: list[tuple], workers: int) -> Iterator[bytes]:
+def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple], workers: int) -> Iterator[bytes]:
     """Yield each job's packed ids in order; at most two jobs per worker are in flight."""
     if workers == 1 or len(jobs) == 1:
-        yield from (tok._encode_chunk(*job) for job in jobs)
+        yield from (_encode_job(tok, *job) for job in jobs)
         return
     pool = _executor(tok, workers)
-    threads = isinstance(pool, ThreadPoolExecutor)
-    fn = tok._encode_chunk if threads else _encode_in_worker
+    fn = (functools.partial(_encode_job, tok) if isinstance(pool, ThreadPoolExecutor)
+          else _encode_in_worker)
     try:
         todo = iter(jobs)
         inflight = deque(pool.submit(fn, *job) for job in itertools.islice(todo, 2 * workers))
@@ -105,7 +152,7 @@ def _encoded_chunks(tok: Tokenizer, jobs: list[tuple], workers: int) -> Iterator
             inflight.extend(pool.submit(fn, *job) for job in itertools.islice(todo, 1))
             yield data
     except BaseException:  # an error, Ctrl-C, or the consumer gave up (GeneratorExit)
-        if threads:
+        if isinstance(pool, ThreadPoolExecutor):
             pool.shutdown(wait=True, cancel_futures=True)
         else:
             kill_pool(pool)  # do not wait for chunks nobody will write
@@ -113,84 +160,165 @@ def _encoded_chunks(tok: Tokenizer, jobs: list[tuple], workers: int) -> Iterator
     pool.shutdown(wait=True)
 
 
-def _open_temp(target: Path):
-    """A new file beside ``target``: same filesystem, so ``os.replace`` is atomic."""
+class _TokenSink:
+    """Counts the ids written to a token array's data."""
+
+    def __init__(self, f: IO[bytes], itemsize: int):
+        self.f, self.itemsize, self.num_tokens = f, itemsize, 0
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.num_tokens += len(data) // self.itemsize
+
+
+@contextlib.contextmanager
+def _token_array(path: Path, dtype: np.dtype) -> Iterator[_TokenSink]:
+    """A ``.npy`` of ``dtype`` ids streamed through ``fsutil.atomic_writer``: the header gets
+    the final length when the block ends, and the file replaces ``path`` only then."""
+    with contextlib.ExitStack() as stack:
+        f = _enter(stack, atomic_writer(path, "wb", fsync=True), path)
+        sink = _TokenSink(f, dtype.itemsize)
+        f.write(_npy_header(dtype, 0))
+        yield sink
+        f.seek(0)
+        f.write(_npy_header(dtype, sink.num_tokens))
+
+
+def _enter(stack: contextlib.ExitStack, cm: contextlib.AbstractContextManager, path: Path) -> Any:
+    try:
+        return stack.enter_context(cm)
+    except OSError as e:
+        raise TokenizerInputError(f"{path}: cannot write the output ({e}).") from None
+
+
+def _check_output(target: Path) -> None:
     if target.is_dir():
         raise TokenizerInputError(f"{target}: is a directory; give a file path for the output.")
     if not target.parent.is_dir():
         raise TokenizerInputError(f"{target.parent}: output directory does not exist; create it.")
-    tmp = target.with_name(f"{temp_prefix(target)}{secrets.token_hex(4)}{TEMP_SUFFIX}")
-    try:
-        return open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb"), tmp
-    except OSError as e:
-        raise TokenizerInputError(f"{target}: cannot write the output ({e}).") from None
 
 
-def _sidecar(tok: Tokenizer, src: Path, size: int, dtype: np.dtype, n: int, special: str) -> dict:
-    return {
-        "format": "lmforge-tokens",
-        "version": 1,
-        "tokenizer": {
-            "vocab_size": tok.vocab_size,
-            "fingerprint": tok.fingerprint(),
-            "directory": str(tok.directory) if tok.directory else None,
-            "special_tokens": tok.special_tokens,
-        },
-        "dtype": dtype.name,
-        "num_tokens": n,
-        "source": {"path": str(src.resolve()), "size_bytes": size},
-        "special": special,
-        "lmforge_version": lmforge.__version__,
-    }
+def _separator_id(tok: TokenEncoder) -> int | None:
+    """The id of the ``<|endoftext|>`` special token, or None if it is not a special."""
+    return tok.id_of(ENDOFTEXT.encode()) if ENDOFTEXT in tok.special_tokens else None
 
 
 def write_token_file(
-    tok: Tokenizer,
-    input_path: str | os.PathLike,
+    tok: TokenEncoder,
+    inputs: Sequence[Path],
     output_path: str | os.PathLike,
     num_workers: int | None,
     special: str,
     progress: bool,
     chunk_bytes: int | None,
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
 ) -> EncodeFileResult:
-    """Implementation of ``Tokenizer.encode_file`` (see there); ``special`` is already checked."""
+    """Implementation of ``Tokenizer.encode_file`` (see there); ``special`` is already checked.
+
+    ``inputs`` are files (``pretokenize.input_files``), one corpus in this order.
+    """
     t0 = time.perf_counter()
-    src, out_path = Path(input_path), Path(output_path)
-    sidecar_path = Path(f"{out_path}.json")
-    size = check_input_file(src)
+    out_path = Path(output_path)
+    sizes = [check_input_file(p) for p in inputs]
+    sep_id = _separator_id(tok)
+    if val_fraction:
+        val_document_mask(2, val_fraction)  # a bad fraction is refused before any work
+        if special != "special" or sep_id is None:
+            raise TokenizerInputError(
+                f"a validation split needs the documents separated by the {ENDOFTEXT} special "
+                f"token: use special='special' and a tokenizer with {ENDOFTEXT} as a special "
+                "token (`lmforge tokenizer train` adds it by default)"
+            )
+    eot = ENDOFTEXT.encode()
+    separated = [special == "special" and ends_with(p, eot) for p in inputs[:-1]]
+    if not all(separated) and sep_id is None:
+        raise TokenizerInputError(
+            f"several input files are joined with {ENDOFTEXT} between them, but this tokenizer "
+            f"has no {ENDOFTEXT} special token; encode one file, or train the tokenizer with "
+            f"--special-token '{ENDOFTEXT}'"
+        )
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = max(1, num_workers or usable or 1)
-    chunk = chunk_bytes or min(_MAX_CHUNK_BYTES, max(1 << 16, size // (4 * workers)))
+    chunk = chunk_bytes or min(_MAX_CHUNK_BYTES, max(1 << 16, sum(sizes) // (4 * workers)))
     splits = tok.special_tokens if special != "plain" else ()
-    bounds = find_chunk_boundaries(src, chunk, split_special_tokens=splits)
     dtype = np.dtype("<u2" if tok.vocab_size <= 65536 else "<u4")
-    jobs = [(str(src), a, b, special, dtype.itemsize) for a, b in itertools.pairwise(bounds)]
-    temps = []
-    remove_stale_temps(out_path.parent, names=[out_path.name, sidecar_path.name])
-    try:
-        f, tmp = _open_temp(out_path)
-        temps.append(tmp)
-        with f, tqdm(total=size, unit="B", unit_scale=True, disable=not progress) as bar:
-            f.write(_npy_header(dtype, 0))
-            n = 0
-            for job, data in zip(jobs, _encoded_chunks(tok, jobs, workers), strict=True):
-                f.write(data)
-                n += len(data) // dtype.itemsize
-                bar.update(job[2] - job[1])
-            f.seek(0)
-            f.write(_npy_header(dtype, n))
-            f.flush()
-            os.fsync(f.fileno())
-        f, tmp_sidecar = _open_temp(sidecar_path)
-        temps.append(tmp_sidecar)
-        with f:
-            meta = _sidecar(tok, src, size, dtype, n, special)
-            f.write(json.dumps(meta, indent=2).encode() + b"\n")
-        os.replace(tmp, out_path)
-        os.replace(tmp_sidecar, sidecar_path)
-    except BaseException:
-        for t in temps:
-            t.unlink(missing_ok=True)
-        raise
+    jobs: list[tuple] = []
+    separator_after: set[int] = set()
+    for i, path in enumerate(inputs):
+        bounds = find_chunk_boundaries(path, chunk, split_special_tokens=splits)
+        jobs += [(str(path), a, b, special, dtype.itemsize) for a, b in itertools.pairwise(bounds)]
+        if i < len(separated) and not separated[i]:
+            separator_after.add(len(jobs) - 1)
+    val_path = val_token_path(out_path) if val_fraction else None
+    outputs = [p for p in (out_path, val_path) if p is not None]
+    for p in outputs:
+        _check_output(p)
+    remove_stale_temps(out_path.parent, names=[n for p in outputs
+                                              for n in (p.name, sidecar_path(p).name)])
+
+    def metadata(n: int, split: dict | None = None) -> dict:
+        return token_file_metadata(
+            vocab_size=tok.vocab_size, fingerprint=tok.fingerprint(),
+            tokenizer_dir=tok.directory, special_tokens=tok.special_tokens, dtype=dtype.name,
+            num_tokens=n, sources=list(zip(inputs, sizes, strict=True)), special=special,
+            split=split)
+
+    sep = (sep_id or 0).to_bytes(dtype.itemsize, "little")
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, disable=not progress) as bar:
+        chunks = _corpus_bytes(tok, jobs, separator_after, sep, workers, bar)
+        if val_path is None:
+            with _token_array(out_path, dtype) as sink:
+                for data in chunks:
+                    sink.write(data)
+                meta = metadata(sink.num_tokens)
+                write_sidecar(out_path, meta)
+            return EncodeFileResult(out_path, sidecar_path(out_path), sink.num_tokens,
+                                    dtype.name, sum(sizes), time.perf_counter() - t0, meta)
+        assert sep_id is not None  # checked above
+        with contextlib.ExitStack() as stack:
+            scratch = _enter(stack, scratch_file(out_path), out_path)
+            with open(scratch, "wb") as f:
+                for data in chunks:
+                    f.write(data)
+            ids = np.memmap(scratch, dtype=dtype, mode="r")
+            plan = split_token_ids(ids, sep_id, tok.vocab, val_fraction, seed)
+            sinks = [stack.enter_context(_token_array(p, dtype)) for p in (out_path, val_path)]
+            for sink, runs in zip(sinks, (plan.train_runs, plan.val_runs), strict=True):
+                _copy_runs(ids, runs, sep, sink)
+            del ids  # unmapped before the scratch file is removed
+            metas = [metadata(sink.num_tokens, {
+                "part": part, "val_fraction": val_fraction, "seed": seed, "documents": docs,
+                "corpus_documents": plan.corpus_documents})
+                for sink, part, docs in zip(sinks, ("train", "val"),
+                                            (plan.train_documents, plan.val_documents),
+                                            strict=True)]
+            for path, meta in zip((out_path, val_path), metas, strict=True):
+                write_sidecar(path, meta)
     seconds = time.perf_counter() - t0
-    return EncodeFileResult(out_path, sidecar_path, n, dtype.name, size, seconds, meta)
+    train, val = (EncodeFileResult(path, sidecar_path(path), sink.num_tokens, dtype.name,
+                                   sum(sizes), seconds, meta)
+                  for path, sink, meta in zip((out_path, val_path), sinks, metas, strict=True))
+    return dataclasses.replace(train, val=val)
+
+
+def _copy_runs(ids: np.ndarray, runs: np.ndarray, sep: bytes, sink: _TokenSink) -> None:
+    """Write the runs ``(start, end)`` of ``ids`` to ``sink``, with ``sep`` between two runs."""
+    for k, (a, b) in enumerate(runs.tolist()):
+        if k:
+            sink.write(sep)
+        for s in range(a, b, _COPY_BLOCK):
+            sink.write(np.asarray(ids[s:min(b, s + _COPY_BLOCK)]).tobytes())
+
+
+def _corpus_bytes(
+    tok: TokenEncoder, jobs: list[tuple], separator_after: set[int], sep: bytes, workers: int,
+    bar: tqdm,
+) -> Iterator[bytes]:
+    """The packed ids of the whole corpus in order: each job's, and ``sep`` between files."""
+    for k, data in enumerate(_encoded_chunks(tok, jobs, workers)):
+        yield data
+        bar.update(jobs[k][2] - jobs[k][1])
+        if k in separator_after:
+            yield sep

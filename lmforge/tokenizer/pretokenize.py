@@ -21,11 +21,14 @@ chunk simply grows (worst case: one chunk per file).
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import regex
+
+from lmforge.errors import LmforgeError
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_REGEX = regex.compile(GPT2_PATTERN)
@@ -34,7 +37,7 @@ GPT2_REGEX = regex.compile(GPT2_PATTERN)
 _SCAN_BYTES = 1 << 20
 
 
-class TokenizerInputError(ValueError):
+class TokenizerInputError(LmforgeError, ValueError):
     """Bad input to the tokenizer (missing/empty file, invalid UTF-8, impossible settings).
 
     The message says what is wrong and how to fix it; the CLI prints it and exits non-zero.
@@ -129,6 +132,48 @@ def check_input_file(path: str | os.PathLike) -> int:
     if size == 0:
         raise TokenizerInputError(f"{p}: file is empty; there is nothing to train on or encode.")
     return size
+
+
+def input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The files of ``inputs`` (one path, or several), with glob patterns expanded, in order.
+
+    A pattern (``data/*.txt``) that names no existing path expands to its matches, sorted; one
+    that matches nothing, and a file given twice (by two patterns, say), are TokenizerInputErrors.
+    Paths are not checked otherwise (``check_input_file`` does that).
+    """
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    if not items:
+        raise TokenizerInputError("no input file given; name at least one UTF-8 text file.")
+    files: list[Path] = []
+    for item in items:
+        if not Path(item).exists() and glob.has_magic(str(item)):
+            matches = sorted(glob.glob(str(item), recursive=True))
+            if not matches:
+                raise TokenizerInputError(f"{item}: no file matches this pattern. Check the path "
+                                          f"(cwd is {Path.cwd()}).")
+            files.extend(Path(m) for m in matches)
+        else:
+            files.append(Path(item))
+    seen: dict[Path, Path] = {}
+    for f in files:
+        key = f.resolve()
+        if key in seen:
+            raise TokenizerInputError(
+                f"{f} is given twice (also as {seen[key]}); name each input file once, or its "
+                "documents would count twice (and could land in both train and validation)."
+            )
+        seen[key] = f
+    return files
+
+
+def ends_with(path: str | os.PathLike, suffix: bytes) -> bool:
+    """Whether the file ``path`` ends with the bytes ``suffix``."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < len(suffix):
+            return False
+        f.seek(size - len(suffix))
+        return f.read() == suffix
 
 
 def read_text_chunk(path: str | os.PathLike, start: int, end: int) -> str:
@@ -297,15 +342,28 @@ def count_pretokens_in_file(
     pool start-up cost). Raises TokenizerInputError for a missing/empty file and InvalidUTF8Error
     (with the absolute byte offset, also from a worker) for bad bytes.
     """
+    return count_pretokens_in_files([path], special_tokens, num_workers, chunk_bytes, progress)
+
+
+def count_pretokens_in_files(
+    paths: Sequence[str | os.PathLike],
+    special_tokens: Sequence[str] = (),
+    num_workers: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: bool = False,
+) -> dict[bytes, int]:
+    """``count_pretokens_in_file`` of several files together: the sum of their counts, computed by
+    one pool over the chunks of all the files."""
     from itertools import pairwise
 
     from tqdm import tqdm
 
-    size = check_input_file(path)
+    sizes = [check_input_file(p) for p in paths]
+    size = sum(sizes)
     workers = 1 if size <= chunk_bytes else num_workers or default_num_workers()
     chunk_bytes = max(1, min(chunk_bytes, -(-size // workers)))  # at least one chunk per worker
-    bounds = find_chunk_boundaries(path, chunk_bytes, special_tokens)
-    jobs = [(str(path), a, b, tuple(special_tokens)) for a, b in pairwise(bounds)]
+    jobs = [(str(path), a, b, tuple(special_tokens)) for path in paths
+            for a, b in pairwise(find_chunk_boundaries(path, chunk_bytes, special_tokens))]
     total: dict[bytes, int] = {}
     bar = tqdm(total=size, unit="B", unit_scale=True, desc="pre-tokens", disable=not progress)
     with bar:

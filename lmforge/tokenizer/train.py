@@ -1,6 +1,8 @@
 """Byte-level BPE training (Sennrich et al., 2016; GPT-2's byte-level BPE, Radford et al., 2019).
 
-``train_bpe(path, vocab_size, special_tokens)`` returns ``(vocab, merges)``:
+``train_bpe(path, vocab_size, special_tokens)`` returns ``(vocab, merges)``; ``train_tokenizer``
+wraps it into a ``Tokenizer`` (and saves it). Several input files (or glob patterns) are one
+corpus: their counts add up, as if they were joined with a special token between them.
 
 - ``vocab``: the special tokens (ids ``0..k-1``), the 256 single bytes (ids ``k..k+255``), then one
   token per merge in creation order; ``vocab_size`` counts all of them.
@@ -35,11 +37,14 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Literal
 
+from lmforge import ENDOFTEXT
 from lmforge.tokenizer import native
+from lmforge.tokenizer.bpe import Tokenizer
 from lmforge.tokenizer.pretokenize import (
     TokenizerInputError,
     check_special_tokens,
-    count_pretokens_in_file,
+    count_pretokens_in_files,
+    input_files,
 )
 
 Backend = Literal["auto", "python", "native"]
@@ -47,14 +52,15 @@ Pair = tuple[int, int]
 
 
 def train_bpe(
-    input_path: str | os.PathLike,
+    input_path: str | os.PathLike | Sequence[str | os.PathLike],
     vocab_size: int,
     special_tokens: Sequence[str] = (),
     *,
     num_workers: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    """Train a byte-level BPE tokenizer on the UTF-8 text file ``input_path``.
+    """Train a byte-level BPE tokenizer on the UTF-8 text file ``input_path`` (or several files
+    and glob patterns: one corpus, see ``pretokenize.input_files``).
 
     >>> vocab, merges = train_bpe("corpus.txt", 300, ["<|endoftext|>"])  # doctest: +SKIP
     >>> vocab[0], vocab[1], len(vocab), merges[0]                         # doctest: +SKIP
@@ -65,10 +71,33 @@ def train_bpe(
     """
     special_tokens = check_special_tokens(special_tokens)
     check_vocab_size(vocab_size, special_tokens)
-    counts = count_pretokens_in_file(
-        input_path, special_tokens, num_workers=num_workers, progress=progress
+    counts = count_pretokens_in_files(
+        input_files(input_path), special_tokens, num_workers=num_workers, progress=progress
     )
     return train_bpe_from_counts(counts, vocab_size, special_tokens, progress=progress)
+
+
+def train_tokenizer(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    vocab_size: int,
+    special_tokens: Sequence[str] = (ENDOFTEXT,),
+    *,
+    num_workers: int | None = None,
+    progress: bool = True,
+    out: str | os.PathLike | None = None,
+) -> Tokenizer:
+    """``Tokenizer(*train_bpe(inputs, vocab_size, special_tokens), special_tokens)``, saved to the
+    tokenizer directory ``out`` when given (then ``tokenizer.directory`` is ``out``).
+
+    >>> tok = train_tokenizer("data/*.txt", 8000, out="runs/tok")  # doctest: +SKIP
+    """
+    specials = list(special_tokens)
+    vocab, merges = train_bpe(inputs, vocab_size, specials, num_workers=num_workers,
+                              progress=progress)
+    tokenizer = Tokenizer(vocab, merges, specials)
+    if out is not None:
+        tokenizer.save(out)
+    return tokenizer
 
 
 def check_vocab_size(vocab_size: int, special_tokens: Sequence[str]) -> None:

@@ -13,8 +13,8 @@ A *run checkpoint* is a directory the trainer writes every few steps and resumes
         rng.pt              torch CPU (+ CUDA) RNG, python ``random`` and numpy global RNG states
         manifest.json       size and SHA-256 of every other file (older checkpoints lack it)
 
-It is written into ``step_0001000.tmp-<pid>`` and renamed into place with ``os.replace``, so a
-crash leaves either the old checkpoint or the new one, never half of one; ``latest_checkpoint``
+It is written into ``step_0001000.tmp-<pid>`` and renamed into place (`lmforge.fsutil.replace_dir`),
+so a crash leaves either the old checkpoint or the new one, never half of one; ``latest_checkpoint``
 ignores temporaries and directories missing any of the four files, and
 ``remove_stale_checkpoint_temps`` deletes the temporaries of writers that died. Restoring weights,
 optimizer, RNGs and the sampler state makes the continued run reproduce an uninterrupted one bit
@@ -55,7 +55,9 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from lmforge.fsutil import atomic_write_bytes, give_default_permissions
+from lmforge.errors import LmforgeError
+from lmforge.fsutil import atomic_write_bytes, give_default_permissions, replace_dir
+from lmforge.procutil import pid_alive
 
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "state.json", "rng.pt")
 MANIFEST_FILE = "manifest.json"
@@ -64,7 +66,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TEMP_DIR = re.compile(r"^step_\d+\.tmp-(\d+)$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LmforgeError, ValueError):
     """A checkpoint is missing, incomplete or does not fit the model (says how to fix)."""
 
 
@@ -336,7 +338,7 @@ def commit_checkpoint(
         raise CheckpointError(f"{tmp} lacks {', '.join(missing)}; the checkpoint was not saved.")
     try:
         _write_manifest(tmp)
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if keep_last is not None:
@@ -373,18 +375,6 @@ def save_run_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return commit_checkpoint(tmp, final, keep_last=keep_last)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move directory ``src`` to ``dst``; an existing ``dst`` is moved aside first, then deleted."""
-    if dst.exists():
-        old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -641,7 +631,7 @@ def newest_intact_checkpoint(
 ) -> tuple[Path | None, list[DamagedCheckpointError]]:
     """(the newest complete checkpoint of a run that `verify_checkpoint` accepts, or None; the
     damage found in the newer ones, newest first)."""
-    damaged = []
+    damaged: list[DamagedCheckpointError] = []
     for _, d in reversed(_step_dirs(Path(run_dir))):
         try:
             return verify_checkpoint(d), damaged
@@ -705,29 +695,19 @@ def load_newest_weights(
     steps = [d for _, d in reversed(_step_dirs(run_dir))]
     if not steps:
         return load_model_weights(run_dir, model)  # its error says what is missing
-    damaged = []
+    damaged: list[DamagedCheckpointError] = []
     for d in steps:
         try:
             file = load_model_weights(d, model)
         except DamagedCheckpointError as e:
             damaged.append(e)
             continue
-        for e in damaged:
-            _warn(str(e))
+        for skipped in damaged:
+            _warn(str(skipped))
         if damaged:
             _warn(f"using {d}, the newest checkpoint with intact weights")
         return file
     raise CheckpointError(_no_intact_checkpoint(run_dir, damaged, "with usable weights"))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process / not a pid we can ask
-        return True
-    return True
 
 
 def remove_stale_checkpoint_temps(run_dir: str | os.PathLike) -> list[Path]:
@@ -742,7 +722,7 @@ def remove_stale_checkpoint_temps(run_dir: str | os.PathLike) -> list[Path]:
         return removed
     for d in sorted(root.iterdir()):
         m = _TEMP_DIR.match(d.name)
-        if m and d.is_dir() and not _pid_alive(int(m.group(1))):
+        if m and d.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed

@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge.errors import LmforgeError
 
-class TokenDataError(ValueError):
+
+class TokenDataError(LmforgeError, ValueError):
     """A token file is missing or unusable, or a batch cannot be cut from it (says how to fix)."""
 
 
@@ -41,9 +43,10 @@ def open_tokens(path: str | os.PathLike) -> np.ndarray:
         )
     try:
         tokens = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
         raise TokenDataError(
-            f"{p} is not a readable .npy array ({e}); produce it with `lmforge tokenizer encode`."
+            f"{p} is not a readable .npy array ({e or 'it is empty'}); produce it with "
+            "`lmforge tokenizer encode`."
         ) from e
     if not isinstance(tokens, np.ndarray):
         raise TokenDataError(f"{p} is not a single .npy array (an .npz?); pass a .npy file.")
@@ -113,7 +116,9 @@ def _check_window(tokens: np.ndarray, batch_size: int, context_length: int) -> N
         )
 
 
-def _to_device(windows: np.ndarray, device: str | torch.device) -> tuple[torch.Tensor, ...]:
+def _to_device(
+    windows: np.ndarray, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L + 1) ids -> (x, y) int64 tensors (B, L) on ``device`` (pinned + async for cuda)."""
     x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1], dtype=np.int64))
     y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:], dtype=np.int64))

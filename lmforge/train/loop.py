@@ -29,18 +29,21 @@ checkpoints hold every rank's part.
 from __future__ import annotations
 
 import functools
-import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from lmforge.config import ConfigError, TrainConfig
 from lmforge.device import autocast, select_device
+from lmforge.errors import LmforgeError, PathNotFound
 from lmforge.eval.perplexity import evaluate_loss
 from lmforge.model import TransformerLM
 from lmforge.train import parallel
@@ -52,7 +55,7 @@ from lmforge.train.checkpoint import (
     newest_intact_checkpoint,
 )
 from lmforge.train.data import BatchSampler, open_tokens
-from lmforge.train.loss import cross_entropy, distillation_loss
+from lmforge.train.loss import cross_entropy, distillation_loss, perplexity
 from lmforge.train.metrics import plot_losses, read_metrics, truncate_after
 from lmforge.train.optim import get_lr_cosine_schedule
 from lmforge.train.plan import BudgetPlanner, StepPlan
@@ -66,7 +69,7 @@ from lmforge.train.run_dir import (
 from lmforge.train.step import NonFiniteStep, TrainStep, make_optimizer
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(LmforgeError, RuntimeError):
     """The loss or gradient norm became NaN/inf; the message says where and what to try."""
 
 
@@ -97,7 +100,7 @@ class _StopRequest:
     def __init__(self, abort_on_second: bool = True, announce: bool = True) -> None:
         self.requested = False
         self.abort_on_second, self.announce = abort_on_second, announce
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def __enter__(self) -> _StopRequest:
         from lmforge.procutil import note_interrupt
@@ -196,7 +199,7 @@ class Trainer:
     def _checkpoint_to_resume(self) -> Path:
         ckpt = checkpoint_to_resume(self.run_dir, main=self.ctx.is_main)  # skips damaged ones
         if ckpt is None:
-            raise FileNotFoundError(
+            raise PathNotFound(
                 f"{self.run_dir} has no checkpoint to resume from (the run stopped before its "
                 "first checkpoint); start it again without --resume"
             )
@@ -257,17 +260,19 @@ class Trainer:
 
     def evaluate(self) -> float:
         t = self.config.train
+        val_tokens = self.val_tokens
+        assert val_tokens is not None, "evaluate() needs validation tokens (data.val)"
         if self.ctx.distributed:
             net = self.net if self.ctx.mode == "fsdp" else self.model  # replicas are equal
             with self._autocast():
                 return parallel.sharded_eval_loss(
-                    net, self.val_tokens, self.ctx, context_length=self.config.model.context_length,
+                    net, val_tokens, self.ctx, context_length=self.config.model.context_length,
                     batch_size=t.eval_batch_size, max_tokens=t.eval_tokens or None,
                     device=self.device,
                 )
         with self._autocast():
             result = evaluate_loss(
-                self.model, self.val_tokens, batch_size=t.eval_batch_size, device=self.device,
+                self.model, val_tokens, batch_size=t.eval_batch_size, device=self.device,
                 max_tokens=t.eval_tokens or None,
             )
         return result.loss
@@ -361,7 +366,7 @@ class Trainer:
         self.val_loss = self.evaluate()
         self.metrics.log({
             "step": self.step, "tokens": self.tokens, "val_loss": self.val_loss,
-            "val_ppl": math.exp(min(self.val_loss, 700)), "wall_time": round(self.wall_time(), 3),
+            "val_ppl": perplexity(self.val_loss), "wall_time": round(self.wall_time(), 3),
         })
         if self.ctx.is_main:
             plot_losses(read_metrics(self.run_dir / "metrics.jsonl"),
@@ -403,6 +408,14 @@ def _diverged_message(step: int, loss: float, grad_norm: float, run_dir: Path) -
         f"The bad update was not applied; {kept}. Try a lower optim.lr, a longer "
         "optim.warmup_iters, optim.grad_clip = 1.0, or train.dtype = 'fp32'."
     )
+
+
+def initial_training_state(source: str) -> dict:
+    """The `state.json` of a step-0 checkpoint holding weights trained elsewhere (`source`, e.g.
+    an imported HuggingFace model): nothing trained yet, so `--resume` starts the schedule at
+    step 0 with a fresh data stream (the state has no sampler)."""
+    return {"tokens": 0, "wall_time": 0.0, "interval_losses": [], "val_loss": None,
+            "initialized_from": source}
 
 
 def train(

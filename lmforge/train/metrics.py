@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lmforge.fsutil import atomic_write_text
+from lmforge.fsutil import atomic_write_text, atomic_writer
 
 
 class MetricsLogger:
@@ -38,7 +38,7 @@ class MetricsLogger:
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All complete records of a metrics file (a torn last line from a kill is skipped)."""
-    records = []
+    records: list[dict[str, Any]] = []
     path = Path(path)
     if not path.exists():
         return records
@@ -90,10 +90,9 @@ def plot_losses(
     axes[0].legend()
     fig.suptitle(title or "loss")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        with atomic_writer(out) as f:
+            fig.savefig(f, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return Path(out)

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,23 +23,29 @@ import torch
 import lmforge
 from lmforge.config import ConfigError, TrainConfig, load_config, save_config
 from lmforge.device import select_device
+from lmforge.errors import PathExists, PathNotFound
 from lmforge.fsutil import atomic_write_text
 from lmforge.model import count_parameters, flops_per_token, memory_estimate
 from lmforge.model.accounting import available_memory, fits_in_memory
+from lmforge.tokenizer.formats import read_sidecar
 from lmforge.train.data import check_token_ids
+
+if TYPE_CHECKING:
+    from lmforge.tokenizer import Tokenizer
 
 
 def check_token_file(path: str, tokens: np.ndarray, vocab_size: int) -> None:
-    """Refuse token files made for a larger vocabulary than the model's, a too-narrow dtype, or
-    holding an id outside ``[0, vocab_size)``, before the first step.
+    """Refuse token files made for a larger vocabulary than the model's, a too-narrow dtype, a
+    sidecar that describes another file, or holding an id outside ``[0, vocab_size)``, before
+    the first step.
 
     The sidecar JSON written by `lmforge tokenizer encode` is checked first (a clear message for
     the common mistake); then every id, streamed in chunks (`check_token_ids`), so a hand-made
     or foreign file is caught too.
     """
-    sidecar = Path(f"{path}.json")
+    meta = read_sidecar(path)
     limit = int(np.iinfo(tokens.dtype).max) + 1
-    if not sidecar.is_file():
+    if meta is None:
         if vocab_size > limit:
             raise ConfigError(
                 f"model.vocab_size = {vocab_size:,} is larger than {tokens.dtype} token ids allow "
@@ -46,8 +53,7 @@ def check_token_file(path: str, tokens: np.ndarray, vocab_size: int) -> None:
             )
         check_token_ids(tokens, vocab_size, name=path)
         return
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    tok_vocab = meta.get("tokenizer", {}).get("vocab_size", 0)
+    tok_vocab = (meta.get("tokenizer") or {}).get("vocab_size", 0)
     if tok_vocab > limit:
         raise ConfigError(
             f"{path} stores {tokens.dtype} ids but its tokenizer has {tok_vocab:,} tokens "
@@ -60,7 +66,59 @@ def check_token_file(path: str, tokens: np.ndarray, vocab_size: int) -> None:
             f"{vocab_size:,}; set model.vocab_size >= {tok_vocab} (e.g. --set "
             f"model.vocab_size={tok_vocab})"
         )
+    recorded = meta.get("num_tokens")
+    if isinstance(recorded, int) and recorded != len(tokens):
+        raise ConfigError(
+            f"{path} holds {len(tokens):,} tokens but its sidecar {path}.json describes "
+            f"{recorded:,}: the two belong to different encodings (one was replaced or cut "
+            "short); encode the corpus again with `lmforge tokenizer encode`"
+        )
     check_token_ids(tokens, vocab_size, name=path)
+
+
+def check_same_tokenizer(config: TrainConfig, tokenizer: Tokenizer | None, name: str) -> None:
+    """Refuse token files encoded by different tokenizers: `data.train` and `data.val` by two
+    different ones, or either by another tokenizer than `tokenizer` (the run's, called `name`
+    in the message), as their sidecars' fingerprints tell. Files without a sidecar (or
+    without a fingerprint in it) are not checked: nothing records their tokenizer.
+
+    A different tokenizer of the same size passes every id check, and the model then learns
+    (and `generate` prints) the wrong text for each id; hence this check, before anything is
+    written.
+    """
+    d = config.data
+    recorded = {}
+    for path in (d.train, d.val):
+        tok = ((read_sidecar(path) if path else None) or {}).get("tokenizer") or {}
+        if tok.get("fingerprint"):
+            recorded[path] = tok
+    if d.train in recorded and d.val in recorded and (
+            recorded[d.train]["fingerprint"] != recorded[d.val]["fingerprint"]):
+        raise ConfigError(
+            f"data.train ({d.train}) and data.val ({d.val}) were encoded by different "
+            f"tokenizers: {_tokenizer_named(recorded[d.train])} and "
+            f"{_tokenizer_named(recorded[d.val])}; encode both with the same one, e.g. "
+            f"`lmforge tokenizer encode CORPUS --tokenizer DIR --out {d.train} --val-fraction "
+            "0.05` writes both"
+        )
+    if tokenizer is None:
+        return
+    for path, tok in recorded.items():
+        if tok["fingerprint"] != tokenizer.fingerprint():
+            raise ConfigError(
+                f"{path} was encoded by another tokenizer than {name}: by "
+                f"{_tokenizer_named(tok)}, whose ids mean other text; re-encode it with "
+                f"`lmforge tokenizer encode ... --tokenizer {tokenizer.directory or 'DIR'}`, or "
+                "use the tokenizer that encoded it"
+            )
+
+
+def _tokenizer_named(recorded: dict) -> str:
+    """A sidecar's tokenizer in messages: ``runs/tok (8,000 tokens, fingerprint 1a2b3c4d5e6f)``."""
+    where = recorded.get("directory") or "a tokenizer never saved to a directory"
+    size = recorded.get("vocab_size")
+    size = f"{size:,} tokens, " if isinstance(size, int) else ""
+    return f"{where} ({size}fingerprint {str(recorded['fingerprint'])[:12]})"
 
 
 def check_training_memory(config: TrainConfig, device: torch.device, ranks: int = 1) -> None:
@@ -116,8 +174,17 @@ def update_run_config(run_dir: str | os.PathLike, config: TrainConfig) -> bool:
     """Write `config` to the run's `config.toml` (atomically) if it differs from the stored one.
 
     Called on resume once the checkpoint has loaded, so `--set` overrides are recorded and a
-    later plain `--resume` continues with them. Returns whether the file was rewritten.
+    later plain `--resume` continues with them; first the token files are checked against the
+    run's tokenizer (`check_same_tokenizer`). Returns whether the file was rewritten.
     """
+    run_tokenizer = Path(run_dir) / "tokenizer"
+    if run_tokenizer.is_dir():
+        from lmforge.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(run_tokenizer)
+        check_same_tokenizer(config, tok, f"the run's tokenizer ({run_tokenizer})")
+    else:
+        check_same_tokenizer(config, None, "")
     path = Path(run_dir) / "config.toml"
     try:
         if load_config(path) == config:
@@ -140,14 +207,26 @@ def _git_commit() -> str | None:
 
 
 def prepare_run_dir(
-    run_dir: Path, config: TrainConfig, model: torch.nn.Module, device: torch.device
+    run_dir: Path, config: TrainConfig, model: torch.nn.Module, device: torch.device,
+    *, tokenizer: Tokenizer | None = None,
 ) -> None:
-    """Create a fresh run directory; refuse to overwrite one that already holds a run."""
+    """Create a fresh run directory; refuse to overwrite one that already holds a run.
+
+    Writes `config.toml`, `run.json` and `tokenizer/`: `tokenizer`, or the one at
+    `config.data.tokenizer` (none when neither is given). Token files encoded by another
+    tokenizer are refused first (`check_same_tokenizer`), before anything is written.
+    """
     if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
-        raise FileExistsError(
+        raise PathExists(
             f"{run_dir} already holds a run; continue it with `lmforge train --resume {run_dir}` "
             "or choose another --out directory"
         )
+    if tokenizer is None and config.data.tokenizer:
+        from lmforge.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(config.data.tokenizer)
+    check_same_tokenizer(config, tokenizer, f"data.tokenizer ({config.data.tokenizer})"
+                         if config.data.tokenizer else "the run's tokenizer")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.toml")
     c = config.model
@@ -165,10 +244,8 @@ def prepare_run_dir(
         "train_flops_per_token": flops_per_token(c, training=True),
         "allocated_parameters": sum(p.numel() for p in model.parameters()),
     }, indent=2) + "\n")
-    if config.data.tokenizer:
-        from lmforge.tokenizer import Tokenizer
-
-        Tokenizer.load(config.data.tokenizer).save(run_dir / "tokenizer")
+    if tokenizer is not None:
+        tokenizer.save(run_dir / "tokenizer")
 
 
 def load_run(
@@ -186,7 +263,7 @@ def load_run(
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
-        raise FileNotFoundError(
+        raise PathNotFound(
             f"{run_dir} is not a run directory (no config.toml); pass the --out directory of "
             "`lmforge train` or `lmforge demo`"
         )

@@ -77,6 +77,17 @@ def test_fixture_file_equals_tiktoken(tmp_path):
     assert np.load(tmp_path / "t.npy").tolist() == expected
 
 
+@pytest.mark.parametrize("special", ["special", "plain"])
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_encode_to_bytes_packs_the_ids_of_encode(mode, special, itemsize):
+    tok = fresh_gpt2()
+    text = f"{DOC}{EOT}héllo {EOT}{EOT}"
+    expected = np.asarray(tok.encode(text, special=special), f"<u{itemsize}").tobytes()
+    assert tok.encode_to_bytes(text, itemsize, special=special) == expected
+    with pytest.raises(TokenizerInputError, match="found in the input"):
+        tok.encode_to_bytes(text, itemsize, special="raise")
+
+
 def test_one_and_two_workers_write_identical_files(tmp_path, mode):
     write_corpus(tmp_path / "in.txt")
     tok = fresh_gpt2()
@@ -142,13 +153,13 @@ def test_interrupt_leaves_no_partial_output(tmp_path, monkeypatch):
     tok = fresh_gpt2()
     calls = []
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         calls.append(args)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return b"\0\0"
 
-    monkeypatch.setattr(tok, "_encode_chunk", interrupted)
+    monkeypatch.setattr(tok, "encode_to_bytes", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tok.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 1, chunk_bytes=2048)
     assert leftovers(tmp_path) == ["in.txt"]

@@ -15,17 +15,14 @@ from types import SimpleNamespace
 import pytest
 
 from lmforge.tokenizer.bpe import Tokenizer
-from lmforge.tokenizer.export import (
+from lmforge.tokenizer.formats import (
+    bytes_to_unicode,
     check_tiktoken_compatible,
     export_hf_tokenizer_json,
     export_tiktoken,
-    to_tiktoken_encoding,
-)
-from lmforge.tokenizer.formats import (
-    bytes_to_unicode,
-    load_tokenizer,
     read_gpt2_vocab_merges,
     save_tokenizer,
+    to_tiktoken_encoding,
     write_gpt2_vocab_merges,
 )
 from lmforge.tokenizer.pretokenize import GPT2_PATTERN, TokenizerInputError
@@ -178,7 +175,7 @@ def test_save_load_round_trip(make, request, tmp_path):
     config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
     assert config["format"] == "lmforge-bpe" and config["version"] == 1
     assert config["pattern"] == GPT2_PATTERN and config["vocab_size"] == tok.vocab_size
-    loaded = load_tokenizer(out)
+    loaded = Tokenizer.load(out)
     assert loaded.vocab == tok.vocab and loaded.merges == tok.merges
     assert loaded.special_tokens == tok.special_tokens
     text = "hi 你好 Ġhi<|é|>" + EOT * 3 + "\n\n \n"
@@ -189,7 +186,7 @@ def test_save_load_round_trip(make, request, tmp_path):
 def test_save_replaces_tokenizer_dir_but_not_other_dirs(trained, tmp_path):
     save_tokenizer(odd_tokenizer(), tmp_path / "tok")
     save_tokenizer(trained, tmp_path / "tok")
-    assert load_tokenizer(tmp_path / "tok").vocab == trained.vocab
+    assert Tokenizer.load(tmp_path / "tok").vocab == trained.vocab
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "keep.txt").write_text("precious")
@@ -197,7 +194,7 @@ def test_save_replaces_tokenizer_dir_but_not_other_dirs(trained, tmp_path):
         save_tokenizer(trained, tmp_path / "data")
     assert (tmp_path / "data" / "keep.txt").read_text() == "precious"
     (tmp_path / "empty").mkdir()
-    assert load_tokenizer(save_tokenizer(trained, tmp_path / "empty")).vocab == trained.vocab
+    assert Tokenizer.load(save_tokenizer(trained, tmp_path / "empty")).vocab == trained.vocab
 
 
 def test_saved_directory_is_readable_by_hf_gpt2_loader(gpt2, tiktoken_gpt2, tmp_path):
@@ -238,7 +235,7 @@ def test_load_bad_directories(trained, tmp_path, damage, message):
     out = save_tokenizer(trained, tmp_path / "tok")
     damage(out)
     with pytest.raises(TokenizerInputError, match=message):
-        load_tokenizer(out)
+        Tokenizer.load(out)
 
 
 def test_saved_directory_records_counts_and_checksums(tmp_path):
@@ -291,7 +288,7 @@ def test_merge_count_is_checked_when_the_checksums_are_removed(tmp_path):
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     _cut_merges(out, 3)
     with pytest.raises(TokenizerInputError, match=r"records 6 merges but merges\.txt holds 3"):
-        load_tokenizer(out)
+        Tokenizer.load(out)
 
 
 def test_directory_without_checksums_and_gpt2_files_load_as_before(tmp_path):
@@ -302,9 +299,9 @@ def test_directory_without_checksums_and_gpt2_files_load_as_before(tmp_path):
     for key in ("files", "num_merges"):
         del config[key]
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    assert load_tokenizer(out).merges == tok.merges
+    assert Tokenizer.load(out).merges == tok.merges
     _cut_merges(out, 3)
-    assert load_tokenizer(out).merges == tok.merges[:3]  # nothing to check it against
+    assert Tokenizer.load(out).merges == tok.merges[:3]  # nothing to check it against
     loaded = Tokenizer.from_files(out / "vocab.json", out / "merges.txt", tok.special_tokens)
     assert loaded.merges == tok.merges[:3]
 

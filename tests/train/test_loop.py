@@ -249,3 +249,101 @@ def test_distillation_pulls_the_student_towards_its_teacher(tmp_path):
     wrong.model = ModelConfig(vocab_size=80, context_length=16, **small)
     with pytest.raises(ConfigError, match="vocab_size"):
         loop.train(wrong, tmp_path / "bad", progress=False)
+
+
+# ------------------------------------------------ token files carry their tokenizer into training
+
+SHAPE = """
+[model]
+context_length = 16
+d_model = 16
+num_layers = 1
+num_heads = 2
+
+[train]
+max_steps = 2
+batch_size = 2
+eval_interval = 2
+checkpoint_interval = 2
+eval_batch_size = 2
+threads = 1
+
+[optim]
+warmup_iters = 1
+"""
+
+
+def _tokenizer(tmp_path: Path, name: str, merge: tuple[bytes, bytes]):
+    """A saved byte-level tokenizer with one merge: two of them differ only in that merge."""
+    from lmforge.tokenizer import ENDOFTEXT, Tokenizer
+
+    vocab = {i: bytes([i]) for i in range(256)} | {256: merge[0] + merge[1]}
+    Tokenizer(vocab, [merge], [ENDOFTEXT]).save(tmp_path / name)
+    return Tokenizer.load(tmp_path / name)
+
+
+def _encode(tok, tmp_path: Path, name: str, **kwargs) -> Path:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"ab cd {i} dc ba\n<|endoftext|>" for i in range(40)))
+    tok.encode_file(corpus, tmp_path / name, 1, progress=False, **kwargs)
+    return tmp_path / name
+
+
+def _sidecar_config(tmp_path: Path, *overrides: str) -> TrainConfig:
+    from lmforge.config import load_config
+
+    (tmp_path / "c.toml").write_text(SHAPE)
+    return load_config(tmp_path / "c.toml", list(overrides))
+
+
+def test_config_toml_records_the_tokenizer_and_size_of_the_token_files(tmp_path):
+    from lmforge.config import load_config
+
+    tok = _tokenizer(tmp_path, "tok", (b"a", b"b"))
+    train = _encode(tok, tmp_path, "t.npy", val_fraction=0.1)
+    config = _sidecar_config(tmp_path, f"data.train={train}", f"data.val={tmp_path / 't.val.npy'}")
+    loop.train(config, tmp_path / "run", progress=False)
+    recorded = load_config(tmp_path / "run" / "config.toml")
+    assert recorded.model.vocab_size == tok.vocab_size == 258
+    assert recorded.data.tokenizer == str(tmp_path / "tok")
+    assert (tmp_path / "run" / "tokenizer" / "vocab.json").is_file()
+
+
+def test_token_files_of_another_tokenizer_of_the_same_size_are_refused(tmp_path):
+    ours = _tokenizer(tmp_path, "tok", (b"a", b"b"))
+    other = _tokenizer(tmp_path, "other", (b"c", b"d"))
+    assert other.vocab_size == ours.vocab_size and other.fingerprint() != ours.fingerprint()
+    train = _encode(ours, tmp_path, "t.npy")
+    other_dir = tmp_path / "other"
+    config = _sidecar_config(tmp_path, f"data.train={train}", f"data.tokenizer={other_dir}")
+    with pytest.raises(ConfigError, match=r"t\.npy was encoded by another tokenizer than "
+                                          r"data\.tokenizer .*other.*re-encode it"):
+        loop.train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_and_val_files_of_different_tokenizers_are_refused(tmp_path):
+    train = _encode(_tokenizer(tmp_path, "tok", (b"a", b"b")), tmp_path, "t.npy")
+    val = _encode(_tokenizer(tmp_path, "other", (b"c", b"d")), tmp_path, "v.npy")
+    config = _sidecar_config(tmp_path, f"data.train={train}", f"data.val={val}")
+    with pytest.raises(ConfigError, match=r"data\.train .* and data\.val .* were encoded by "
+                                          "different tokenizers"):
+        loop.train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_token_files_of_another_tokenizer_than_the_runs(tmp_path):
+    train = _encode(_tokenizer(tmp_path, "tok", (b"a", b"b")), tmp_path, "t.npy")
+    config = _sidecar_config(tmp_path, f"data.train={train}")
+    loop.train(config, tmp_path / "run", progress=False)
+    _encode(_tokenizer(tmp_path, "other", (b"c", b"d")), tmp_path, "t.npy")  # replaced
+    with pytest.raises(ConfigError, match=r"than the run's tokenizer"):
+        loop.train(config, tmp_path / "run", resume=True, progress=False)
+
+
+def test_a_sidecar_describing_another_file_is_refused(tmp_path):
+    train = _encode(_tokenizer(tmp_path, "tok", (b"a", b"b")), tmp_path, "t.npy")
+    np.save(train, np.load(train)[:-5])  # the array changed, its sidecar did not
+    config = _sidecar_config(tmp_path, f"data.train={train}")
+    with pytest.raises(ConfigError, match="belong to different encodings"):
+        loop.train(config, tmp_path / "run", progress=False)

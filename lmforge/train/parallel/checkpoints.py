@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from lmforge.distributed.sharded_optimizer import ShardedOptimizer
 from lmforge.train.checkpoint import (
     CheckpointError,
     commit_checkpoint,
@@ -61,16 +62,18 @@ def save_checkpoint(
     samplers: list[dict | None] = [None] * ctx.world_size
     dist.all_gather_object(samplers, sampler.state_dict())
     if ctx.mode == "fsdp":
-        from lmforge.distributed.fsdp import gather_full_params
+        from lmforge.distributed.fsdp import FSDP, gather_full_params
 
-        weights = gather_full_params(net)
+        assert isinstance(net, FSDP)  # wrap_model wraps the model in FSDP in fsdp mode
+        weights: nn.Module | dict[str, torch.Tensor] = gather_full_params(net)
     else:
         weights = model
     opt_state = _optimizer_part(optimizer, ctx)
-    dirs = [None, None]
+    dirs: list[str | None] = [None, None]
     if ctx.is_main:
         dirs = [str(d) for d in staging_dir(run_dir, step, os.getpid())]
     dist.broadcast_object_list(dirs, src=0)
+    assert dirs[0] is not None and dirs[1] is not None  # rank 0's, now on every rank
     tmp, final = Path(dirs[0]), Path(dirs[1])
     full_state = {**state, "step": step, "sampler": samplers[0], "samplers": samplers,
                   "parallel": ctx.mode, "world_size": ctx.world_size}
@@ -93,6 +96,7 @@ def _optimizer_part(optimizer: torch.optim.Optimizer, ctx: ParallelContext) -> d
         return optimizer.state_dict()
     flat = [p for g in optimizer.param_groups for p in g["params"]]
     index = {id(p): i for i, p in enumerate(flat)}
+    assert isinstance(optimizer, ShardedOptimizer)  # zero1 mode
     inner = optimizer.optimizer
     inner_params = [p for g in inner.param_groups for p in g["params"]]
     shard = {index[id(inner_params[i])]: s for i, s in inner.state_dict()["state"].items()}
@@ -131,7 +135,10 @@ def load_training_state(
 
 
 def sampler_state(state: dict, ctx: ParallelContext) -> dict | None:
-    """This rank's saved sampler state, or None (with a warning) when the world size changed."""
+    """This rank's saved sampler state, or None: with a warning when the world size changed,
+    silently when the checkpoint has none (`loop.initial_training_state`)."""
+    if "sampler" not in state:
+        return None
     saved_world = state.get("world_size", 1)
     if saved_world == ctx.world_size:
         return state.get("samplers", [state["sampler"]])[ctx.rank]

@@ -38,8 +38,9 @@ def any_rank(flag: bool, ctx: ParallelContext) -> bool:
     return bool(t.item())
 
 
-def run_on_main(fn: Callable[[], None], ctx: ParallelContext) -> None:
-    """Run `fn` on rank 0 only; if it raises, every rank raises (no rank waits forever)."""
+def run_on_main(fn: Callable[[], object], ctx: ParallelContext) -> None:
+    """Run `fn` on rank 0 only (its result is dropped); if it raises, every rank raises (no rank
+    waits forever)."""
     error = None
     if ctx.is_main:
         try:

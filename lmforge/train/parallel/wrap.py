@@ -9,7 +9,7 @@ weights). Every function here is a no-op (or the single-process choice) for ``pa
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,9 @@ from torch import nn
 
 from lmforge.train.optim import AdamW, gradient_clipping
 from lmforge.train.parallel.context import ParallelContext
+
+if TYPE_CHECKING:
+    from lmforge.distributed import DDP, FSDP
 
 
 def wrap_model(model: nn.Module, ctx: ParallelContext, bucket_size_mb: float) -> nn.Module:
@@ -32,7 +35,9 @@ def wrap_model(model: nn.Module, ctx: ParallelContext, bucket_size_mb: float) ->
     return model
 
 
-def build_optimizer(groups: list[dict], ctx: ParallelContext, **kwargs: Any) -> AdamW:
+def build_optimizer(
+    groups: list[dict], ctx: ParallelContext, **kwargs: Any
+) -> torch.optim.Optimizer:
     """Our AdamW over `groups`; under zero1 a `ShardedOptimizer` holding 1/W of its state."""
     if ctx.mode == "zero1":
         from lmforge.distributed import ShardedOptimizer
@@ -47,8 +52,21 @@ def decay_split(net: nn.Module, ctx: ParallelContext) -> tuple[list, list]:
     FSDP shards are flat, so their kind is read from the full shape (`FSDP.full_shape`).
     """
     params = list(net.parameters())
-    ndim = (lambda p: len(net.full_shape(p))) if ctx.mode == "fsdp" else (lambda p: p.ndim)
-    return [p for p in params if ndim(p) >= 2], [p for p in params if ndim(p) < 2]
+    if ctx.mode == "fsdp":
+        fsdp = _fsdp(net)
+        ndims = [len(fsdp.full_shape(p)) for p in params]
+    else:
+        ndims = [p.ndim for p in params]
+    pairs = list(zip(params, ndims, strict=True))
+    return [p for p, n in pairs if n >= 2], [p for p, n in pairs if n < 2]
+
+
+def _fsdp(net: nn.Module) -> FSDP:
+    """`net`, which `wrap_model` made an `FSDP` (ctx.mode == "fsdp")."""
+    from lmforge.distributed import FSDP
+
+    assert isinstance(net, FSDP), f"fsdp mode needs the FSDP-wrapped model, got {type(net)}"
+    return net
 
 
 def clip_gradients(net: nn.Module, ctx: ParallelContext, max_norm: float) -> float:
@@ -60,7 +78,7 @@ def clip_gradients(net: nn.Module, ctx: ParallelContext, max_norm: float) -> flo
     """
     if ctx.mode != "fsdp":
         return gradient_clipping(net.parameters(), max_norm)
-    shard_ids = {id(p) for p in net.flat_shards.parameters()}
+    shard_ids = {id(p) for p in _fsdp(net).flat_shards.parameters()}
     sums = torch.zeros(2, device=ctx.device)  # (sharded, replicated) sums of squares
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     for p in net.parameters():
@@ -79,15 +97,24 @@ def micro_step(
     net: nn.Module, ctx: ParallelContext, *, last: bool
 ) -> contextlib.AbstractContextManager:
     """Context of one accumulation micro-step's backward: only the `last` one communicates."""
-    if ctx.distributed and not last and hasattr(net, "no_sync"):
-        return net.no_sync()
+    no_sync = getattr(net, "no_sync", None)
+    if ctx.distributed and not last and no_sync is not None:
+        return no_sync()
     return contextlib.nullcontext()
 
 
 def finish_gradients(net: nn.Module, ctx: ParallelContext) -> None:
     """Wait for the gradient all-reduces (reduce-scatters) of the step; no-op without a group."""
     if ctx.distributed:
-        net.finish_gradient_synchronization()
+        _synced(net).finish_gradient_synchronization()
+
+
+def _synced(net: nn.Module) -> DDP | FSDP:
+    """`net`, which `wrap_model` made a `DDP` or an `FSDP` (under a process group)."""
+    from lmforge.distributed import DDP, FSDP
+
+    assert isinstance(net, DDP | FSDP), f"expected the DDP/FSDP-wrapped model, got {type(net)}"
+    return net
 
 
 class RankGradients:
