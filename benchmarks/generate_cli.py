@@ -38,14 +38,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the old loop lives in the test suite (tests/infer)
 
-from lmforge.config import TrainConfig, load_config, save_config  # noqa: E402
+from decode_throughput import random_demo_run  # noqa: E402  (this script's folder)
+
+from lmforge.config import load_config  # noqa: E402
 from lmforge.fsutil import atomic_write_text  # noqa: E402
 from lmforge.infer import generate, generate_ids  # noqa: E402
 from lmforge.infer.generate import EOS_TOKEN  # noqa: E402
-from lmforge.model import TransformerLM  # noqa: E402
 from lmforge.tokenizer import Tokenizer  # noqa: E402
-from lmforge.train.checkpoint import save_run_checkpoint  # noqa: E402
-from lmforge.train.optim import AdamW  # noqa: E402
 from lmforge.train.run_dir import load_run  # noqa: E402
 from tests.infer.reference_generate import reference_generate_ids  # noqa: E402
 
@@ -82,13 +81,9 @@ def pair_tokenizer(vocab_size: int) -> Tokenizer:
 
 def demo_run(run_dir: Path, seed: int) -> Path:
     """A run directory holding a random model of the demo shape and `pair_tokenizer`."""
-    config = load_config(DEMO_CONFIG).model
-    torch.manual_seed(seed)
-    model = TransformerLM.from_config(config)
-    run_dir.mkdir(parents=True)
-    save_config(TrainConfig(model=config), run_dir / "config.toml")
-    save_run_checkpoint(run_dir, 0, model, AdamW(model.parameters()), {})
-    pair_tokenizer(config.vocab_size).save(run_dir / "tokenizer")
+    random_demo_run(run_dir, seed)
+    vocab_size = load_config(DEMO_CONFIG).model.vocab_size
+    pair_tokenizer(vocab_size).save(run_dir / "tokenizer")
     return run_dir
 
 
