@@ -17,12 +17,13 @@ import datetime
 import functools
 import itertools
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from lmforge.bench.harness import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
 EOT = "<|endoftext|>"
@@ -78,15 +79,6 @@ def with_separators(doc_ids: list[list[int]], eot: int) -> np.ndarray:
     parts = [x for ids in doc_ids[:-1] for x in (ids, [eot])] + [doc_ids[-1]]
     return flat(parts)
 
-
-def machine() -> str:
-    with open("/proc/cpuinfo") as f:
-        models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-    cpu = models[0] if models else platform.processor()
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cores = len(os.sched_getaffinity(0))
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{cpu}, {cores} cores, {ram:.0f} GiB RAM, load avg {load}"
 
 
 def main() -> None:
@@ -200,7 +192,7 @@ def report(results: dict[str, float], nbytes: int, ntokens: int, args) -> None:
     best_key = max((k for k in mbs if k.startswith("tiktoken")), key=mbs.get)
     ratio = ours / mbs[best_key]
     print(f"\nratio encode_file / tiktoken best ({best_key}): {ratio:.2f}x")
-    desc = machine()
+    desc = machine_description()
     print(f"machine: {desc}\n")
     cmd = f"python benchmarks/bpe_encode.py --corpus {args.corpus} --workers {args.workers}"
     cmd += f" --mb {args.mb}" if args.mb else ""

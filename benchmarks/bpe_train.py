@@ -20,7 +20,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from lmforge.bench.harness import machine_description
 
 
 def run_ours(corpus: str, vocab_size: int, workers: int, special: str) -> dict:
@@ -104,21 +105,6 @@ def _tree_rss(root: psutil.Process) -> int:
     return total
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ram = psutil.virtual_memory().total / 2**30
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{cpu}, {usable} usable cores ({os.cpu_count()} total), {ram:.0f} GiB RAM, load {load}"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -133,7 +119,7 @@ def main() -> None:
         print(json.dumps(run(a.corpus, a.vocab_sizes[0], a.workers, a.special_token)))
         return
     size_mb = Path(a.corpus).stat().st_size / 1e6
-    desc = machine()
+    desc = machine_description()
     print(f"machine: {desc}")
     print(f"corpus: {a.corpus} ({size_mb:.1f} MB), workers/threads: {a.workers}\n")
     header = f"{'vocab':>7} {'trainer':>8} {'wall s':>8} {'peak RSS MB':>12} {'maxrss MB':>10}"

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from lmforge.bench.harness import machine_description
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the old loop lives in the test suite (tests/infer)
@@ -131,26 +131,13 @@ def time_pair(model, tokenizer: Tokenizer, args: argparse.Namespace, temperature
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, load average {load:.2f}")
-
 
 def main() -> None:
     args = parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="generate_bench_") as tmp:
         model, tokenizer, _ = load_run(demo_run(Path(tmp) / "run", args.seed), "cpu")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_description()}")
     print(f"model: demo shape, {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"prompt {PROMPT!r} ({len(tokenizer.encode(PROMPT))} tokens), {args.new_tokens} new "
           f"tokens, median of {args.repeats}")
@@ -168,7 +155,8 @@ def main() -> None:
             print(f"{threads:>7} {label:>12} {old:>10.1f} {new:>10.1f} {new / old:>7.2f}x")
     if args.json:
         meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "machine": machine(), "new_tokens": args.new_tokens, "repeats": args.repeats,
+                "machine": machine_description(), "new_tokens": args.new_tokens,
+                "repeats": args.repeats,
                 "prompt": PROMPT}
         atomic_write_text(args.json, json.dumps({"meta": meta, "results": rows}, indent=1))
 

@@ -1,7 +1,9 @@
 """Training configuration as plain dataclasses, read from and written to TOML.
 
-A config file has one table per dataclass — `[model]` (`ModelConfig`), `[data]`, `[optim]` and
-`[train]` — and every field has a default except the model shape and the training data path.
+A config file has one table per dataclass — `[model]` (`ModelConfig`), `[data]`, `[optim]`,
+`[train]`, and the optional `[eval]` (benchmark tasks during training, `EvalConfig`) and
+`[logging]` (TensorBoard / Weights & Biases sinks, `LoggingConfig`) — and every field has a
+default except the model shape and the training data path.
 Command-line overrides use dotted keys with TOML values: `--set optim.lr=3e-4 --set
 train.dtype=bf16 --set model.tie_embeddings=true` (a value that is not valid TOML is taken as a
 string). A training token file written by `lmforge tokenizer encode` supplies `model.vocab_size` and
@@ -23,9 +25,12 @@ import tomli_w
 
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write_text
+from lmforge.infer.sampling import is_int
 from lmforge.model.config import ModelConfig
 
 PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # train.parallel values (see train/parallel/)
+WANDB_MODES = ("offline", "online", "disabled")  # logging.wandb_mode values (wandb.init's mode)
+TABLES = ("model", "data", "optim", "train", "eval", "logging")
 MAX_THREADS = 1024  # train.threads upper bound: torch crashes on absurd thread counts
 
 
@@ -82,11 +87,33 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)  # `lmforge.eval.tasks.load_task` specs run
+    #   during training, e.g. "mc:data/my_mc.jsonl", "mmlu:DIR"; empty: off
+    limit: int | None = None  # examples per task (a sample fixed by `seed`); None: all
+    interval: int = 0  # steps between task evaluations (and at the end); 0: with every
+    #   validation pass (train.eval_interval)
+    seed: int = 0  # seed of the example sample and of sampled generations
+    batch_size: int = 32  # requests per forward batch
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard/
+    wandb: bool = False  # also log to Weights & Biases (files under RUN/wandb/)
+    wandb_project: str = "lmforge"  # the W&B project
+    wandb_mode: str = "offline"  # "offline" (no network; `wandb sync` later), "online",
+    #   "disabled"
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -97,10 +124,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        unknown = sorted(set(data) - {"model", "data", "optim", "train"})
+        unknown = sorted(set(data) - set(TABLES))
         if unknown:
             raise ConfigError(f"unknown config table(s) [{'], ['.join(unknown)}]; "
-                              "expected [model], [data], [optim], [train]")
+                              f"expected [{'], ['.join(TABLES)}]")
         if "model" not in data:
             raise ConfigError("the config has no [model] table; see configs/demo.toml")
         try:
@@ -112,6 +139,8 @@ class TrainConfig:
             data=_build(DataConfig, "data", data.get("data", {})),
             optim=_build(OptimConfig, "optim", data.get("optim", {})),
             train=_build(RunConfig, "train", data.get("train", {})),
+            eval=_build(EvalConfig, "eval", data.get("eval", {})),
+            logging=_build(LoggingConfig, "logging", data.get("logging", {})),
         )
 
 
@@ -121,6 +150,8 @@ def _build(cls, table: str, values: dict[str, Any]):
         if key not in known:
             raise ConfigError(f"unknown setting {table}.{key}; known: {', '.join(known)}")
         default = getattr(cls(), key)
+        if default is None:  # an optional setting (eval.limit): `validate` checks its type
+            continue
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             continue
         if type(value) is not type(default):
@@ -178,6 +209,43 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"optim.warmup_iters = {o.warmup_iters} is longer than the run "
                           f"(train.max_steps = {t.max_steps}); lower optim.warmup_iters (e.g. "
                           f"--set optim.warmup_iters={t.max_steps // 10})")
+    _validate_eval(config)
+    lg = config.logging
+    if lg.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"logging.wandb_mode must be one of {', '.join(WANDB_MODES)}, got "
+                          f"{lg.wandb_mode!r}")
+    _require(bool(lg.wandb_project.strip()), "logging.wandb_project", lg.wandb_project,
+             'a W&B project name (e.g. "lmforge")')
+
+
+def _validate_eval(config: TrainConfig) -> None:
+    """The `[eval]` table's shape: specs are "kind:path" strings (that they load is checked by
+    the trainer, `lmforge.train.task_eval.load_eval_tasks`, before anything is written)."""
+    e = config.eval
+    for i, spec in enumerate(e.tasks):
+        if not (isinstance(spec, str) and spec.partition(":")[0].strip()
+                and spec.partition(":")[2].strip()):
+            raise ConfigError(
+                f"eval.tasks[{i}] must be a task spec \"KIND:PATH\" (e.g. \"mc:data/my_mc.jsonl\","
+                f' "mmlu:DIR", "gsm8k:DIR"), got {spec!r}'
+            )
+    if e.limit is not None:
+        _require(is_int(e.limit) and e.limit >= 1, "eval.limit", e.limit,
+                 "an integer >= 1 (examples per task; leave it out for all)")
+    _require(e.interval >= 0, "eval.interval", e.interval,
+             ">= 0 steps (0: with every validation pass)")
+    _require(e.seed >= 0, "eval.seed", e.seed, ">= 0")
+    _require(e.batch_size >= 1, "eval.batch_size", e.batch_size, "at least 1")
+    if e.tasks and not config.data.tokenizer:
+        raise ConfigError(
+            "eval.tasks needs a tokenizer to encode the task texts, but data.tokenizer is not "
+            "set; set it to the tokenizer directory that encoded data.train"
+        )
+    if e.tasks and config.train.parallel == "fsdp":
+        raise ConfigError(
+            'eval.tasks does not run under train.parallel = "fsdp" (the weights are sharded); '
+            "evaluate the checkpoints afterwards with `lmforge eval`, or train with ddp/zero1"
+        )
 
 
 def _require(ok: bool, setting: str, value: Any, rule: str) -> None:

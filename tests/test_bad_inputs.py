@@ -250,7 +250,7 @@ def _generate(e: Env, run: str, *more: str) -> list[str]:
 
 
 def _eval(e: Env, data: str, run: str | None = None) -> list[str]:
-    return ["eval", "perplexity", "--run", run or e.run, "--data", data, "--no-progress"]
+    return ["eval", "perplexity", run or e.run, "--data", data, "--no-progress"]
 
 
 def _corpus_cmd(e: Env, *more: str, run: str | None = None) -> list[str]:
@@ -275,6 +275,28 @@ def _data_run(e: Env, pipeline: str) -> list[str]:
 GARBAGE = b"\x00\x13garbage that is no format at all\xff" * 10
 JUNK_TOML = "[model\nd_model = = 3\n"
 Case = tuple[str, int, Callable[[Env], list[str]]]
+
+
+_MMLU_ROW = "What is 1+1?,1,2,3,4,B\n"
+
+
+def _mmlu(e: Env, test_rows: str = _MMLU_ROW) -> str:
+    """An MMLU directory with one subject: a valid dev row and `test_rows`."""
+    root = Path(e.dir("mmlu"))
+    (root / "dev").mkdir()
+    (root / "test").mkdir()
+    (root / "dev" / "math_dev.csv").write_text(_MMLU_ROW, encoding="utf-8")
+    (root / "test" / "math_test.csv").write_text(test_rows, encoding="utf-8")
+    return str(root)
+
+
+def _gsm8k(e: Env, test_lines: str) -> str:
+    """A GSM8K directory: one valid train line and `test_lines`."""
+    root = Path(e.dir("gsm8k"))
+    (root / "train.jsonl").write_text(
+        json.dumps({"question": "1+1?", "answer": "2\n#### 2"}) + "\n", encoding="utf-8")
+    (root / "test.jsonl").write_text(test_lines, encoding="utf-8")
+    return str(root)
 
 CASES: list[Case] = [
     # --- tokenizer train
@@ -513,6 +535,28 @@ CASES: list[Case] = [
                                                 e.run_with("model.safetensors", GARBAGE))),
     ("eval NaN weights", 1, lambda e: _eval(e, e.tokens, e.nan_run())),
     ("eval batch-size 0", 2, lambda e: [*_eval(e, e.tokens), "--batch-size", "0"]),
+    # --- eval mmlu / gsm8k / mc / contamination
+    ("mmlu missing dir", 1, lambda e: ["eval", "mmlu", e.run, "--data", e.missing("mmlu")]),
+    ("mmlu empty dir", 1, lambda e: ["eval", "mmlu", e.run, "--data", e.dir("mmlu")]),
+    ("mmlu malformed row", 1, lambda e: ["eval", "mmlu", e.run, "--data", _mmlu(e, "q,a,b\n")]),
+    ("mmlu unknown subject", 1, lambda e: ["eval", "mmlu", e.run, "--data", _mmlu(e),
+                                           "--subjects", "astrology"]),
+    ("mmlu limit too large", 1, lambda e: ["eval", "mmlu", e.run, "--data", _mmlu(e),
+                                           "--limit", "99", "--no-progress"]),
+    ("mmlu not a model", 1, lambda e: ["eval", "mmlu", e.dir("m"), "--data", _mmlu(e)]),
+    ("gsm8k missing dir", 1, lambda e: ["eval", "gsm8k", e.run, "--data", e.missing("g")]),
+    ("gsm8k malformed line", 1, lambda e: ["eval", "gsm8k", e.run, "--data", _gsm8k(e, "{oops\n")]),
+    ("mc empty file", 1, lambda e: ["eval", "mc", e.run, "--data", e.empty("mc.jsonl")]),
+    ("mc gold out of range", 1, lambda e: ["eval", "mc", e.run, "--data", e.file(
+        "mc.jsonl", '{"context": "a", "choices": ["b", "c"], "gold": 5}\n')]),
+    ("mc bad utf-8", 1, lambda e: ["eval", "mc", e.run, "--data", e.bad_utf8("mc.jsonl")]),
+    ("contamination unknown task", 1, lambda e: [
+        "eval", "contamination", "--data", e.missing("c.txt"), "--task", "nope:x",
+        "--no-progress"]),
+    ("contamination empty data", 1, lambda e: [
+        "eval", "contamination", "--data", e.empty("c.txt"), "--task",
+        "mc:" + e.file("mc.jsonl", '{"context": "a b", "choices": ["c", "d"], "gold": 0}\n'),
+        "--no-progress"]),
     # --- export hf / import hf
     ("export missing run", 1, lambda e: ["export", "hf", e.missing("run"), e.out()]),
     ("export out is a file", 1, lambda e: ["export", "hf", e.run, e.file("o", "x")]),
@@ -789,7 +833,7 @@ def _lmforge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_exit_statuses_in_a_real_process(base, tmp_path):
     ok = _lmforge("--version", cwd=tmp_path)
     assert ok.returncode == 0 and "lmforge" in ok.stdout
-    missing = _lmforge("eval", "perplexity", "--run", str(base / "run"), "--data",
+    missing = _lmforge("eval", "perplexity", str(base / "run"), "--data",
                        str(tmp_path / "none.npy"), cwd=tmp_path)
     assert missing.returncode == 1, missing.stderr
     assert missing.stderr.startswith("error: ") and len(missing.stderr.splitlines()) == 1

@@ -123,7 +123,7 @@ def _commands(run: Path, tmp_path: Path) -> dict[str, list]:
     return {
         "generate": ["generate", "--run", run, "--prompt", "ab", "--max-new-tokens", 3,
                      "--seed", 0],
-        "eval": ["eval", "perplexity", "--run", run, "--data", tmp_path / "val.npy",
+        "eval": ["eval", "perplexity", run, "--data", tmp_path / "val.npy",
                  "--no-progress"],
         "export": ["export", "hf", run, tmp_path / "hf"],
     }

@@ -95,7 +95,7 @@ def test_generate_and_eval_commands_on_the_demo_run(demo_run):
             break
         ids.append(nxt)
     assert greedy.stdout.rstrip("\n") == tok.decode(ids)
-    ppl = run("eval", "perplexity", "--run", str(out), "--data", str(out / "data" / "val.npy"),
+    ppl = run("eval", "perplexity", str(out), "--data", str(out / "data" / "val.npy"),
               "--no-progress")  # fmt: skip
     assert ppl.exit_code == 0, ppl.stderr
     fp32 = evaluate_loss(model, np.load(out / "data" / "val.npy", mmap_mode="r")).loss

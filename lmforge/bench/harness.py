@@ -317,3 +317,30 @@ def compare_dtypes(config: ModelConfig, **kwargs) -> DtypeComparison:
     fp32 = bench_model(config, dtype="fp32", **kwargs)
     bf16 = bench_model(config, dtype="bf16", **kwargs)
     return DtypeComparison(fp32, bf16, fp32.mean_s / bf16.mean_s, bf16.loss - fp32.loss)
+
+
+def machine_description(*versions: str) -> str:
+    """One line naming the machine a figure was measured on: CPU model, usable and total cores,
+    RAM, the Python and torch versions, `versions` (e.g. "lm-eval 0.4.13") and the 1-minute load
+    average (a busy machine explains a slow figure).
+
+    >>> "cores" in machine_description() and "torch" in machine_description()
+    True
+    """
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    parts = [f"{cpu}, {usable} usable cores ({os.cpu_count()} total), {ram:.0f} GiB RAM",
+             f"Python {platform.python_version()}", f"torch {torch.__version__}", *versions,
+             f"load average {load:.2f}"]
+    return ", ".join(parts)

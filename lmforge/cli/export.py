@@ -67,7 +67,8 @@ def import_hf_command(model_dir: Path, out_run_dir: Path) -> None:
     """Turn a HuggingFace Llama checkpoint MODEL_DIR into an lmforge run directory OUT_RUN_DIR.
 
     MODEL_DIR needs config.json and safetensors weights (sharded is fine). Grouped-query
-    attention, biases and RoPE scaling are refused. tokenizer.json is converted only when it
+    attention and Llama 3 / linear RoPE scaling are imported; biases and other RoPE scaling
+    types are refused. tokenizer.json is converted only when it
     encodes exactly like an lmforge tokenizer (byte-level BPE with GPT-2's split pattern).
 
     \b

@@ -1,11 +1,10 @@
-"""`lmforge train`, `lmforge generate`, `lmforge generate-corpus` and `lmforge eval perplexity`.
+"""`lmforge train`, `lmforge generate` and `lmforge generate-corpus` (eval: `lmforge/cli/eval.py`).
 
     lmforge train --config runs/demo/config.toml --out runs/my-run --set optim.lr=3e-3
     lmforge train --resume runs/my-run
     lmforge train --config runs/demo/config.toml --out runs/ddp --parallel ddp --nproc 2
     lmforge generate --run runs/my-run --prompt "Alice was"
     lmforge generate-corpus --run runs/my-run --tokens 800000 --out runs/greedy.npy
-    lmforge eval perplexity --run runs/my-run --data runs/demo/val.npy
 """
 
 from __future__ import annotations
@@ -268,37 +267,3 @@ def generate_corpus(run_dir: Path, tokens: int, out: Path, source: Path | None, 
     write_corpus(out, ids, config.model.vocab_size)
     console.print(f"wrote {len(ids):,} token ids to {out}")
 
-
-@main.group("eval")
-def eval_group() -> None:
-    """Evaluate a trained run."""
-
-
-@eval_group.command()
-@_run
-@click.option("--data", type=PATH, required=True, help="Token file (.npy) to score.")
-@click.option("--batch-size", type=COUNT, default=16, show_default=True)
-@click.option("--max-tokens", type=COUNT, default=None, help="Score only the first N tokens.")
-@_device
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar (on stderr).")
-def perplexity(
-    run_dir: Path, data: Path, batch_size: int, max_tokens: int | None, device: str, progress: bool
-) -> None:
-    """Cross-entropy (nats/token) and perplexity of a run's latest checkpoint on a token file.
-
-    \b
-    Example:
-      lmforge eval perplexity --run runs/demo --data runs/demo/val.npy
-    """
-    from lmforge.eval import evaluate_loss
-    from lmforge.train.data import open_tokens
-    from lmforge.train.run_dir import check_token_file, load_run
-
-    model, _, config = load_run(run_dir, device)
-    tokens = open_tokens(data)
-    check_token_file(str(data), tokens, config.model.vocab_size)
-    r = evaluate_loss(model, tokens, batch_size=batch_size, max_tokens=max_tokens,
-                      progress=progress)
-    console.print(
-        f"{data}: {r.tokens:,} tokens, loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.2f}"
-    )

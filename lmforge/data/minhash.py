@@ -75,7 +75,7 @@ def normalize_text(text: str) -> str:
     return " ".join(_NOT_WORD.sub("", text).split())
 
 
-def _fmix64(x: np.ndarray) -> np.ndarray:
+def fmix64(x: np.ndarray) -> np.ndarray:
     """MurmurHash3's 64-bit finaliser: a bijection that spreads every input bit over the output."""
     x = x ^ (x >> np.uint64(33))
     x = x * np.uint64(0xFF51AFD7ED558CCD)
@@ -84,7 +84,7 @@ def _fmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(33))
 
 
-def _word_hashes(words: list[str]) -> np.ndarray:
+def word_hashes(words: list[str]) -> np.ndarray:
     """(len(words),) uint64 BLAKE2b-64 of each word, hashing each distinct word once."""
     index = {w: i for i, w in enumerate(dict.fromkeys(words))}
     digests = b"".join(
@@ -92,6 +92,21 @@ def _word_hashes(words: list[str]) -> np.ndarray:
     )
     table = np.frombuffer(digests, dtype="<u8").astype(np.uint64, copy=False)
     return table[np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))]
+
+
+def window_hashes(values: np.ndarray, ngram: int) -> np.ndarray:
+    """(max(len(values) - ngram + 1, 0),) uint64: the hash of each window of `ngram` consecutive
+    uint64 `values` (word hashes, mixed token ids): fmix64(Σ_j values[i + j] · base^j mod 2^64).
+
+    >>> v = np.array([5, 6, 7, 5, 6], dtype=np.uint64)
+    >>> h = window_hashes(v, 2); len(h), bool(h[0] == h[3]), bool(h[0] != h[1])
+    (4, True, True)
+    """
+    windows = max(len(values) - ngram + 1, 0)
+    combined = np.zeros(windows, dtype=np.uint64)
+    for j in range(ngram if windows else 0):
+        combined += values[j : j + windows] * np.uint64(pow(_NGRAM_BASE, j, 1 << 64))
+    return fmix64(combined)
 
 
 def ngram_hashes(texts: Sequence[str], ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -108,23 +123,19 @@ def ngram_hashes(texts: Sequence[str], ngram: int = 5) -> tuple[np.ndarray, np.n
         raise ValueError(f"ngram must be a positive number of words, got {ngram}")
     docs = [normalize_text(t).split() for t in texts]
     lengths = np.array([len(words) for words in docs], dtype=np.int64)
-    word_hashes = _word_hashes(list(chain.from_iterable(docs)))
+    hashes = word_hashes(list(chain.from_iterable(docs)))
     # each document followed by ngram - 1 zero words, so no window mixes two documents and a
     # short document's single window is just its own words
     pad = ngram - 1
     padded_starts = np.cumsum(np.r_[0, lengths[:-1] + pad]) if len(docs) else lengths
     padded = np.zeros(int(lengths.sum()) + pad * (len(docs) + 1), dtype=np.uint64)
     shift = np.repeat(np.arange(len(docs)) * pad, lengths)  # pads before each word's document
-    padded[np.arange(len(word_hashes)) + shift] = word_hashes
-    windows = len(padded) - pad
-    combined = np.zeros(windows, dtype=np.uint64)
-    for j in range(ngram):  # sum_j word[i + j] * base^j (mod 2^64)
-        combined += padded[j : j + windows] * np.uint64(pow(_NGRAM_BASE, j, 1 << 64))
+    padded[np.arange(len(hashes)) + shift] = hashes
     counts = np.where(lengths >= ngram, lengths - ngram + 1, (lengths > 0).astype(np.int64))
     offsets = np.r_[0, np.cumsum(counts)]
     rank = np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts)  # window number in its doc
     starts = np.repeat(padded_starts, counts) + rank
-    return _fmix64(combined[starts]), offsets
+    return window_hashes(padded, ngram)[starts], offsets
 
 
 def permutations(num_hashes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +217,7 @@ def band_keys(signatures: np.ndarray, num_bands: int) -> np.ndarray:
         raise ValueError(f"bands of {rows} rows are too long; use at most "
                          f"{len(_BAND_MULTIPLIERS)} rows per band (more bands)")
     banded = signatures.astype(np.uint64).reshape(n_docs, num_bands, rows)
-    return _fmix64((banded * _BAND_MULTIPLIERS[:rows]).sum(axis=2, dtype=np.uint64))
+    return fmix64((banded * _BAND_MULTIPLIERS[:rows]).sum(axis=2, dtype=np.uint64))
 
 
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

@@ -23,8 +23,13 @@ ValueError names the setting. Running out of disk space in either direction rais
 (`train.run_dir.prepare_run_dir`: `config.toml`, `run.json`, `tokenizer/`) with a step-0 run
 checkpoint holding the trainer's AdamW (fresh state, `train.loop.initial_training_state`), so
 `load_run`, `lmforge generate` and `lmforge train --resume --set data.train=...` accept it.
-Refused with the reason: grouped-query attention, biases, RoPE scaling, a non-SiLU activation,
-a head_dim other than hidden_size / heads, and `.bin`-only checkpoints; a truncated or corrupt
+Grouped-query attention (`num_key_value_heads` < `num_attention_heads`: Llama 2 70B, Llama 3,
+TinyLlama, SmolLM) becomes `model.num_kv_heads`, and Llama 3 / linear RoPE scaling
+(`rope_parameters` in transformers 5, `rope_scaling` before) `model.rope_scaling`; export
+writes both back (`num_key_value_heads`; `rope_parameters` and `rope_scaling`).
+Refused with the reason: biases, other RoPE scaling types (dynamic, YaRN, LongRoPE, ...: the
+message names rope_scaling.rope_type), partial rotary embeddings, a non-SiLU activation, a
+head_dim other than hidden_size / heads, and `.bin`-only checkpoints; a truncated or corrupt
 file (JSON, safetensors) or non-finite weights are refused naming the file. A `tokenizer.json` is
 imported as an lmforge tokenizer only when it encodes exactly like one (byte-level BPE with
 GPT-2's split pattern, no normalizer) — ours round-trips, Llama 3's (another regex) does not and
@@ -41,10 +46,11 @@ import safetensors.torch
 import torch
 
 from lmforge import ENDOFTEXT as EOT
-from lmforge.errors import InputError, PathExists, PathNotFound
+from lmforge.errors import InputError, InvalidArgument, PathExists, PathNotFound
 from lmforge.fsutil import atomic_directory
 from lmforge.model.config import ModelConfig
 from lmforge.model.hf import from_llama_state_dict, llama_config_kwargs, to_llama_state_dict
+from lmforge.model.rope_scaling import ROPE_SCALING_TYPES, check_rope_scaling
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -167,10 +173,11 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
                          f"{_REDOWNLOAD}")
     heads = hf["num_attention_heads"]
     kv_heads = hf.get("num_key_value_heads") or heads
-    if kv_heads != heads:
+    if not isinstance(kv_heads, int) or isinstance(kv_heads, bool) or kv_heads < 1 \
+            or heads % kv_heads:
         raise InputError(
-            f"{source} uses grouped-query attention (num_key_value_heads={kv_heads}, "
-            f"num_attention_heads={heads}); lmforge models have one key/value head per query head"
+            f"{source} has num_key_value_heads={kv_heads!r}, which does not divide "
+            f"num_attention_heads={heads}; grouped-query attention needs a divisor: {_REDOWNLOAD}"
         )
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
@@ -178,13 +185,7 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     if hf.get("hidden_act", "silu") != "silu":
         act = hf["hidden_act"]
         raise InputError(f"{source} has hidden_act={act!r}; lmforge uses SwiGLU (silu)")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise InputError(
-            f"{source} uses RoPE scaling {rope_type!r}; lmforge implements plain RoPE only "
-            "(rope_type 'default')"
-        )
+    rope, scaling = _rope_from_hf(hf, source)
     d_model = hf["hidden_size"]
     if hf.get("head_dim") not in (None, d_model // heads):
         raise InputError(
@@ -202,9 +203,45 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            num_kv_heads=None if kv_heads == heads else kv_heads,
+            rope_scaling=scaling,
         )
     except (ValueError, TypeError) as e:  # ModelConfig's checks, a non-number rope_theta/eps
         raise InputError(f"{source}: {e}; lmforge cannot build this model") from None
+
+
+def _rope_from_hf(hf: dict, source: str) -> tuple[dict, dict | None]:
+    """(RoPE settings, our `rope_scaling` or None) of a Llama `config.json`.
+
+    transformers 5 writes `rope_parameters` (rope_type, rope_theta and the scaling parameters);
+    earlier versions `rope_theta` and a `rope_scaling` dict ("type" in the oldest). A Llama 3
+    config without `original_max_position_embeddings` means max_position_embeddings, as in
+    transformers. Types other than "default", "llama3" and "linear" are refused, naming
+    rope_scaling.rope_type.
+    """
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise InputError(f"{source} has rope_parameters / rope_scaling {rope!r}, not an object: "
+                         f"{_REDOWNLOAD}")
+    if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor")) not in (None, 1, 1.0):
+        raise InputError(f"{source} sets partial_rotary_factor; lmforge rotates whole heads")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type == "default":
+        return rope, None
+    if rope_type not in ROPE_SCALING_TYPES:
+        supported = ", ".join(repr(t) for t in ("default", *ROPE_SCALING_TYPES))
+        raise InputError(
+            f"{source} has rope_scaling.rope_type = {rope_type!r}, which lmforge does not "
+            f"implement; supported rope types: {supported}"
+        )
+    scaling = {k: rope[k] for k in ROPE_SCALING_TYPES[rope_type] if k in rope}
+    if rope_type == "llama3":
+        scaling.setdefault("original_max_position_embeddings", hf.get(
+            "original_max_position_embeddings", hf["max_position_embeddings"]))
+    try:
+        return rope, check_rope_scaling({"rope_type": rope_type, **scaling}, "rope_scaling")
+    except InvalidArgument as e:
+        raise InputError(f"{source}: {e}") from None
 
 
 def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:

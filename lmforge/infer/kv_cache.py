@@ -1,6 +1,6 @@
 """Key/value cache for incremental decoding with `TransformerLM`.
 
-What: per layer, preallocated key and value tensors of shape (batch, heads, max_len, head_dim) on
+What: per layer, preallocated key and value tensors of shape (batch, kv heads, max_len, head_dim) on
 the model's device and dtype, plus `lengths` (batch,): how many slots of each sequence are filled.
 Slot s of a sequence holds the token at absolute position s, so RoPE positions are slot indices
 and sequences of different lengths live side by side (ragged bookkeeping, no left padding).
@@ -11,7 +11,7 @@ Protocol, driven by `TransformerLM.forward(ids (batch, seq), kv_cache=cache)`:
    builds the attention mask once for all layers: query t of sequence b may attend to slot s iff
    s <= lengths[b] + t (its cached prefix and the new tokens up to itself);
 2. each attention layer calls `layer(i).update(k, v)` with its RoPE-rotated keys and values
-   (batch, heads, seq, head_dim): they are written at those slots, and the keys/values of slots
+   (batch, kv heads, seq, head_dim): they are written at those slots, and the keys/values of slots
    0..max(lengths)+seq-1 come back with the mask (see `update`);
 3. `commit()` advances every length by seq.
 
@@ -27,8 +27,10 @@ forgets the padding slots (later tokens overwrite them; the mask never lets a qu
 at or past its own sequence's length). `truncate` also rolls back rejected speculative tokens,
 and `select(rows)` drops finished sequences from the batch.
 
-Memory: 2 · layers · batch · max_len · d_model elements (e.g. 4 layers, batch 32, 256 slots,
-d_model 512, float32: 128 MiB).
+Memory (`nbytes`): 2 · layers · batch · max_len · num_kv_heads · head_dim elements, i.e.
+2 · layers · batch · max_len · d_model without grouped-query attention (e.g. 4 layers, batch 32,
+256 slots, d_model 512, float32: 128 MiB) and num_heads / num_kv_heads times less with it (the
+same model with 8 heads sharing 2 key/value heads: 32 MiB).
 """
 
 from __future__ import annotations
@@ -44,25 +46,28 @@ if TYPE_CHECKING:
 
 
 class KVCache:
-    """Per-layer key/value buffers (batch, heads, max_len, head_dim) and per-sequence lengths."""
+    """Per-layer key/value buffers (batch, num_kv_heads, max_len, head_dim) and per-sequence
+    lengths. `num_kv_heads` is the model's key/value head count (its num_heads without
+    grouped-query attention)."""
 
     def __init__(
         self,
         num_layers: int,
         batch_size: int,
-        num_heads: int,
+        num_kv_heads: int,
         max_len: int,
         head_dim: int,
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ):
-        if min(num_layers, batch_size, num_heads, max_len, head_dim) < 1:
+        if min(num_layers, batch_size, num_kv_heads, max_len, head_dim) < 1:
             raise ValueError(
                 f"KVCache sizes must all be >= 1, got num_layers={num_layers}, batch_size="
-                f"{batch_size}, num_heads={num_heads}, max_len={max_len}, head_dim={head_dim}"
+                f"{batch_size}, num_kv_heads={num_kv_heads}, max_len={max_len}, "
+                f"head_dim={head_dim}"
             )
-        shape = (batch_size, num_heads, max_len, head_dim)
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -74,7 +79,8 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None) -> KVCache:
-        """A cache matching `model` (a TransformerLM): its layers, heads, device and dtype.
+        """A cache matching `model` (a TransformerLM): its layers, key/value heads (num_kv_heads,
+        fewer than num_heads with grouped-query attention), head_dim, device and dtype.
 
         `max_len` defaults to the model's context_length, and may not exceed it.
         """
@@ -89,7 +95,7 @@ class KVCache:
         return cls(
             c.num_layers,
             batch_size,
-            c.num_heads,
+            getattr(c, "num_kv_heads", None) or c.num_heads,  # duck-typed configs: no GQA
             max_len,
             c.head_dim,
             device=p.device,
@@ -104,6 +110,11 @@ class KVCache:
     def longest(self) -> int:
         """max(lengths) as a Python int (known without a host sync)."""
         return self._end
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the key and value buffers (all layers; the module notes' memory rule)."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     def begin(self, seq: int) -> Tensor:
         """Reserve `seq` slots per sequence; return their positions (batch, seq), int64."""
@@ -130,9 +141,9 @@ class KVCache:
         return _LayerCache(self, i)
 
     def update(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Write layer i's new k, v (batch, heads, seq, head_dim) at the reserved slots.
+        """Write layer i's new k, v (batch, kv heads, seq, head_dim) at the reserved slots.
 
-        Returns the keys and values of slots 0..max(lengths)+seq-1 (batch, heads, slots,
+        Returns the keys and values of slots 0..max(lengths)+seq-1 (batch, kv heads, slots,
         head_dim) and the boolean mask, True where attending is allowed: (batch, 1, seq, slots)
         for ragged lengths, (seq, slots) for equal ones, None for equal ones and seq = 1.
         """
@@ -207,6 +218,30 @@ class KVCache:
         self.values = [torch.cat(pair) for pair in zip(self.values, other.values, strict=True)]
         self.lengths = torch.cat([self.lengths, other.lengths])
         self._start, self._end = min(self._start, other._start), max(self._end, other._end)
+
+    def take(self, rows: Sequence[int]) -> KVCache:
+        """A new cache of the sequences at `rows` (in that order, repeats allowed: `take([0] * n)`
+        gives n copies of a prefilled prefix to continue n ways); this cache is unchanged.
+        Only the filled slots are copied (the rest start as zeros, like a new cache's)."""
+        import copy
+
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.lengths.device)
+        if idx.numel() == 0 or bool((idx < 0).any() | (idx >= self.batch_size).any()):
+            raise ValueError(
+                f"take needs a non-empty list of rows in [0, {self.batch_size}), got {list(rows)}"
+            )
+
+        def pick(t: Tensor) -> Tensor:
+            out = t.new_zeros((idx.numel(), *t.shape[1:]))
+            out[:, :, : self._end] = t[:, :, : self._end].index_select(0, idx)
+            return out
+
+        out = copy.copy(self)
+        out.keys = [pick(k) for k in self.keys]
+        out.values = [pick(v) for v in self.values]
+        out.lengths = self.lengths.index_select(0, idx)
+        out._start, out._end = int(out.lengths.min()), int(out.lengths.max())
+        return out
 
 
 class _LayerCache:

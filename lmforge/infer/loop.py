@@ -60,24 +60,42 @@ class Generation:
     finish_reason: str | None = None
 
 
-def prefill(model: nn.Module, prompts: list[list[int]], max_len: int) -> tuple[KVCache, Tensor]:
+def prefill(
+    model: nn.Module, prompts: list[list[int]], max_len: int, cache: KVCache | None = None
+) -> tuple[KVCache, Tensor]:
     """Run all prompts in one forward pass; return the filled cache and next-token logits.
 
     Prompts are token-id lists (non-empty, checked by the caller); `max_len` slots are allocated
     per sequence. Returns the cache (lengths = prompt lengths) and logits (batch, vocab) at each
-    prompt's last token.
+    prompt's last token. With `cache` (one row per prompt, e.g. a shared prefix copied with
+    `KVCache.take([0] * n)`), prompts[i] continues cached row i instead, and that cache (with
+    its own max_len) is filled and returned: only the new tokens run.
+    """
+    if cache is None:
+        cache = KVCache.for_model(model, len(prompts), max_len)
+    hidden, lengths = extend(model, cache, prompts)
+    rows = torch.arange(len(prompts), device=hidden.device)
+    last = hidden[rows, lengths - 1]  # (batch, d_model)
+    return cache, cast(TransformerLM, model).lm_head(last)
+
+
+def extend(model: nn.Module, cache: KVCache, tokens: list[list[int]]) -> tuple[Tensor, Tensor]:
+    """Continue cached sequence i with tokens[i] (possibly empty), all in one forward pass.
+
+    Returns the final hidden states (batch, longest, d_model) (row i is valid up to
+    len(tokens[i])) and those lengths (batch,). The rows are right-padded; the cache then
+    forgets the padding slots, so each sequence grows by exactly its own tokens.
     """
     device = model_device(model)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    ids = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-    cache = KVCache.for_model(model, len(prompts), max_len)
+    longest = max(len(t) for t in tokens)
+    lengths = torch.tensor([len(t) for t in tokens], device=device)
+    ids = torch.tensor([t + [0] * (longest - len(t)) for t in tokens], dtype=torch.long,
+                       device=device)
+    grown = (cache.lengths + lengths).tolist()
     lm = cast(TransformerLM, model)  # what it must be to have hidden_states and lm_head
-    hidden = lm.hidden_states(ids, kv_cache=cache)  # (batch, longest prompt, d_model)
-    cache.truncate(lengths.tolist())
-    last = hidden[torch.arange(len(prompts), device=device), lengths - 1]  # (batch, d_model)
-    return cache, lm.lm_head(last)
+    hidden = lm.hidden_states(ids, kv_cache=cache)  # (batch, longest, d_model)
+    cache.truncate(grown)
+    return hidden, lengths
 
 
 def decode(model: nn.Module, cache: KVCache, tokens: Tensor, *, compile: bool = False) -> Tensor:
@@ -111,16 +129,25 @@ def token_loop(
     generator: Generators = None,
     logprobs: bool = True,
     compile: bool = False,
+    cache: KVCache | None = None,
 ) -> Generator[list[tuple[int, int]], None, None]:
     """Generate for checked `prompts` (see `lmforge.infer.prompts.check_prompts`), yielding
     after each step the (prompt index, token) pairs it added, and filling `results` (one
     `Generation` per prompt) as it goes.
 
     Sequence i stops at a token in `stops` (not added; finish_reason "stop") or after
-    `budgets[i]` tokens ("length"; budgets never reach past the context). Tokens are chosen with
-    `choose_tokens(logits, settings, histories, generator)`. The model runs in eval mode, each
-    step under `torch.inference_mode()` (not between steps: the caller's code between two
-    tokens runs in its own mode); its training mode comes back when the loop ends or is closed.
+    `budgets[i]` tokens ("length"; budgets never reach past the context), or when the caller
+    sets `results[i].finish_reason` between two steps (e.g. a stop string; it leaves the batch
+    at the next step). Tokens are chosen with `choose_tokens(logits, settings, histories,
+    generator)`; `generator` is one for the batch or one per prompt (None = the global one).
+    The model runs in eval mode, each step under `torch.inference_mode()` (not between steps:
+    the caller's code between two tokens runs in its own mode); its training mode comes back
+    when the loop ends or is closed.
+
+    `cache` (taken over by the loop): row i already holds the first tokens of prompts[i] (at
+    most all but the last), e.g. a prefix shared by every prompt, prefilled once and copied
+    with `KVCache.take([0] * n)`; only the rest of each prompt is prefilled. Its max_len must
+    hold every prompt plus its budget, less one.
     """
     stops = set(stops)
     live = [i for i, b in enumerate(budgets) if b > 0]  # prompt index of each cache row
@@ -137,7 +164,17 @@ def token_loop(
         max_len = model_limits(model)[0] if compile else max(
             len(prompts[i]) + budgets[i] for i in live) - 1
         with torch.inference_mode():
-            cache, logits = prefill(model, [prompts[i] for i in live], max_len)
+            if cache is None:
+                cache, logits = prefill(model, [prompts[i] for i in live], max_len)
+            else:
+                if len(live) < len(prompts):
+                    cache.select(live)
+                cached = cache.lengths.tolist()
+                if any(n >= len(prompts[i]) for i, n in zip(live, cached, strict=True)):
+                    raise ValueError("token_loop's cache must leave at least the last token "
+                                     "of every prompt to prefill (it gives the first logits)")
+                rest = [prompts[i][n:] for i, n in zip(live, cached, strict=True)]
+                cache, logits = prefill(model, rest, max_len, cache)
             step = decoder(model, compile)
         while True:
             with torch.inference_mode():
@@ -172,6 +209,8 @@ def _choose(
     histories = None
     if is_penalised(settings):
         histories = [prompts[i] + results[i].token_ids for i in live]
+    if generator is not None and not isinstance(generator, torch.Generator):
+        generator = [generator[i] for i in live]  # one per prompt: follow the live rows
     tokens = choose_tokens(logits, settings, histories, generator)
     chosen = tokens.tolist()
     lps = token_logprobs(logits, tokens).tolist() if logprobs else [None] * len(chosen)

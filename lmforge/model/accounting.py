@@ -4,9 +4,12 @@ FLOPs count matrix multiplies only, with the 2·m·n·p rule (one multiply + one
 (m×n)·(n×p) product); norms, softmax and element-wise ops are ignored (they are a few percent).
 Per token, at sequence length T, one block costs
 
-    attention projections   2 · 4·d²         (q, k, v, output)
-    scores Q·Kᵀ, P·V        2 · 2·T·d        (the full T×T product our kernels compute)
-    feed-forward            2 · 3·d·d_ff     (SwiGLU: w1, w3, w2; SiLU FFN: 2·d·d_ff)
+    attention projections   2 · (2·d² + 2·d·d_kv)   (q and output d×d; k, v d×d_kv)
+    scores Q·Kᵀ, P·V        2 · 2·T·d               (the full T×T product our kernels compute)
+    feed-forward            2 · 3·d·d_ff            (SwiGLU: w1, w3, w2; SiLU FFN: 2·d·d_ff)
+
+where d_kv = num_kv_heads · head_dim (= d without grouped-query attention; every query head
+still scores every key, so the T×T products do not shrink with it).
 
 plus 2·d·V for the output layer. Training = forward + backward ≈ 3 × forward (the backward pass
 computes two products per forward product: gradient w.r.t. input and w.r.t. weight).
@@ -40,12 +43,17 @@ def count_parameters(config: ModelConfig, *, embeddings: bool = True) -> int:
     d, ff, V = c.d_model, c.hidden_dim, c.vocab_size
     ffn = (3 if c.ffn == "swiglu" else 2) * d * ff
     norms = 2 * d if c.norm == "rmsnorm" else 0
-    per_layer = 4 * d * d + ffn + norms
+    per_layer = _attention_weights(c) + ffn + norms
     final_norm = d if (c.norm == "rmsnorm" and c.norm_position == "pre") else 0
     body = c.num_layers * per_layer + final_norm + V * d  # V·d: lm_head
     if c.tie_embeddings or not embeddings:
         return body
     return body + V * d
+
+
+def _attention_weights(c: ModelConfig) -> int:
+    """Weights of one attention sublayer: q_proj and output_proj d×d, k_proj and v_proj d×d_kv."""
+    return 2 * c.d_model * c.d_model + 2 * c.d_model * c.kv_heads * c.head_dim
 
 
 def flops_per_token(
@@ -61,7 +69,7 @@ def flops_per_token(
     T = seq_len or c.context_length
     d, ff = c.d_model, c.hidden_dim
     ffn = (3 if c.ffn == "swiglu" else 2) * d * ff
-    per_layer = 2 * (4 * d * d + 2 * T * d + ffn)
+    per_layer = 2 * (_attention_weights(c) + 2 * T * d + ffn)
     forward = c.num_layers * per_layer + 2 * d * c.vocab_size
     return float(3 * forward if training else forward)
 
@@ -84,11 +92,12 @@ def memory_estimate(
 
     Parameters, gradients and AdamW's two moments each take one value per parameter. Activations
     count the tensors autograd keeps per token and layer for our implementation: two norm inputs
-    (2d), q/k/v (3d), attention scores and probabilities (2·heads·T; only with the "reference"
-    attention, the fused kernels keep O(T)), the attention output and the output-projection input
-    (2d), the FFN's w1/w3 outputs, SiLU and product (4·d_ff) and the block output (d); then the
-    final norm (d) and logits plus their softmax (2V). With `checkpoint_activations` only each
-    block's input (d) is kept, plus one block's activations while it is recomputed.
+    (2d), q/k/v (d + 2·d_kv), attention scores and probabilities (2·heads·T; only with the
+    "reference" attention, the fused kernels keep O(T)), the attention output and the
+    output-projection input (2d), the FFN's w1/w3 outputs, SiLU and product (4·d_ff) and the
+    block output (d); then the final norm (d) and logits plus their softmax (2V). With
+    `checkpoint_activations` only each block's input (d) is kept, plus one block's activations
+    while it is recomputed.
 
     >>> m = memory_estimate(ModelConfig(vocab_size=10, context_length=8, d_model=4, num_layers=1,
     ...                                 num_heads=2, d_ff=8), batch_size=1)
@@ -99,7 +108,8 @@ def memory_estimate(
     T = seq_len or c.context_length
     n = count_parameters(c)
     scores = 2 * c.num_heads * T if c.attention == "reference" else 0
-    per_token_layer = 8 * c.d_model + 4 * c.hidden_dim + scores
+    d_kv = c.kv_heads * c.head_dim
+    per_token_layer = 6 * c.d_model + 2 * d_kv + 4 * c.hidden_dim + scores
     if c.checkpoint_activations:
         layers = c.num_layers * c.d_model + per_token_layer
     else:

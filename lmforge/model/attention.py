@@ -22,7 +22,14 @@ Measured forward + backward, (batch 8, heads 8, T 256, d_k 32), one thread, 2-co
     float32       23 ms          28 ms           56 ms
     bfloat16      30 ms          11 ms           41 ms
 
-References: Vaswani et al. 2017 (eq. 1); Dao et al. 2022 (FlashAttention).
+Grouped-query attention (k, v with H_kv heads, q with H = g·H_kv; query head h uses kv head
+h // g, see `layers.scaled_dot_product_attention`): the fused kernel takes it natively
+(`enable_gqa=True`); the bf16 CPU route stacks each group's query heads along the query axis as
+the reference does; our flash kernels take equal head counts, so k and v are repeated for them
+(`repeat_kv`: a copy, g times the keys and values, of the size of q).
+
+References: Vaswani et al. 2017 (eq. 1); Dao et al. 2022 (FlashAttention); Ainslie et al. 2023
+(GQA).
 """
 
 from __future__ import annotations
@@ -33,30 +40,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lmforge.model.layers import gqa_groups
+
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa") -> Tensor:
     """softmax(q kᵀ / √d_k) v with query i attending to keys 0..i.
 
-    q, k: (..., seq, d_k), v: (..., seq, d_v), same seq (self-attention) → (..., seq, d_v).
+    q, k: (..., seq, d_k), v: (..., seq, d_v), same seq (self-attention) → (..., seq, d_v);
+    k and v may have fewer heads than q (grouped-query attention, module docstring).
     `backend`: "sdpa" (PyTorch's fused kernels, by dtype) or "flash" (ours, lmforge.kernels).
     """
+    g = gqa_groups(q, k)
     if backend == "flash":
         from lmforge.kernels import flash_attention
 
-        return flash_attention(q, k, v, causal=True)
+        return flash_attention(q, repeat_kv(k, g), repeat_kv(v, g), causal=True)
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        return _matmul_causal_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return _matmul_causal_attention(q, k, v, g)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g > 1)
 
 
-def _matmul_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """(..., H_kv, seq, d) → (..., H_kv·groups, seq, d), head j repeated for heads j·g..j·g+g-1.
+
+    >>> repeat_kv(torch.arange(2.0).view(2, 1, 1), 2).flatten().tolist()
+    [0.0, 0.0, 1.0, 1.0]
+    """
+    return x if groups == 1 else x.repeat_interleave(groups, dim=-3)
+
+
+def _matmul_causal_attention(q: Tensor, k: Tensor, v: Tensor, groups: int = 1) -> Tensor:
     """The low-precision CPU route: q·kᵀ/√d_k + causal bias, softmax, weight v.
 
     Scaling q costs seq·d_k multiplies instead of seq² for the scores. The mask is an additive
     bias (0 on and below the diagonal, -inf above), whose backward is free, where `masked_fill`
     costs a copy and a masking pass both ways (10.7 ms vs 15.2 ms at the shape above).
+    With `groups` g > 1 (GQA), q is viewed (..., H_kv, g, T, d_k) against k, v (..., H_kv, 1, T, d).
     """
     T = q.shape[-2]
-    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)  # (..., T, T)
+    q = q * (1.0 / math.sqrt(q.shape[-1]))
+    if groups > 1:
+        q, k, v = q.unflatten(-3, (-1, groups)), k.unsqueeze(-3), v.unsqueeze(-3)
+    scores = q @ k.transpose(-1, -2)  # (..., T, T)
     bias = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-    return torch.softmax(scores + bias, dim=-1) @ v
+    out = torch.softmax(scores + bias, dim=-1) @ v
+    return out.flatten(-4, -3) if groups > 1 else out

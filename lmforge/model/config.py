@@ -1,8 +1,11 @@
 """`ModelConfig`: the shape of a TransformerLM and its ablation switches, as plain data.
 
 The defaults are the Llama-style architecture (pre-norm RMSNorm, RoPE, SwiGLU, untied
-embeddings). Each switch turns one component off so its contribution can be measured; the
-resulting model keeps the same parameter names where the parameter still exists.
+embeddings, one key/value head per query head). `num_kv_heads` < `num_heads` gives
+grouped-query attention (k_proj / v_proj output num_kv_heads · head_dim; Llama 2 70B, Llama 3)
+and `rope_scaling` Llama 3's or linear RoPE scaling (`lmforge.model.rope_scaling`). Each
+ablation switch turns one component off so its contribution can be measured; the resulting
+model keeps the same parameter names where the parameter still exists.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 from lmforge.errors import InvalidArgument
 from lmforge.model.layers import default_d_ff
+from lmforge.model.rope_scaling import check_rope_scaling
 
 _CHOICES = {
     "norm": ("rmsnorm", "none"),
@@ -40,6 +44,8 @@ class ModelConfig:
     # ("flash": our FlashAttention-2, Triton on GPU / TRITON_INTERPRET=1, tiled PyTorch otherwise)
     checkpoint_activations: bool = False  # recompute each block's activations in backward
     norm_eps: float = 1e-5  # RMSNorm epsilon
+    num_kv_heads: int | None = None  # key/value heads (GQA), dividing num_heads; None: num_heads
+    rope_scaling: dict | None = None  # {rope_type = "llama3" | "linear", ...}; None: plain RoPE
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -66,6 +72,18 @@ class ModelConfig:
                 f"RoPE needs an even head dimension, but d_model/num_heads = {self.head_dim}; "
                 "change num_heads or set positional = 'nope'"
             )
+        if self.num_kv_heads is not None and (
+            not _is_int(self.num_kv_heads) or self.num_kv_heads < 1
+            or self.num_heads % self.num_kv_heads
+        ):
+            n = self.num_heads
+            divisors = [h for h in range(1, min(n, 10_000) + 1) if n % h == 0][:12]
+            raise InvalidArgument(
+                f"model.num_kv_heads = {self.num_kv_heads!r} must be a positive integer dividing "
+                f"model.num_heads = {self.num_heads} (each key/value head serves num_heads / "
+                f"num_kv_heads query heads): pick one of {', '.join(map(str, divisors))}, or "
+                "omit it for one key/value head per query head"
+            )
         if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff < 1):
             raise InvalidArgument(
                 f"model.d_ff must be a positive integer or omitted, got {self.d_ff!r}")
@@ -74,10 +92,21 @@ class ModelConfig:
                 raise InvalidArgument(
                     f"model.{name} = {getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
+        if self.rope_scaling is not None:
+            if self.positional != "rope":
+                raise InvalidArgument(
+                    f"model.rope_scaling is set but model.positional = {self.positional!r} has "
+                    "no RoPE to scale; remove model.rope_scaling")
+            self.rope_scaling = check_rope_scaling(self.rope_scaling)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads actually used (resolving the `num_kv_heads=None` default)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
     def hidden_dim(self) -> int:

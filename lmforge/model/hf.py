@@ -6,6 +6,10 @@ x[i + d/2]. Both use frequency θ^(-2i/d) for pair i, so permuting the rows of e
 projection — our row 2i+c goes to Llama row c·d/2 + i — makes Llama rotate exactly the
 coordinates we rotate. The permutation is applied to q and k alike, so q·k is unchanged.
 
+Grouped-query attention maps as is (Llama's `num_key_value_heads`: k_proj / v_proj have
+num_kv_heads · head_dim rows, permuted per key/value head), and so does RoPE scaling ("llama3",
+"linear": `rope_parameters` in transformers 5, `rope_scaling` before it).
+
 Only the default architecture maps (pre-norm RMSNorm, RoPE, SwiGLU); ablations have no Llama form.
 """
 
@@ -42,17 +46,20 @@ def check_llama_compatible(config: ModelConfig) -> None:
 def llama_config_kwargs(config: ModelConfig) -> dict:
     """Keyword arguments for `transformers.LlamaConfig` describing the same architecture."""
     check_llama_compatible(config)
+    scaling = config.rope_scaling or {"rope_type": "default"}
     return {
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "intermediate_size": config.hidden_dim,
         "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_heads,
+        "num_key_value_heads": config.kv_heads,
         "max_position_embeddings": config.context_length,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        # transformers 5 reads rope_parameters; earlier versions rope_theta and rope_scaling.
+        "rope_parameters": {**scaling, "rope_theta": config.rope_theta},
+        "rope_scaling": None if config.rope_scaling is None else dict(config.rope_scaling),
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
@@ -79,6 +86,11 @@ def half_split_to_adjacent(w: Tensor, num_heads: int) -> Tensor:
     )
 
 
+def _heads(name: str, config: ModelConfig) -> int:
+    """Heads in the rows of projection `name`: q_proj num_heads, k_proj num_kv_heads."""
+    return config.kv_heads if name.startswith("attn.k_proj") else config.num_heads
+
+
 def to_llama_state_dict(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
     """Our state dict → a `LlamaForCausalLM` state dict (views or copies, never shared)."""
     check_llama_compatible(config)
@@ -91,7 +103,7 @@ def to_llama_state_dict(state: dict[str, Tensor], config: ModelConfig) -> dict[s
         for ours, theirs in _LAYER_NAMES.items():
             w = state[f"layers.{i}.{ours}"]
             if ours.startswith(("attn.q_proj", "attn.k_proj")):
-                w = adjacent_to_half_split(w, config.num_heads)
+                w = adjacent_to_half_split(w, _heads(ours, config))
             out[f"model.layers.{i}.{theirs}"] = w
     return out
 
@@ -108,6 +120,6 @@ def from_llama_state_dict(state: dict[str, Tensor], config: ModelConfig) -> dict
         for ours, theirs in _LAYER_NAMES.items():
             w = state[f"model.layers.{i}.{theirs}"]
             if ours.startswith(("attn.q_proj", "attn.k_proj")):
-                w = half_split_to_adjacent(w, config.num_heads)
+                w = half_split_to_adjacent(w, _heads(ours, config))
             out[f"layers.{i}.{ours}"] = w
     return out

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.device import named_range
+from lmforge.model.rope_scaling import scale_inverse_frequencies
 
 
 def _trunc_normal(shape: tuple[int, ...], std: float, device, dtype) -> nn.Parameter:
@@ -134,17 +135,22 @@ class RotaryPositionalEmbedding(nn.Module):
     (they are derived from θ, so they stay out of the state dict). `forward(x, token_positions)`
     takes x of shape (..., seq, d_k) and integer positions broadcastable to (..., seq).
     `rotate_fast` computes the same rotation as one complex multiply (the fast path).
+    `scaling` (a `rope_scaling.check_rope_scaling` dict: "linear" or "llama3") replaces the
+    frequencies θ^(-2i/d_k) by slower ones (`rope_scaling.scale_inverse_frequencies`).
     """
 
     cos: Tensor  # (max_seq_len, d_k/2) buffers
     sin: Tensor
 
-    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
+    def __init__(
+        self, theta: float, d_k: int, max_seq_len: int, device=None, scaling: dict | None = None
+    ):
         super().__init__()
         if d_k % 2:
             raise ValueError(f"RoPE needs an even head dimension, got d_k={d_k}")
         self.d_k, self.max_seq_len = d_k, max_seq_len
         inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
+        inv_freq = scale_inverse_frequencies(inv_freq, scaling)
         angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
@@ -197,12 +203,46 @@ def scaled_dot_product_attention(
     `mask` is boolean, broadcastable to (..., n_q, n_k), True where a query MAY attend to a key.
     Returns (..., n_q, d_v). The three stages are named ranges in a `torch.profiler` trace
     (`lmforge bench model --profile`); outside a profiler a range costs about a microsecond.
+
+    Grouped-query attention (Ainslie et al. 2023, "GQA"): K and V may have fewer heads than Q,
+    Q (..., H, n_q, d_k) with K, V (..., H_kv, n_k, d), H a multiple g of H_kv; query head h then
+    uses key/value head h // g, i.e. the result equals attention with K and V repeated g times
+    along the head dim (`repeat_interleave`, HF's `repeat_kv`). Without copying K and V: the g
+    query heads of a group are stacked along the query axis, (..., H_kv, g·n_q, d_k), so each
+    group is one product with its shared K (and the weights one with its shared V).
     """
+    g = gqa_groups(Q, K)
     with named_range("attention_scores", Q.device):
-        scores = (Q @ K.transpose(-1, -2)) / math.sqrt(Q.shape[-1])
+        if g > 1:  # (..., H_kv, g·n_q, n_k) → (..., H, n_q, n_k), head h = group·g + i
+            scores = (_stack_groups(Q, g) @ K.transpose(-1, -2)).unflatten(-2, (g, -1))
+            scores = scores.flatten(-4, -3) / math.sqrt(Q.shape[-1])
+        else:
+            scores = (Q @ K.transpose(-1, -2)) / math.sqrt(Q.shape[-1])
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
     with named_range("attention_softmax", Q.device):
         weights = softmax(scores, dim=-1)
     with named_range("attention_weighted_sum", Q.device):
+        if g > 1:
+            return (_stack_groups(weights, g) @ V).unflatten(-2, (g, -1)).flatten(-4, -3)
         return weights @ V
+
+
+def gqa_groups(q: Tensor, k: Tensor) -> int:
+    """Query heads per key/value head g = H / H_kv for q (..., H, n_q, d), k (..., H_kv, n_k, d);
+    1 when the head counts are equal (or either tensor has no head dim).
+
+    >>> gqa_groups(torch.zeros(1, 8, 3, 4), torch.zeros(1, 2, 3, 4))
+    4
+    """
+    if q.dim() < 3 or k.dim() != q.dim() or k.shape[-3] == q.shape[-3]:
+        return 1
+    if q.shape[-3] % k.shape[-3]:
+        raise ValueError(f"q has {q.shape[-3]} heads, not a multiple of k's {k.shape[-3]}; "
+                         "grouped-query attention needs num_heads divisible by num_kv_heads")
+    return q.shape[-3] // k.shape[-3]
+
+
+def _stack_groups(x: Tensor, g: int) -> Tensor:
+    """(..., H_kv·g, n, m) → (..., H_kv, g·n, m): each group's g heads stacked along rows."""
+    return x.unflatten(-3, (-1, g)).flatten(-3, -2)

@@ -12,6 +12,8 @@ as-is; `lmforge.model.hf` maps them to HuggingFace Llama names. Attention has tw
 interchangeable backends: "reference" (our `scaled_dot_product_attention` and RoPE `forward`) and
 "sdpa", the opt-in fast path proven equal in tests: `RotaryPositionalEmbedding.rotate_fast` and
 `attention.causal_attention` (PyTorch's fused attention kernels, chosen by dtype).
+Grouped-query attention (`num_kv_heads` < `num_heads`) and RoPE scaling (`rope_scaling`) are
+config fields; the default keeps one key/value head per query head and plain RoPE.
 
 Inference threads an optional key/value cache through `forward` (`lmforge.infer.kv_cache.KVCache`,
 duck-typed here so the model does not import the inference package): the cache hands out the
@@ -44,6 +46,10 @@ class MultiHeadSelfAttention(nn.Module):
     """Causal self-attention over `num_heads` heads of size d_model / num_heads.
 
     `rope` (optional) rotates queries and keys by their absolute positions before the dot product.
+    `num_kv_heads` (default num_heads) < num_heads is grouped-query attention: k_proj and v_proj
+    output num_kv_heads · head_dim, and each group of num_heads / num_kv_heads consecutive query
+    heads shares one key/value head (`layers.scaled_dot_product_attention`); a KV cache then
+    holds num_kv_heads heads per layer.
     """
 
     def __init__(
@@ -54,14 +60,18 @@ class MultiHeadSelfAttention(nn.Module):
         backend: str = "reference",
         device=None,
         dtype=None,
+        num_kv_heads: int | None = None,
     ):
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
-        self.num_heads, self.backend = num_heads, backend
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if d_model % num_heads or num_heads % num_kv_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}, or "
+                             f"num_heads by num_kv_heads={num_kv_heads}")
+        self.num_heads, self.num_kv_heads, self.backend = num_heads, num_kv_heads, backend
+        kv_dim = num_kv_heads * (d_model // num_heads)
         self.q_proj = Linear(d_model, d_model, device, dtype)
-        self.k_proj = Linear(d_model, d_model, device, dtype)
-        self.v_proj = Linear(d_model, d_model, device, dtype)
+        self.k_proj = Linear(d_model, kv_dim, device, dtype)
+        self.v_proj = Linear(d_model, kv_dim, device, dtype)
         self.output_proj = Linear(d_model, d_model, device, dtype)
         self.rope = rope
 
@@ -72,8 +82,10 @@ class MultiHeadSelfAttention(nn.Module):
         stores this call's keys/values and returns all cached ones with the attention mask.
         """
         T = x.shape[-2]
-        heads = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)  # noqa: E731
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        # (..., seq, heads · d_k) → (..., heads, seq, d_k)
+        heads = lambda t, n: t.unflatten(-1, (n, -1)).transpose(-3, -2)  # noqa: E731
+        q = heads(self.q_proj(x), self.num_heads)
+        k, v = heads(self.k_proj(x), self.num_kv_heads), heads(self.v_proj(x), self.num_kv_heads)
         if self.rope is not None:
             if token_positions is None:
                 token_positions = torch.arange(T, device=x.device)
@@ -81,11 +93,12 @@ class MultiHeadSelfAttention(nn.Module):
             rotate = self.rope if self.backend == "reference" else self.rope.rotate_fast
             q, k = rotate(q, pos), rotate(k, pos)
         if cache is not None:
-            # All cached keys/values (batch, heads, slots, d_k); the boolean mask broadcasts to
-            # (batch, 1, seq, slots), or is None when every cached slot is visible.
+            # All cached keys/values (batch, kv heads, slots, d_k); the boolean mask broadcasts
+            # to (batch, 1, seq, slots), or is None when every cached slot is visible.
             k, v, mask = cache.update(k, v)
             if self.backend != "reference":
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                gqa = self.num_kv_heads != self.num_heads
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
             else:
                 out = scaled_dot_product_attention(q, k, v, mask)
         elif self.backend != "reference":
@@ -103,7 +116,9 @@ class TransformerBlock(nn.Module):
         super().__init__()
         c = config
         self.post_norm = c.norm_position == "post"
-        self.attn = MultiHeadSelfAttention(c.d_model, c.num_heads, rope, c.attention, device, dtype)
+        self.attn = MultiHeadSelfAttention(
+            c.d_model, c.num_heads, rope, c.attention, device, dtype, c.num_kv_heads
+        )
         ffn = SwiGLU if c.ffn == "swiglu" else SiLUFeedForward
         self.ffn = ffn(c.d_model, c.hidden_dim, device, dtype)
         if c.norm == "rmsnorm":
@@ -148,7 +163,9 @@ class TransformerLM(nn.Module):
         self.token_embeddings = Embedding(c.vocab_size, c.d_model, device, dtype)
         rope = None
         if c.positional == "rope":
-            rope = RotaryPositionalEmbedding(c.rope_theta, c.head_dim, c.context_length, device)
+            rope = RotaryPositionalEmbedding(
+                c.rope_theta, c.head_dim, c.context_length, device, c.rope_scaling
+            )
         self.layers = nn.ModuleList(
             TransformerBlock(c, rope, device, dtype) for _ in range(c.num_layers)
         )

@@ -10,9 +10,14 @@ moments, the step counter, the sampler's PCG64 state, every RNG and the partiall
 interval — is in each checkpoint, so `train(..., resume=True)` continues bit for bit: the
 resumed `metrics.jsonl` has the same losses as an uninterrupted run's.
 
+Benchmark tasks (`[eval]`, `lmforge.train.task_eval`) run every `eval.interval` steps (or with
+each validation pass) and at the end, in eval mode and without touching any RNG stream, so they
+change nothing in training; their scores are records of `metrics.jsonl` like the losses. Every
+record also goes to the sinks of `[logging]` (TensorBoard, W&B) through the one `MetricsLogger`.
+
 Run directory layout:
     config.toml        the resolved config        run.json      versions, device, sizes
-    metrics.jsonl      one record per log/eval     plots/loss.png
+    metrics.jsonl      one record per log/eval     plots/loss.png, plots/eval.png
     checkpoints/step_XXXXXXX/   weights (safetensors), optimizer, RNG, state.json
     tokenizer/         copy of the tokenizer (when data.tokenizer is set)
 
@@ -28,6 +33,7 @@ checkpoints hold every rank's part.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import threading
@@ -56,7 +62,14 @@ from lmforge.train.checkpoint import (
 )
 from lmforge.train.data import BatchSampler, open_tokens
 from lmforge.train.loss import cross_entropy, distillation_loss, perplexity
-from lmforge.train.metrics import plot_losses, read_metrics, truncate_after
+from lmforge.train.metrics import (
+    MetricsLogger,
+    plot_eval,
+    plot_losses,
+    read_metrics,
+    require_sinks,
+    truncate_after,
+)
 from lmforge.train.optim import get_lr_cosine_schedule
 from lmforge.train.plan import BudgetPlanner, StepPlan
 from lmforge.train.run_dir import (
@@ -67,6 +80,7 @@ from lmforge.train.run_dir import (
     update_run_config,
 )
 from lmforge.train.step import NonFiniteStep, TrainStep, make_optimizer
+from lmforge.train.task_eval import TaskEvaluator
 
 
 class TrainingDiverged(LmforgeError, RuntimeError):
@@ -149,6 +163,8 @@ class Trainer:
         if self.val_tokens is not None:
             check_token_file(config.data.val, self.val_tokens, config.model.vocab_size)
         check_training_memory(config, self.device, self.ctx.world_size)
+        require_sinks(config.logging)
+        self.tasks = TaskEvaluator.from_config(config)  # a bad spec stops the run here
         self.train_tokens = train_tokens
         torch.manual_seed(t.seed)
         self.model = TransformerLM.from_config(config.model, device=self.device)
@@ -178,10 +194,16 @@ class Trainer:
             parallel.run_on_main(
                 lambda: prepare_run_dir(self.run_dir, config, self.model, self.device), self.ctx
             )
-        self.metrics = parallel.metrics_logger(self.run_dir / "metrics.jsonl", self.ctx)
+        loggers: list[MetricsLogger] = []  # rank 0's; the other ranks log nothing
+        parallel.run_on_main(lambda: loggers.append(MetricsLogger.for_run(
+            self.run_dir, config.logging, resume_step=self.step if ckpt else None,
+            run_config=config.to_dict())), self.ctx)
+        self.metrics = loggers[0] if loggers else parallel.metrics_logger(
+            self.run_dir / "metrics.jsonl", self.ctx)
 
     def _make_planner(self) -> BudgetPlanner:
-        """A budget planner pricing validation and checkpoints from this run's sizes."""
+        """A budget planner pricing validation, task evaluations and checkpoints from this run's
+        sizes."""
         t, T = self.config.train, self.config.model.context_length
         val_tokens = len(self.val_tokens) if self.val_tokens is not None else 0
         windows = max(1, min(val_tokens, t.eval_tokens or val_tokens) // T)
@@ -189,8 +211,14 @@ class Trainer:
         # A validation window is a forward pass: about a third of a training window's cost.
         params = sum(p.numel() for p in self.model.parameters())
         # Weights + two AdamW moments (fp32) at a conservative ~200 MB/s.
+        tasks = self.tasks
+        # Ranks plan alike: from the rank-mean time of one timed example per task.
+        task_s = parallel.mean_over_ranks(tasks.estimate_seconds(self.model, self._autocast),
+                                          self.ctx) if tasks else 0.0
         return BudgetPlanner(self.config, lambda step_s: step_s * windows / (3 * per_step),
-                             estimate_checkpoint_s=params * 12 / 200e6)
+                             estimate_checkpoint_s=params * 12 / 200e6,
+                             estimate_task_eval_s=task_s,
+                             task_interval=self.config.eval.interval if tasks else None)
 
     def _make_sampler(self, seed: int | list[int]) -> BatchSampler:
         t, T = self.config.train, self.config.model.context_length
@@ -305,7 +333,9 @@ class Trainer:
                    disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
         self.net.train()
         alone = not self.ctx.distributed
-        with _StopRequest(abort_on_second=alone, announce=self.ctx.is_main) as stop, bar:
+        # closing: the metrics file and sinks are closed (flushed, finished) on a crash too
+        with contextlib.closing(self.metrics), _StopRequest(
+                abort_on_second=alone, announce=self.ctx.is_main) as stop, bar:
             while self.step < self.plan.max_steps and not stop.requested:
                 started = time.perf_counter()
                 loss, grad_norm, lr = self.train_step()
@@ -334,9 +364,11 @@ class Trainer:
                 if self.val_tokens is not None and (
                         self.step % self.plan.eval_interval == 0 or done):
                     self._timed(self._log_validation, "eval")
+                if self.tasks is not None and self.tasks.due(self.step, self.plan.eval_interval,
+                                                             done):
+                    self._timed(self._log_tasks, "tasks")
                 if self.step % self.plan.checkpoint_interval == 0 or done or stop.requested:
                     self._timed(self.save, "checkpoint")
-        self.metrics.close()
         return TrainResult(self.run_dir, self.step, self.tokens, train_loss, self.val_loss,
                            self.wall_time(), interrupted=self.step < self.plan.max_steps,
                            planned_steps=self.plan.max_steps)
@@ -359,6 +391,8 @@ class Trainer:
             seconds = parallel.mean_over_ranks(time.perf_counter() - started, self.ctx)
             if kind == "eval":
                 self.planner.record_eval(seconds)
+            elif kind == "tasks":
+                self.planner.record_task_eval(seconds)
             else:
                 self.planner.record_checkpoint(seconds)
 
@@ -371,6 +405,16 @@ class Trainer:
         if self.ctx.is_main:
             plot_losses(read_metrics(self.run_dir / "metrics.jsonl"),
                         self.run_dir / "plots" / "loss.png", title=self.run_dir.name)
+
+    def _log_tasks(self) -> None:
+        """One pass over the `[eval]` tasks: a metrics record and the eval plot."""
+        assert self.tasks is not None
+        scores = self.tasks.evaluate(self.model, self._autocast)
+        self.metrics.log({"step": self.step, "tokens": self.tokens,
+                          "wall_time": round(self.wall_time(), 3), **scores})
+        if self.ctx.is_main:
+            plot_eval(read_metrics(self.run_dir / "metrics.jsonl"),
+                      self.run_dir / "plots" / "eval.png", title=self.run_dir.name)
 
 
 def _load_teacher(run_dir: str, config: TrainConfig, device: torch.device) -> torch.nn.Module:

@@ -23,6 +23,8 @@ SWITCHES = [
     {"positional": "nope", "ffn": "silu"},
     {"norm_position": "post", "tie_embeddings": True},
     {"norm": "none", "attention": "sdpa"},
+    {"num_kv_heads": 2},
+    {"num_kv_heads": 1, "attention": "sdpa"},
 ]
 
 

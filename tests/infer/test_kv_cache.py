@@ -30,6 +30,8 @@ SWITCHES = [
     {"attention": "sdpa"},
     {"positional": "nope"},
     {"norm_position": "post", "tie_embeddings": True},
+    {"num_kv_heads": 2},
+    {"num_kv_heads": 1, "attention": "sdpa"},
 ]
 
 
