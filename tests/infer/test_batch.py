@@ -139,3 +139,41 @@ def test_penalties_match_an_uncached_greedy_loop_with_apply_penalties():
             ids.append(int(apply_penalties(logits, torch.tensor([ids]), **settings).argmax()))
         assert out == ids[len(prompt):]
     assert got != generate_batch(model, prompts, 12)  # the penalties change the output here
+
+
+
+def test_finished_rows_leave_the_cache_in_halvings_with_unchanged_outputs(monkeypatch):
+    """Eight sequences finishing one after another: the cache is compacted when half the rows
+    are done (at most log2(8) + 1 times), not at every finish, and each sequence's output is
+    still what it generates alone, greedy and seeded-sampled (one generator per prompt)."""
+    from lmforge.infer.kv_cache import KVCache
+    from lmforge.infer.loop import Generation, token_loop
+    from lmforge.infer.sampling import SamplingSettings
+
+    model = tiny(3)
+    batch = prompts(5, [3, 4, 5, 6, 7, 8, 9, 10])
+    budgets = [1, 2, 3, 4, 5, 6, 7, 8]
+    calls: list[int] = []
+    real_select = KVCache.select
+
+    def counting_select(self, rows):
+        calls.append(len(rows))
+        return real_select(self, rows)
+
+    def run(ps, bs, temperature, seeds):
+        results = [Generation() for _ in ps]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        for _ in token_loop(model, ps, bs, SamplingSettings(temperature), results,
+                            generator=gens):
+            pass
+        return results
+
+    monkeypatch.setattr(KVCache, "select", counting_select)
+    for temperature in (0.0, 1.0):
+        alone = [run([p], [b], temperature, [7 + k])[0]
+                 for k, (p, b) in enumerate(zip(batch, budgets, strict=True))]
+        calls.clear()
+        together = run(batch, budgets, temperature, [7 + k for k in range(8)])
+        assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+        assert [len(r.token_ids) for r in together] == budgets
+        assert 1 <= len(calls) <= 4, calls
