@@ -170,7 +170,7 @@ class WrapperSync:
 def make_step(wrapped, model: TransformerLM, ids: torch.Tensor):
     """One training step (the trainer's `TrainStep`) of `wrapped` on `ids` (rows, seq + 1)."""
     opt = AdamW(model.parameters(), lr=1e-4)
-    train_step = TrainStep(wrapped, opt, lambda x, y: cross_entropy(wrapped(x), y),
+    train_step = TrainStep(wrapped, opt, lambda b: cross_entropy(wrapped(b[0]), b[1]),
                            device=ids.device, grad_clip=1.0, sync=WrapperSync(wrapped))
     return lambda: train_step([(ids[:, :-1], ids[:, 1:])])
 

@@ -164,8 +164,8 @@ def make_step(model, forward, dtype: str, args: argparse.Namespace, compiled: bo
     """
     opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, foreach=not args.no_foreach)
 
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(forward(x), y)
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return cross_entropy(forward(batch[0]), batch[1])
 
     if compiled and args.compile_loss:
         loss_fn = torch.compile(loss_fn)

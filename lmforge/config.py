@@ -1,9 +1,11 @@
 """Training configuration as plain dataclasses, read from and written to TOML.
 
 A config file has one table per dataclass — `[model]` (`ModelConfig`), `[data]`, `[optim]`,
-`[train]`, and the optional `[eval]` (benchmark tasks during training, `EvalConfig`) and
-`[logging]` (TensorBoard / Weights & Biases sinks, `LoggingConfig`) — and every field has a
-default except the model shape and the training data path.
+`[train]`, and the optional `[eval]` (benchmark tasks during training, `EvalConfig`),
+`[logging]` (TensorBoard / Weights & Biases sinks, `LoggingConfig`) and the alignment objectives'
+`[sft]`, `[dpo]`, `[grpo]` (`lmforge.align`; read only by `lmforge sft|dpo|grpo`) — and every
+field has a default except the model shape and the training data path. `train.init_from` starts a
+run from another run's (or a HuggingFace Llama directory's) weights, model shape and tokenizer.
 Command-line overrides use dotted keys with TOML values: `--set optim.lr=3e-4 --set
 train.dtype=bf16 --set model.tie_embeddings=true` (a value that is not valid TOML is taken as a
 string). A training token file written by `lmforge tokenizer encode` supplies `model.vocab_size` and
@@ -30,7 +32,15 @@ from lmforge.model.config import ModelConfig
 
 PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # train.parallel values (see train/parallel/)
 WANDB_MODES = ("offline", "online", "disabled")  # logging.wandb_mode values (wandb.init's mode)
-TABLES = ("model", "data", "optim", "train", "eval", "logging")
+ALIGN_TABLES = ("sft", "dpo", "grpo")  # the objectives' tables of `lmforge sft|dpo|grpo`
+TABLES = ("model", "data", "optim", "train", "eval", "logging", *ALIGN_TABLES)
+SFT_TEMPLATES = ("alpaca", "chat", "plain")  # sft.template: lmforge.align.templates
+DPO_LOSSES = ("sigmoid", "ipo", "length_normalized")  # dpo.loss_type
+GRPO_REWARDS = ("r1_zero", "gsm8k", "exact")  # grpo.reward: lmforge.align.rewards
+GRPO_TASKS = ("synthetic", "gsm8k", "jsonl")  # grpo.task kinds ("KIND:ARG")
+GRPO_LOSSES = ("grpo_clip", "reinforce_with_baseline", "no_baseline")  # grpo.loss_type
+GRPO_AGGREGATIONS = ("sequence_mean", "token_mean", "constant")  # GRPO / DAPO / Dr. GRPO
+GRPO_TRUNCATED = ("mask", "penalize", "keep")  # grpo.truncated: rollouts that hit max_new_tokens
 MAX_THREADS = 1024  # train.threads upper bound: torch crashes on absurd thread counts
 
 
@@ -84,6 +94,8 @@ class RunConfig:
     parallel: str = "none"  # "none", or under torchrun / --nproc: "ddp", "zero1", "fsdp"
     bucket_size_mb: float = 25.0  # DDP/zero1 gradient bucket size (MiB); 0: one per parameter
     dist_timeout_s: int = 600  # seconds a collective may wait for a stuck or dead rank
+    init_from: str = ""  # start from this run dir's newest intact checkpoint (or a HuggingFace
+    #   Llama dir): its weights, [model] and tokenizer; step, optimizer and schedule start fresh
 
 
 @dataclass
@@ -107,6 +119,50 @@ class LoggingConfig:
 
 
 @dataclass
+class SFTConfig:
+    data: str = ""  # JSONL of {"prompt", "response"} (or chat "messages") examples
+    val_data: str = ""  # held-out JSONL in the same format; "" disables validation
+    template: str = "alpaca"  # prompt format: "alpaca", "chat" (`lmforge serve`'s) or "plain"
+    packing: bool = True  # pack examples into full windows (no attention across examples)
+
+
+@dataclass
+class DPOConfig:
+    data: str = ""  # JSONL of {"prompt", "chosen", "rejected"} preference pairs
+    val_data: str = ""  # held-out pairs for preference accuracy; "" disables it
+    val_fraction: float = 0.0  # without val_data: hold out this fraction of data, in [0, 1)
+    beta: float = 0.1  # β: strength of the pull towards the reference model (> 0)
+    loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo" or "length_normalized"
+    precompute_reference: bool = True  # reference log-probs computed once up front
+    template: str = "alpaca"  # prompt format: "alpaca", "chat" or "plain" (as sft.template)
+    reference: str = ""  # run dir or HF dir of the frozen reference; "": the initial policy
+
+
+@dataclass
+class GRPOConfig:
+    task: str = "synthetic:addition"  # "synthetic:KIND", "gsm8k:DIR" or "jsonl:FILE"
+    reward: str = "r1_zero"  # "r1_zero", "gsm8k" or "exact"
+    group_size: int = 8  # G: rollouts per prompt (>= 2: advantages compare within a group)
+    prompts_per_rollout: int = 8  # prompts per rollout batch (G rollouts each)
+    max_new_tokens: int = 64  # rollout length limit (tokens)
+    temperature: float = 1.0  # rollout sampling temperature (> 0)
+    top_p: float = 1.0  # rollout nucleus sampling, in (0, 1]
+    stop: list[str] = field(default_factory=list)  # strings that end a rollout
+    epochs_per_rollout: int = 1  # passes over each rollout batch (> 1: off-policy epochs)
+    loss_type: str = "grpo_clip"  # "grpo_clip", "reinforce_with_baseline" or "no_baseline"
+    cliprange: float = 0.2  # ε of the ratio clip (lower side; upper too unless cliprange_high)
+    cliprange_high: float = 0.0  # upper ε (DAPO clip-higher); 0: same as cliprange
+    aggregation: str = "sequence_mean"  # "sequence_mean" (GRPO), "token_mean" (DAPO),
+    #   "constant" (Dr. GRPO)
+    normalize_by_std: bool = True  # divide group advantages by the group's std
+    advantage_eps: float = 1e-6  # added to the std before dividing
+    kl_coef: float = 0.0  # k3 KL penalty to the initial model; 0: off
+    truncated: str = "mask"  # rollouts cut at max_new_tokens: "mask", "penalize" or "keep"
+    eval_examples: int = 100  # held-out prompts per evaluation (greedy); 0: none
+    eval_interval: int = 0  # steps between held-out evaluations; 0: train.eval_interval
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
@@ -114,13 +170,19 @@ class TrainConfig:
     train: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
     def __post_init__(self) -> None:
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """Nested dict without None values (TOML has no null)."""
-        return {k: {f: v for f, v in t.items() if v is not None} for k, t in asdict(self).items()}
+        """Nested dict without None values (TOML has no null), and without the alignment tables
+        that hold only defaults (a pre-training run's config does not mention them)."""
+        tables = {k: {f: v for f, v in t.items() if v is not None} for k, t in asdict(self).items()}
+        return {k: t for k, t in tables.items()
+                if k not in ALIGN_TABLES or getattr(self, k) != type(getattr(self, k))()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -141,6 +203,9 @@ class TrainConfig:
             train=_build(RunConfig, "train", data.get("train", {})),
             eval=_build(EvalConfig, "eval", data.get("eval", {})),
             logging=_build(LoggingConfig, "logging", data.get("logging", {})),
+            sft=_build(SFTConfig, "sft", data.get("sft", {})),
+            dpo=_build(DPOConfig, "dpo", data.get("dpo", {})),
+            grpo=_build(GRPOConfig, "grpo", data.get("grpo", {})),
         )
 
 
@@ -210,6 +275,7 @@ def validate(config: TrainConfig) -> None:
                           f"(train.max_steps = {t.max_steps}); lower optim.warmup_iters (e.g. "
                           f"--set optim.warmup_iters={t.max_steps // 10})")
     _validate_eval(config)
+    _validate_align(config)
     lg = config.logging
     if lg.wandb_mode not in WANDB_MODES:
         raise ConfigError(f"logging.wandb_mode must be one of {', '.join(WANDB_MODES)}, got "
@@ -246,6 +312,49 @@ def _validate_eval(config: TrainConfig) -> None:
             'eval.tasks does not run under train.parallel = "fsdp" (the weights are sharded); '
             "evaluate the checkpoints afterwards with `lmforge eval`, or train with ddp/zero1"
         )
+
+
+def _validate_align(config: TrainConfig) -> None:
+    """The `[sft]`, `[dpo]` and `[grpo]` tables (their data files are checked when read)."""
+    d, g = config.dpo, config.grpo
+    for setting, value, choices in (
+            ("sft.template", config.sft.template, SFT_TEMPLATES),
+            ("dpo.loss_type", d.loss_type, DPO_LOSSES), ("grpo.reward", g.reward, GRPO_REWARDS),
+            ("grpo.loss_type", g.loss_type, GRPO_LOSSES),
+            ("grpo.aggregation", g.aggregation, GRPO_AGGREGATIONS),
+            ("grpo.truncated", g.truncated, GRPO_TRUNCATED)):
+        if value not in choices:
+            raise ConfigError(f"{setting} must be one of {', '.join(choices)}, got {value!r}")
+    _require(math.isfinite(d.beta) and d.beta > 0, "dpo.beta", d.beta,
+             "a finite number > 0 (e.g. 0.1; smaller lets the policy move further)")
+    _require(0 <= d.val_fraction < 1, "dpo.val_fraction", d.val_fraction,
+             "in [0, 1) (0: no held-out slice)")
+    if d.template not in SFT_TEMPLATES:
+        raise ConfigError(f"dpo.template must be one of {', '.join(SFT_TEMPLATES)}, got "
+                          f"{d.template!r}")
+    kind, _, arg = g.task.partition(":")
+    if kind not in GRPO_TASKS or not arg.strip():
+        raise ConfigError(f'grpo.task must be "KIND:ARG" with KIND one of {", ".join(GRPO_TASKS)}'
+                          f' (e.g. "synthetic:addition", "gsm8k:DIR"), got {g.task!r}')
+    _require(g.group_size >= 2, "grpo.group_size", g.group_size,
+             "at least 2 (advantages compare rollouts within a group; e.g. 8)")
+    for name in ("prompts_per_rollout", "max_new_tokens", "epochs_per_rollout"):
+        _require(getattr(g, name) >= 1, f"grpo.{name}", getattr(g, name), "at least 1")
+    for name in ("eval_examples", "eval_interval"):
+        _require(getattr(g, name) >= 0, f"grpo.{name}", getattr(g, name), ">= 0 (0: off/auto)")
+    _require(math.isfinite(g.temperature) and g.temperature > 0, "grpo.temperature",
+             g.temperature, "a finite number > 0 (e.g. 1.0)")
+    _require(0 < g.top_p <= 1, "grpo.top_p", g.top_p, "in (0, 1]")
+    _require(math.isfinite(g.cliprange) and g.cliprange > 0, "grpo.cliprange", g.cliprange,
+             "a finite number > 0 (e.g. 0.2)")
+    _require(math.isfinite(g.cliprange_high) and g.cliprange_high >= 0, "grpo.cliprange_high",
+             g.cliprange_high, ">= 0 (0: same as grpo.cliprange)")
+    _require(math.isfinite(g.advantage_eps) and g.advantage_eps > 0, "grpo.advantage_eps",
+             g.advantage_eps, "a finite number > 0 (e.g. 1e-6)")
+    _require(math.isfinite(g.kl_coef) and g.kl_coef >= 0, "grpo.kl_coef", g.kl_coef,
+             ">= 0 (0: no KL penalty)")
+    _require(all(isinstance(s, str) and s for s in g.stop), "grpo.stop", g.stop,
+             'a list of non-empty strings (e.g. ["</answer>"])')
 
 
 def _require(ok: bool, setting: str, value: Any, rule: str) -> None:
@@ -298,7 +407,9 @@ def read_toml(
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a TOML config, apply `--set` overrides, fill in what the training token file's
-    sidecar tells (`token_file_defaults`) and validate (data paths stay as written)."""
+    sidecar tells (`token_file_defaults`) and validate (data paths stay as written). A new run
+    from `train.init_from` takes its [model] from the base: `lmforge.train.init_from.
+    load_new_config`."""
     data = apply_overrides(read_toml(path), list(overrides))
     return TrainConfig.from_dict(token_file_defaults(data))
 

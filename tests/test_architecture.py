@@ -20,7 +20,8 @@ ALLOWED_EDGES = {
     # click's usual layout: `lmforge.cli` defines `main` and imports its subcommand modules at the
     # end so they register with it; each of them imports `main` (and helpers) from `lmforge.cli`.
     ("lmforge.cli", f"lmforge.cli.{name}")
-    for name in ("bench", "data", "demo", "eval", "export", "serve", "tokenizer", "train")
+    for name in ("align", "bench", "data", "demo", "eval", "export", "serve", "tokenizer",
+                 "train")
 }
 # (module, private name it may use from another module): none today.
 ALLOWED_PRIVATE: set[tuple[str, str]] = set()

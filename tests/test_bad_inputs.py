@@ -298,6 +298,11 @@ def _gsm8k(e: Env, test_lines: str) -> str:
     (root / "test.jsonl").write_text(test_lines, encoding="utf-8")
     return str(root)
 
+def _align(e: Env, kind: str, data: str, *extra: str) -> list[str]:
+    """`lmforge sft|dpo|grpo` from the shared run on `data`."""
+    return [kind, e.run, "--data", data, "--out", e.out(), "--no-progress", *extra]
+
+
 CASES: list[Case] = [
     # --- tokenizer train
     ("tok-train missing input", 1, lambda e: _tok_train(e, e.missing())),
@@ -732,6 +737,27 @@ CASES: list[Case] = [
                                              "model.d_model=9999996"]),
     ("demo minutes 0", 2, lambda e: ["demo", "--out", e.out(), "--minutes", "0"]),
     ("demo steps 0", 2, lambda e: ["demo", "--out", e.out(), "--steps", "0"]),
+    # --- sft / dpo / grpo
+    ("sft missing data", 1, lambda e: _align(e, "sft", e.missing("d.jsonl"))),
+    ("sft empty data", 1, lambda e: _align(e, "sft", e.empty("d.jsonl"))),
+    ("sft malformed JSONL line", 1, lambda e: _align(e, "sft", e.file(
+        "d.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": \n'))),
+    ("sft invalid utf-8 data", 1, lambda e: _align(e, "sft", e.bad_utf8("d.jsonl"))),
+    ("sft example without response", 1, lambda e: _align(e, "sft", e.file(
+        "d.jsonl", '{"prompt": "a"}\n'))),
+    ("sft prompt longer than the context", 1, lambda e: _align(e, "sft", e.file(
+        "d.jsonl", json.dumps({"prompt": "the " * 40, "response": "x"}) + "\n"), "--set",
+        "sft.template=plain")),
+    ("sft missing base", 1, lambda e: ["sft", e.missing("base"), "--data", e.jsonl, "--out",
+                                       e.out(), "--no-progress"]),
+    ("sft without --out", 2, lambda e: ["sft", e.run, "--data", e.jsonl]),
+    ("sft resume of no run", 1, lambda e: ["sft", "--resume", e.dir("r")]),
+    ("dpo beta 0", 1, lambda e: _align(e, "dpo", e.jsonl, "--set", "dpo.beta=0")),
+    ("dpo unknown loss type", 1, lambda e: _align(e, "dpo", e.jsonl, "--set",
+                                                  "dpo.loss_type=hinge")),
+    ("grpo group size 1", 1, lambda e: _align(e, "grpo", "synthetic:addition", "--set",
+                                              "grpo.group_size=1")),
+    ("grpo task without argument", 1, lambda e: _align(e, "grpo", "synthetic:")),
     # --- a path the OS refuses (a name longer than the file system allows)
     ("extract output name too long", 1, lambda e: ["data", "extract", e.warc, "-o",
                                                    e.out("x" * 300 + ".txt"), "--no-progress"]),

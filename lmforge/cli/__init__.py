@@ -3,7 +3,8 @@
 The CLI only parses arguments, calls the library API and prints; all logic lives in the library,
 where it is tested directly. Library imports happen inside each command so ``lmforge --help``
 stays fast. One module per stage: `tokenizer.py` (`lmforge tokenizer ...`), `train.py`
-(`lmforge train`, `generate`), `eval.py` (`lmforge eval ...`), `export.py`, `serve.py`,
+(`lmforge train`, `generate`), `align.py` (`lmforge sft|dpo|grpo`), `eval.py`
+(`lmforge eval ...`), `export.py`, `serve.py`,
 `data.py` (`lmforge data ...`), `bench.py` (`lmforge bench ...`), `demo.py` (`lmforge demo`).
 
 Errors a user can fix (bad files, settings or configs, a diverged run: the project's own
@@ -144,6 +145,9 @@ def main(debug: bool) -> None:
       train       train a Transformer LM from a TOML config (resumable)
       generate    sample text from a trained run (generate-corpus: many, as a token file)
       eval        perplexity, MMLU, GSM8K, multiple choice, contamination
+      sft         supervised fine-tuning of a run or HF model on prompt/response JSONL
+      dpo         preference optimisation (DPO, IPO) on chosen/rejected pairs
+      grpo        reinforcement learning with verifiable rewards (GRPO)
       export      a run as a HuggingFace Llama model (import: the reverse)
       serve       an OpenAI-compatible HTTP server for a run (continuous batching)
       data        curate training text: WARC/HTML/JSONL -> filtered, deduplicated text
@@ -152,4 +156,4 @@ def main(debug: bool) -> None:
     """
 
 
-from lmforge.cli import bench, data, demo, eval, export, serve, tokenizer, train  # noqa: E402, F401  (registers the subcommands)
+from lmforge.cli import align, bench, data, demo, eval, export, serve, tokenizer, train  # noqa: E402, F401  (registers the subcommands)

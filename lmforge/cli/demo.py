@@ -11,10 +11,13 @@ from lmforge.cli import COUNT, PATH, console, main
 
 
 @main.command()
-@click.option("--out", type=PATH, default=Path("runs/demo"), show_default=True,
-              help="Directory for the demo's outputs (a run directory).")
+@click.argument("stage", type=click.Choice(["pretrain", "rl"]), default="pretrain",
+                required=False)
+@click.option("--out", type=PATH, default=None,
+              help="Directory for the demo's outputs [default: runs/demo, runs/demo-rl].")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="Wall-clock budget for the whole demo.")
+              show_default=True, help="Wall-clock budget for the whole demo (rl: scales the "
+              "steps of every stage; 10 is about 6 minutes on 2 idle cores).")
 @click.option("--steps", type=COUNT, default=None,
               help="Train exactly this many steps instead of filling the time budget.")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
@@ -22,8 +25,8 @@ from lmforge.cli import COUNT, PATH, console, main
 @click.option("--workers", type=COUNT, default=None,
               help="Tokenizer worker processes (default: one per CPU core).")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (on stderr).")
-def demo(out: Path, minutes: float, steps: int | None, overrides: tuple[str, ...],
-         workers: int | None, progress: bool) -> None:
+def demo(stage: str, out: Path | None, minutes: float, steps: int | None,
+         overrides: tuple[str, ...], workers: int | None, progress: bool) -> None:
     """Train a tokenizer and a Transformer on data/small_en.txt, evaluate, and print samples.
 
     Splits the 196 shipped book chapters into train/validation documents, trains a BPE tokenizer,
@@ -31,12 +34,26 @@ def demo(out: Path, minutes: float, steps: int | None, overrides: tuple[str, ...
     as many steps as fit in --minutes (10 by default, on 2 CPU cores), compares validation
     cross-entropy with the baselines and prints samples. OUT is a run directory afterwards.
 
+    `lmforge demo rl` is the alignment demo instead: pre-train a tiny model on 2-digit addition,
+    SFT it on r1-zero formatted answers, then GRPO it with the r1-zero verifier, reporting
+    held-out accuracy (with Wilson 95% intervals) before and after each stage.
+
     \b
     Examples:
       lmforge demo                          # 10 minutes, outputs in runs/demo
       lmforge demo --minutes 3 --out runs/quick
       lmforge generate --run runs/demo --prompt "Alice was"
+      lmforge demo rl --out runs/demo-rl    # pre-training, SFT, GRPO: about 6 minutes
     """
+    if stage == "rl":
+        given = [name for name, value in (("--steps", steps), ("--set", overrides),
+                                          ("--workers", workers)) if value]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to the pre-training demo only; "
+                                   "`lmforge demo rl` takes --out, --minutes, --progress")
+        _demo_rl(out or Path("runs/demo-rl"), minutes, progress)
+        return
+    out = out or Path("runs/demo")
     from lmforge.demo import DEMO_CONFIG, DEMO_CORPUS, run_demo
     from lmforge.eval import bits_per_byte
     from lmforge.fsutil import refuse_overwriting_inputs
@@ -70,3 +87,27 @@ def demo(out: Path, minutes: float, steps: int | None, overrides: tuple[str, ...
                   f"({r.train_seconds / 60:.1f} training {r.tokens_trained:,} tokens{planned})")
     console.print(f"outputs in {out}: loss plot {out}/plots/loss.png, metrics {out}/metrics.jsonl")
     console.print(f"try: lmforge generate --run {out} --prompt \"Alice was\"")
+
+
+def _demo_rl(out: Path, minutes: float, progress: bool) -> None:
+    from lmforge.align.demo import run_rl_demo
+
+    r = run_rl_demo(out, minutes, progress=progress, report=console.print)
+    if r.interrupted:
+        console.print(f"the demo was interrupted; its run directories are in {out}")
+        raise SystemExit(130)
+    table = Table(title=f"held-out accuracy on {r.plan.eval_examples} questions (greedy)")
+    for col in ("model", "r1-zero accuracy", "Wilson 95%", "format", "solution right"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for s in r.scores:
+        table.add_row(s.stage, f"{s.accuracy:.1%}", f"[{s.low:.1%}, {s.high:.1%}]",
+                      f"{s.format_rate:.1%}", f"{s.solution_accuracy:.1%}")
+    console.print(table)
+    sft, grpo = r.scores[-2], r.scores[-1]
+    verdict = "outside" if grpo.low > sft.high else "NOT outside"
+    console.print(f"GRPO changed held-out accuracy by {r.grpo_gain:+.1%}: its interval is "
+                  f"{verdict} the SFT model's")
+    spent = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items())
+    console.print(f"time: {sum(r.seconds.values()) / 60:.1f} minutes ({spent})")
+    console.print(f"outputs in {out}: plots/stages.png, plots/grpo.png, demo_rl.json; try: "
+                  f"lmforge generate --run {out}/grpo --prompt \"...\"")

@@ -77,7 +77,9 @@ def train_command(
         run_dir = resume
     else:
         assert config_path is not None  # exactly one of --config / --resume (checked above)
-        config = load_config(config_path, list(overrides))
+        from lmforge.train.init_from import load_new_config  # [model] from train.init_from
+
+        config = load_new_config(config_path, list(overrides))
         run_dir = out or Path("runs") / config_path.stem
     _refuse_overwriting(config, run_dir, config_path)
     if nproc is not None:

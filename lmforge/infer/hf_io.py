@@ -21,7 +21,7 @@ ValueError names the setting. Running out of disk space in either direction rais
 (`config.json` + `model.safetensors` or sharded `model-*.safetensors` with
 `model.safetensors.index.json`): the run directory is written as training writes one
 (`train.run_dir.prepare_run_dir`: `config.toml`, `run.json`, `tokenizer/`) with a step-0 run
-checkpoint holding the trainer's AdamW (fresh state, `train.loop.initial_training_state`), so
+checkpoint holding the trainer's AdamW (fresh state, `train.checkpoint.initial_training_state`), so
 `load_run`, `lmforge generate` and `lmforge train --resume --set data.train=...` accept it.
 Grouped-query attention (`num_key_value_heads` < `num_attention_heads`: Llama 2 70B, Llama 3,
 TinyLlama, SmolLM) becomes `model.num_kv_heads`, and Llama 3 / linear RoPE scaling
@@ -300,8 +300,11 @@ def import_hf(model_dir: str | os.PathLike, out_run_dir: str | os.PathLike) -> P
     """Write a Llama checkpoint dir as an lmforge run dir (with `tokenizer/` when convertible)."""
     from lmforge.config import TrainConfig
     from lmforge.model import TransformerLM
-    from lmforge.train.checkpoint import disk_full_error, save_run_checkpoint
-    from lmforge.train.loop import initial_training_state
+    from lmforge.train.checkpoint import (
+        disk_full_error,
+        initial_training_state,
+        save_run_checkpoint,
+    )
     from lmforge.train.run_dir import prepare_run_dir
     from lmforge.train.step import decay_groups, make_optimizer
 

@@ -28,6 +28,12 @@ h // g, see `layers.scaled_dot_product_attention`): the fused kernel takes it na
 the reference does; our flash kernels take equal head counts, so k and v are repeated for them
 (`repeat_kv`: a copy, g times the keys and values, of the size of q).
 
+Packed rows (several documents per sequence, `TransformerLM.forward(..., document_ids=...)`)
+replace the causal mask by an explicit block-diagonal causal one (`layers.document_causal_mask`,
+passed as `mask`): the fused kernel takes it as `attn_mask`, the bf16 CPU route as an additive
+bias. Our flash kernels only know the plain causal mask, so with a `mask` the "flash" backend
+computes with PyTorch's fused kernel and that mask instead (same result, not our kernel's speed).
+
 References: Vaswani et al. 2017 (eq. 1); Dao et al. 2022 (FlashAttention); Ainslie et al. 2023
 (GQA).
 """
@@ -43,20 +49,27 @@ from torch import Tensor
 from lmforge.model.layers import gqa_groups
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa") -> Tensor:
-    """softmax(q kᵀ / √d_k) v with query i attending to keys 0..i.
+def causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", mask: Tensor | None = None
+) -> Tensor:
+    """softmax(q kᵀ / √d_k) v with query i attending to keys 0..i (or where `mask` allows).
 
     q, k: (..., seq, d_k), v: (..., seq, d_v), same seq (self-attention) → (..., seq, d_v);
     k and v may have fewer heads than q (grouped-query attention, module docstring).
     `backend`: "sdpa" (PyTorch's fused kernels, by dtype) or "flash" (ours, lmforge.kernels).
+    `mask`: a boolean mask broadcastable to (..., seq, seq), True where a query may attend,
+    that replaces the causal one and must itself be causal with a True diagonal (packed rows:
+    `layers.document_causal_mask`, (batch, 1, seq, seq)); "flash" then runs the fused kernel.
     """
     g = gqa_groups(q, k)
-    if backend == "flash":
+    if backend == "flash" and mask is None:
         from lmforge.kernels import flash_attention
 
         return flash_attention(q, repeat_kv(k, g), repeat_kv(v, g), causal=True)
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        return _matmul_causal_attention(q, k, v, g)
+        return _matmul_causal_attention(q, k, v, g, mask)
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=g > 1)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g > 1)
 
 
@@ -69,19 +82,27 @@ def repeat_kv(x: Tensor, groups: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=-3)
 
 
-def _matmul_causal_attention(q: Tensor, k: Tensor, v: Tensor, groups: int = 1) -> Tensor:
+def _matmul_causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, groups: int = 1, mask: Tensor | None = None
+) -> Tensor:
     """The low-precision CPU route: q·kᵀ/√d_k + causal bias, softmax, weight v.
 
     Scaling q costs seq·d_k multiplies instead of seq² for the scores. The mask is an additive
     bias (0 on and below the diagonal, -inf above), whose backward is free, where `masked_fill`
     costs a copy and a masking pass both ways (10.7 ms vs 15.2 ms at the shape above).
     With `groups` g > 1 (GQA), q is viewed (..., H_kv, g, T, d_k) against k, v (..., H_kv, 1, T, d).
+    A boolean `mask` (True = attend, e.g. (batch, 1, T, T)) replaces the causal bias.
     """
     T = q.shape[-2]
     q = q * (1.0 / math.sqrt(q.shape[-1]))
     if groups > 1:
         q, k, v = q.unflatten(-3, (-1, groups)), k.unsqueeze(-3), v.unsqueeze(-3)
     scores = q @ k.transpose(-1, -2)  # (..., T, T)
-    bias = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    if mask is None:
+        bias = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    else:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~mask, float("-inf"))
+        bias = bias.unsqueeze(-3) if groups > 1 else bias  # broadcast over the group dim
     out = torch.softmax(scores + bias, dim=-1) @ v
     return out.flatten(-4, -3) if groups > 1 else out

@@ -1,8 +1,10 @@
 """Transformer building blocks written from tensor operations.
 
 Everything here is the readable reference: `Linear`, `Embedding`, `RMSNorm`, the SwiGLU and SiLU
-feed-forward networks, rotary position embeddings, a numerically stable `softmax`, and
-`scaled_dot_product_attention`. Only `torch` tensor ops, `nn.Module` and `nn.Parameter` are used.
+feed-forward networks, rotary position embeddings, a numerically stable `softmax`,
+`scaled_dot_product_attention`, and for packed rows (several documents in one sequence) the
+per-document positions and block-diagonal causal mask (`document_positions`,
+`document_causal_mask`). Only `torch` tensor ops, `nn.Module` and `nn.Parameter` are used.
 The opt-in fast path (the "sdpa" attention backend) adds `RotaryPositionalEmbedding.rotate_fast`
 here and PyTorch's fused attention kernels in `attention.py`; both are tested equal to the
 reference.
@@ -226,6 +228,39 @@ def scaled_dot_product_attention(
         if g > 1:
             return (_stack_groups(weights, g) @ V).unflatten(-2, (g, -1)).flatten(-4, -3)
         return weights @ V
+
+
+def document_positions(document_ids: Tensor) -> Tensor:
+    """Each token's position inside its document, for packed rows: (..., seq) → (..., seq).
+
+    A document is a run of equal consecutive ids; a change of id starts a new one at position 0
+    (so equal ids in two separate runs are two documents, as the mask below treats them).
+
+    >>> document_positions(torch.tensor([[7, 7, 7, 2, 2, 7]])).tolist()
+    [[0, 1, 2, 0, 1, 0]]
+    """
+    T = document_ids.shape[-1]
+    index = torch.arange(T, device=document_ids.device).expand(document_ids.shape)
+    starts = torch.ones(document_ids.shape, dtype=torch.bool, device=document_ids.device)
+    starts[..., 1:] = document_ids[..., 1:] != document_ids[..., :-1]
+    first = torch.where(starts, index, 0).cummax(dim=-1).values  # index of the run's first token
+    return index - first
+
+
+def document_causal_mask(document_ids: Tensor) -> Tensor:
+    """Block-diagonal causal mask of packed rows: (batch, seq) → (batch, 1, seq, seq) boolean.
+
+    True where query i may attend to key j: j <= i and j in the same document (run of equal
+    ids, see `document_positions`), i.e. first(i) <= j <= i. The head dim is 1 so it broadcasts
+    over heads. Every row keeps its diagonal, so no softmax row is empty.
+
+    >>> document_causal_mask(torch.tensor([[1, 1, 2]]))[0, 0].int().tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    """
+    T = document_ids.shape[-1]
+    i = torch.arange(T, device=document_ids.device)
+    first = i - document_positions(document_ids)  # (batch, seq)
+    return ((i[None, :] <= i[:, None]) & (i[None, None, :] >= first[..., :, None])).unsqueeze(-3)
 
 
 def gqa_groups(q: Tensor, k: Tensor) -> int:

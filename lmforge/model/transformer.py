@@ -20,6 +20,12 @@ duck-typed here so the model does not import the inference package): the cache h
 absolute positions of the new tokens, each attention layer stores its RoPE-rotated keys and values
 in it and attends over every cached slot with an explicit boolean mask (the causal fast path
 assumes queries and keys at identical positions, which decode steps break).
+
+Packed training rows (several documents per sequence, e.g. `lmforge.align.data` SFT batches)
+pass `document_ids` (batch, seq): attention becomes block-diagonal causal (token i sees j <= i
+only within its document, `layers.document_causal_mask`, an explicit mask on every backend) and
+RoPE positions restart at 0 with each document (`layers.document_positions`), so each document's
+logits equal those of the document alone (tests/align/test_packing.py).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from lmforge.model.layers import (
     RotaryPositionalEmbedding,
     SiLUFeedForward,
     SwiGLU,
+    document_causal_mask,
+    document_positions,
     scaled_dot_product_attention,
 )
 
@@ -75,11 +83,16 @@ class MultiHeadSelfAttention(nn.Module):
         self.output_proj = Linear(d_model, d_model, device, dtype)
         self.rope = rope
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None, cache=None) -> Tensor:
+    def forward(
+        self, x: Tensor, token_positions: Tensor | None = None, cache=None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
         """x: (..., seq, d_model); token_positions: (..., seq) or (seq,), default 0..seq-1.
 
         `cache` (one layer's view of a KV cache, with `update(k, v) -> (keys, values, mask)`)
         stores this call's keys/values and returns all cached ones with the attention mask.
+        `mask` (boolean, broadcastable to (batch, heads, seq, seq), True = may attend; causal
+        itself, e.g. `document_causal_mask`) replaces the causal mask; not with a cache.
         """
         T = x.shape[-2]
         # (..., seq, heads · d_k) → (..., heads, seq, d_k)
@@ -102,7 +115,9 @@ class MultiHeadSelfAttention(nn.Module):
             else:
                 out = scaled_dot_product_attention(q, k, v, mask)
         elif self.backend != "reference":
-            out = causal_attention(q, k, v, self.backend)
+            out = causal_attention(q, k, v, self.backend, mask)
+        elif mask is not None:
+            out = scaled_dot_product_attention(q, k, v, mask)
         else:
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             out = scaled_dot_product_attention(q, k, v, causal)
@@ -127,11 +142,14 @@ class TransformerBlock(nn.Module):
         else:
             self.ln1 = self.ln2 = nn.Identity()
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None, cache=None) -> Tensor:
+    def forward(
+        self, x: Tensor, token_positions: Tensor | None = None, cache=None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
         if self.post_norm:
-            x = self.ln1(x + self.attn(x, token_positions, cache))
+            x = self.ln1(x + self.attn(x, token_positions, cache, mask))
             return self.ln2(x + self.ffn(x))
-        x = x + self.attn(self.ln1(x), token_positions, cache)
+        x = x + self.attn(self.ln1(x), token_positions, cache, mask)
         return x + self.ffn(self.ln2(x))
 
 
@@ -183,23 +201,42 @@ class TransformerLM(nn.Module):
         return cls(**config.to_dict(), device=device, dtype=dtype)
 
     def forward(
-        self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache=None
+        self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache=None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """token_ids: (batch, seq) int64 with seq <= context_length → logits (batch, seq, vocab).
 
         With `kv_cache` (a `lmforge.infer.kv_cache.KVCache`) the tokens continue each cached
         sequence: their positions come from the cache, which stores their keys and values.
+        With `document_ids` ((batch, seq) integers; a run of equal ids is one document) a row
+        holds several documents: no token attends across a document boundary and positions
+        restart at 0 per document (unless `token_positions` is given). Not with `kv_cache`.
         """
-        return self.lm_head(self.hidden_states(token_ids, token_positions, kv_cache))
+        return self.lm_head(
+            self.hidden_states(token_ids, token_positions, kv_cache, document_ids)
+        )
 
     def hidden_states(
-        self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache=None
+        self, token_ids: Tensor, token_positions: Tensor | None = None, kv_cache=None,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """`forward` without the output layer: final hidden states (batch, seq, d_model).
 
         Lets generation apply `lm_head` only at the positions it samples from.
         """
         T = token_ids.shape[-1]
+        mask = None
+        if document_ids is not None:
+            if kv_cache is not None:
+                raise ValueError(
+                    "document_ids (packed training rows) and kv_cache (generation) were both "
+                    "given; generate one sequence per row instead of packing"
+                )
+            if document_ids.shape != token_ids.shape:
+                raise ValueError(
+                    f"document_ids has shape {tuple(document_ids.shape)}, token_ids "
+                    f"{tuple(token_ids.shape)}; give one document id per token"
+                )
         if kv_cache is not None:
             if token_positions is not None:
                 raise ValueError(
@@ -213,7 +250,11 @@ class TransformerLM(nn.Module):
                 f"{self.config.context_length}; crop the input to the last "
                 f"{self.config.context_length} tokens"
             )
-        if token_positions is not None and self.config.positional == "rope":
+        if document_ids is not None:
+            mask = document_causal_mask(document_ids)  # (batch, 1, seq, seq)
+        if document_ids is not None and token_positions is None:
+            token_positions = document_positions(document_ids)  # < seq: no table check needed
+        elif token_positions is not None and self.config.positional == "rope":
             # One host sync, only when positions are given explicitly: RoPE's tables end at
             # context_length, and an index past them would fail deep inside the layer.
             last = int(token_positions.max())
@@ -226,10 +267,11 @@ class TransformerLM(nn.Module):
         if self.config.checkpoint_activations and kv_cache is None and torch.is_grad_enabled():
             # Keep only each block's input; recompute its activations in backward.
             for layer in self.layers:
-                x = checkpoint(layer, x, token_positions)
+                x = checkpoint(layer, x, token_positions, None, mask)
         else:
             for i, layer in enumerate(self.layers):
-                x = layer(x, token_positions, None if kv_cache is None else kv_cache.layer(i))
+                cache = None if kv_cache is None else kv_cache.layer(i)
+                x = layer(x, token_positions, cache, mask)
         if kv_cache is not None:
             kv_cache.commit()
         if self.ln_final is not None:

@@ -348,6 +348,14 @@ def commit_checkpoint(
     return final
 
 
+def initial_training_state(source: str) -> dict:
+    """The `state.json` of a step-0 checkpoint holding weights trained elsewhere (`source`, e.g.
+    an imported HuggingFace model): nothing trained yet, so `--resume` starts the schedule at
+    step 0 with a fresh data stream (the state has no sampler)."""
+    return {"tokens": 0, "wall_time": 0.0, "interval_losses": [], "val_loss": None,
+            "initialized_from": source}
+
+
 def save_run_checkpoint(
     run_dir: str | os.PathLike,
     step: int,

@@ -1,14 +1,17 @@
 """The training loop: config in, run directory out, exactly resumable.
 
 Each step is the one training step, `lmforge.train.step.TrainStep`: `grad_accum_steps`
-micro-batches of random windows (forward under optional bf16 autocast, our cross-entropy,
-backward), then global-norm clipping and our AdamW at the cosine schedule's learning rate. How
-many steps there are, and when the run validates and checkpoints, is a `StepPlan`
-(`lmforge.train.plan`): fixed by `train.max_steps`, or re-planned after every step to fit
-`train.time_budget_s` of wall time. Everything the next step depends on — weights, AdamW
-moments, the step counter, the sampler's PCG64 state, every RNG and the partially averaged log
-interval — is in each checkpoint, so `train(..., resume=True)` continues bit for bit: the
-resumed `metrics.jsonl` has the same losses as an uninterrupted run's.
+micro-batches of the run's Objective (`lmforge.train.objective`: pre-training's random windows
+and cross-entropy by default; SFT, DPO, GRPO from `lmforge.align`), each a forward under
+optional bf16 autocast and a backward, then global-norm clipping and our AdamW at the cosine
+schedule's learning rate. How many steps there are, and when the run validates and checkpoints,
+is a `StepPlan` (`lmforge.train.plan`): fixed by `train.max_steps`, or re-planned after every
+step to fit `train.time_budget_s` of wall time. Everything the next step depends on — weights,
+AdamW moments, the step counter, the objective's state (pre-training: the sampler's PCG64
+state), every RNG and the partially averaged log interval — is in each checkpoint, so
+`train(..., resume=True)` continues bit for bit: the resumed `metrics.jsonl` has the same
+losses as an uninterrupted run's. `train.init_from` starts from another model's weights
+(`lmforge.train.init_from`); counters, optimizer and schedule start fresh.
 
 Benchmark tasks (`[eval]`, `lmforge.train.task_eval`) run every `eval.interval` steps (or with
 each validation pass) and at the end, in eval mode and without touching any RNG stream, so they
@@ -35,33 +38,29 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import signal
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from lmforge.config import ConfigError, TrainConfig
+from lmforge.config import TrainConfig
 from lmforge.device import autocast, select_device
 from lmforge.errors import LmforgeError, PathNotFound
-from lmforge.eval.perplexity import evaluate_loss
 from lmforge.model import TransformerLM
 from lmforge.train import parallel
 from lmforge.train.allocator import keep_large_allocations
 from lmforge.train.checkpoint import (
+    CheckpointError,
     checkpoint_to_resume,
     latest_checkpoint,
     load_model_weights,
     newest_intact_checkpoint,
 )
-from lmforge.train.data import BatchSampler, open_tokens
-from lmforge.train.loss import cross_entropy, distillation_loss, perplexity
+from lmforge.train.init_from import load_initial_weights
+from lmforge.train.loss import perplexity
 from lmforge.train.metrics import (
     MetricsLogger,
     plot_eval,
@@ -70,16 +69,18 @@ from lmforge.train.metrics import (
     require_sinks,
     truncate_after,
 )
+from lmforge.train.objective import (
+    Objective,
+    ObjectiveFactory,
+    PretrainObjective,
+    decode_state,
+    encode_state,
+)
 from lmforge.train.optim import get_lr_cosine_schedule
 from lmforge.train.plan import BudgetPlanner, StepPlan
-from lmforge.train.run_dir import (
-    check_token_file,
-    check_training_memory,
-    load_run,
-    prepare_run_dir,
-    update_run_config,
-)
+from lmforge.train.run_dir import check_training_memory, prepare_run_dir, update_run_config
 from lmforge.train.step import NonFiniteStep, TrainStep, make_optimizer
+from lmforge.train.stop import StopRequest
 from lmforge.train.task_eval import TaskEvaluator
 
 
@@ -99,55 +100,18 @@ class TrainResult:
     planned_steps: int = 0  # the plan's last step (train.max_steps, or re-planned to a budget)
 
 
-class _StopRequest:
-    """SIGINT/SIGTERM → finish the step and checkpoint; a second SIGINT aborts immediately.
+class Trainer:
+    """Holds the model, optimizer, objective and counters of one run; `run()` trains.
 
-    The abort is the previous SIGINT handler's: under the CLI (`lmforge.procutil`) exit status
-    130 at once with one line, at any point until the command ends (the signals are recorded
-    with `procutil.note_interrupt`); elsewhere Python's KeyboardInterrupt. A second SIGTERM is
-    ignored (``timeout`` sends two). Under torchrun (`abort_on_second=False`) signals only set
-    the flag: a rank aborting alone would leave the others blocked in a collective. There the
-    agent forwards the signal to every rank, and its SIGKILL after a grace period (30 s) is the
-    hard stop.
+    `objective`: None trains the pre-training objective of `config` (`PretrainObjective`); an
+    `Objective`; or an `ObjectiveFactory` called with the trainer's model (holding its initial
+    weights: `train.init_from`'s or a fresh init), the base's tokenizer and the device. An
+    objective that uses the trained model outside `loss`/`evaluate` (GRPO's rollouts) must be
+    given as a factory, so it holds the model this trainer updates.
     """
 
-    def __init__(self, abort_on_second: bool = True, announce: bool = True) -> None:
-        self.requested = False
-        self.abort_on_second, self.announce = abort_on_second, announce
-        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
-
-    def __enter__(self) -> _StopRequest:
-        from lmforge.procutil import note_interrupt
-
-        self._note_interrupt = note_interrupt  # imported here, not in the signal handler
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT and self.abort_on_second:
-            self._note_interrupt()  # the previous handler sees a second interrupt
-            previous = self._previous.get(signal.SIGINT)
-            if callable(previous):
-                previous(signum, frame)
-            raise KeyboardInterrupt
-        first, self.requested = not self.requested, True
-        # Set before announcing: a Ctrl-C arriving during the write runs this handler again.
-        if first and self.announce:
-            tqdm.write("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
-
-    def __exit__(self, *exc) -> None:
-        if self.requested and self.abort_on_second:
-            self._note_interrupt()  # a Ctrl-C after this block is a second one too
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class Trainer:
-    """Holds the model, optimizer, sampler and counters of one run; `run()` trains."""
-
-    def __init__(self, config: TrainConfig, run_dir: Path, *, resume: bool, progress: bool):
+    def __init__(self, config: TrainConfig, run_dir: Path, *, resume: bool, progress: bool,
+                 objective: Objective | ObjectiveFactory | None = None):
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         t = config.train
         if t.threads:
@@ -157,22 +121,24 @@ class Trainer:
         )
         if self.device.type == "cpu":
             keep_large_allocations()
-        train_tokens = open_tokens(config.data.train)
-        check_token_file(config.data.train, train_tokens, config.model.vocab_size)
-        self.val_tokens = open_tokens(config.data.val) if config.data.val else None
-        if self.val_tokens is not None:
-            check_token_file(config.data.val, self.val_tokens, config.model.vocab_size)
+        if objective is None:  # its token files are checked before anything is allocated
+            objective = PretrainObjective.from_config(config, self.device, self.ctx)
         check_training_memory(config, self.device, self.ctx.world_size)
         require_sinks(config.logging)
         self.tasks = TaskEvaluator.from_config(config)  # a bad spec stops the run here
-        self.train_tokens = train_tokens
         torch.manual_seed(t.seed)
         self.model = TransformerLM.from_config(config.model, device=self.device)
+        pretrain = isinstance(objective, PretrainObjective)
+        tokenizer = None  # the base's, copied into a new run
+        if t.init_from and not (resume and pretrain):  # a factory sees the initial weights
+            tokenizer = load_initial_weights(t.init_from, self.model)
+        if not isinstance(objective, Objective):
+            objective = objective(self.model, tokenizer, self.device)
+        self.objective: Objective = objective
         ckpt = self._checkpoint_to_resume() if resume else None
         if ckpt is not None:  # before wrapping: DDP broadcasts these weights, FSDP shards them
             load_model_weights(ckpt, self.model)
         self.net = parallel.wrap_model(self.model, self.ctx, t.bucket_size_mb)
-        self.teacher = _load_teacher(t.teacher, config, self.device) if t.teacher else None
         # Compiling the loss with the model lets inductor fuse the float32 log-softmax into the
         # output layer (measured: ~65 ms less per step than compiling the model alone).
         loss_fn = torch.compile(self._loss) if t.compile else self._loss
@@ -180,7 +146,7 @@ class Trainer:
         sync = parallel.RankGradients(self.net, self.ctx) if self.ctx.distributed else None
         self.step_fn = TrainStep(self.net, self.optimizer, loss_fn, device=self.device,
                                  dtype=t.dtype, grad_clip=config.optim.grad_clip, sync=sync)
-        self.sampler = self._make_sampler(t.seed + self.ctx.rank)
+        self.evaluates = not pretrain or getattr(objective, "val_tokens", None) is not None
         self.step, self.tokens, self.wall_offset = 0, 0, 0.0
         self._t0 = time.perf_counter()  # reset by run(); wall_time() counts from here
         self.interval_losses: list[float] = []
@@ -191,9 +157,8 @@ class Trainer:
             self._restore(ckpt)
             parallel.run_on_main(lambda: update_run_config(self.run_dir, config), self.ctx)
         else:
-            parallel.run_on_main(
-                lambda: prepare_run_dir(self.run_dir, config, self.model, self.device), self.ctx
-            )
+            parallel.run_on_main(lambda: prepare_run_dir(
+                self.run_dir, config, self.model, self.device, tokenizer=tokenizer), self.ctx)
         loggers: list[MetricsLogger] = []  # rank 0's; the other ranks log nothing
         parallel.run_on_main(lambda: loggers.append(MetricsLogger.for_run(
             self.run_dir, config.logging, resume_step=self.step if ckpt else None,
@@ -205,7 +170,8 @@ class Trainer:
         """A budget planner pricing validation, task evaluations and checkpoints from this run's
         sizes."""
         t, T = self.config.train, self.config.model.context_length
-        val_tokens = len(self.val_tokens) if self.val_tokens is not None else 0
+        val = getattr(self.objective, "val_tokens", None)  # pre-training's validation split
+        val_tokens = len(val) if val is not None else 0
         windows = max(1, min(val_tokens, t.eval_tokens or val_tokens) // T)
         per_step = t.batch_size * t.grad_accum_steps
         # A validation window is a forward pass: about a third of a training window's cost.
@@ -219,10 +185,6 @@ class Trainer:
                              estimate_checkpoint_s=params * 12 / 200e6,
                              estimate_task_eval_s=task_s,
                              task_interval=self.config.eval.interval if tasks else None)
-
-    def _make_sampler(self, seed: int | list[int]) -> BatchSampler:
-        t, T = self.config.train, self.config.model.context_length
-        return BatchSampler(self.train_tokens, t.batch_size, T, self.device, seed)
 
     def _checkpoint_to_resume(self) -> Path:
         ckpt = checkpoint_to_resume(self.run_dir, main=self.ctx.is_main)  # skips damaged ones
@@ -241,27 +203,24 @@ class Trainer:
         if "plan" in state and self.planner is not None:  # a budgeted run continues its plan
             self.plan = StepPlan(**state["plan"])
             self.planner.planned = state.get("planned", False)
+        written_by = state.get("objective", "pretrain")  # older checkpoints: pre-training
+        if written_by != self.objective.name:
+            command = "train" if written_by == "pretrain" else written_by
+            raise CheckpointError(
+                f"{ckpt} was written by a {written_by!r} run but this run trains "
+                f"{self.objective.name!r}; resume it with `lmforge {command} --resume`")
         stream = parallel.sampler_state(state, self.ctx)
-        if stream is None:  # another world size: a fresh stream per rank
-            self.sampler = self._make_sampler([self.config.train.seed, self.ctx.rank, self.step])
-        else:
-            self.sampler.load_state_dict(stream)
+        if stream is not None:
+            self.objective.load_state_dict(decode_state(stream))
+        elif isinstance(self.objective, PretrainObjective):  # another world size: a fresh stream
+            self.objective.restart_stream([self.config.train.seed, self.ctx.rank, self.step])
         parallel.run_on_main(lambda: truncate_after(self.run_dir / "metrics.jsonl", self.step),
                              self.ctx)
         if self.ctx.is_main:
             tqdm.write(f"resuming {self.run_dir} from step {self.step:,} ({ckpt.name})")
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x)
-        if self.teacher is None:
-            return cross_entropy(logits, y)
-        t = self.config.train
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        soft = distillation_loss(logits, teacher_logits, temperature=t.distill_temperature)
-        if t.distill_weight == 1:
-            return soft
-        return t.distill_weight * soft + (1 - t.distill_weight) * cross_entropy(logits, y)
+    def _loss(self, batch: Any) -> torch.Tensor:
+        return self.objective.loss(self.net, batch)
 
     def _autocast(self):
         return autocast(self.device, self.config.train.dtype)
@@ -272,38 +231,26 @@ class Trainer:
         return get_lr_cosine_schedule(step, o.lr, o.min_lr, self.plan.warmup_iters, cycle)
 
     def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step (`TrainStep`) on the sampler's next micro-batches; returns (mean
+        """One optimizer step (`TrainStep`) on the objective's next micro-batches; returns (mean
         micro-batch loss, pre-clip gradient norm, lr). Under data parallelism the loss is the
         mean over ranks and the gradients are averaged before clipping."""
         lr = self._lr(self.step)
-        batches = [self.sampler.next() for _ in range(self.config.train.grad_accum_steps)]
+        batches = self.objective.next_batches(self.step, self.config.train.grad_accum_steps)
         try:
             stats = self.step_fn(batches, lr)
         except NonFiniteStep as e:
             message = _diverged_message(self.step + 1, e.loss, e.grad_norm, self.run_dir)
             raise TrainingDiverged(message) from None
         self.step += 1
-        self.tokens += len(batches) * batches[0][0].numel() * self.ctx.world_size
+        self.tokens += sum(map(self.objective.batch_tokens, batches)) * self.ctx.world_size
         return stats.loss, stats.grad_norm, lr
 
-    def evaluate(self) -> float:
-        t = self.config.train
-        val_tokens = self.val_tokens
-        assert val_tokens is not None, "evaluate() needs validation tokens (data.val)"
-        if self.ctx.distributed:
-            net = self.net if self.ctx.mode == "fsdp" else self.model  # replicas are equal
-            with self._autocast():
-                return parallel.sharded_eval_loss(
-                    net, val_tokens, self.ctx, context_length=self.config.model.context_length,
-                    batch_size=t.eval_batch_size, max_tokens=t.eval_tokens or None,
-                    device=self.device,
-                )
+    def evaluate(self) -> dict[str, float]:
+        """The objective's held-out metrics (pre-training: {"val_loss": nats/token}; {}: none),
+        under the run's autocast; under FSDP on the wrapped (sharded) module."""
+        net = self.net if self.ctx.mode == "fsdp" else self.model  # ddp replicas are equal
         with self._autocast():
-            result = evaluate_loss(
-                self.model, val_tokens, batch_size=t.eval_batch_size, device=self.device,
-                max_tokens=t.eval_tokens or None,
-            )
-        return result.loss
+            return self.objective.evaluate(net)
 
     def save(self) -> Path:
         state = {
@@ -314,10 +261,11 @@ class Trainer:
             "lr": self._lr(self.step),
             "plan": asdict(self.plan),
             "planned": self.planner is not None and self.planner.planned,
+            "objective": self.objective.name,
         }
         return parallel.save_checkpoint(
             self.run_dir, self.step, self.ctx, model=self.model, net=self.net,
-            optimizer=self.optimizer, sampler=self.sampler, state=state,
+            optimizer=self.optimizer, sampler=_EncodedState(self.objective), state=state,
             keep_last=self.config.train.keep_checkpoints or None,
         )
 
@@ -334,7 +282,7 @@ class Trainer:
         self.net.train()
         alone = not self.ctx.distributed
         # closing: the metrics file and sinks are closed (flushed, finished) on a crash too
-        with contextlib.closing(self.metrics), _StopRequest(
+        with contextlib.closing(self.metrics), StopRequest(
                 abort_on_second=alone, announce=self.ctx.is_main) as stop, bar:
             while self.step < self.plan.max_steps and not stop.requested:
                 started = time.perf_counter()
@@ -350,19 +298,22 @@ class Trainer:
                     now = time.perf_counter()
                     speed = (self.tokens - last_log[1]) / max(now - last_log[0], 1e-9)
                     last_log = (now, self.tokens)
-                    record = {
+                    record: dict[str, Any] = {
                         "step": self.step, "tokens": self.tokens, "train_loss": train_loss,
                         "lr": lr, "grad_norm": grad_norm, "tokens_per_s": round(speed, 1),
                         "wall_time": round(self.wall_time(), 3),
                     }
                     if self.planner is not None:
                         record["planned_steps"] = self.plan.max_steps
-                    self.metrics.log(record)
+                    extra = {k: v for k, v in self.objective.step_metrics().items()
+                             if k not in record}  # reward, accuracy, ...: the trainer's win
+                    self.metrics.log({**record, **extra})
                     self.interval_losses = []
-                    bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{speed:,.0f}")
-                if self.val_tokens is not None and (
-                        self.step % self.plan.eval_interval == 0 or done):
+                    bar.set_postfix({"loss": f"{train_loss:.3f}", "lr": f"{lr:.2e}",
+                                     "tok_s": f"{speed:,.0f}",
+                                     **{k: f"{v:.3g}" for k, v in extra.items()
+                                        if k not in ("loss", "tok_s")}})
+                if self.evaluates and (self.step % self.plan.eval_interval == 0 or done):
                     self._timed(self._log_validation, "eval")
                 if self.tasks is not None and self.tasks.due(self.step, self.plan.eval_interval,
                                                              done):
@@ -380,8 +331,7 @@ class Trainer:
         # Ranks agree on the plan: they plan from the same (rank-mean) timings.
         self.planner.record_step(parallel.mean_over_ranks(step_seconds, self.ctx))
         elapsed = parallel.mean_over_ranks(self.wall_time(), self.ctx)
-        self.plan = self.planner.replan(self.plan, self.step, elapsed,
-                                        evaluates=self.val_tokens is not None)
+        self.plan = self.planner.replan(self.plan, self.step, elapsed, evaluates=self.evaluates)
         bar.total = self.plan.max_steps
 
     def _timed(self, action, kind: str) -> None:
@@ -397,12 +347,16 @@ class Trainer:
                 self.planner.record_checkpoint(seconds)
 
     def _log_validation(self) -> None:
-        self.val_loss = self.evaluate()
-        self.metrics.log({
-            "step": self.step, "tokens": self.tokens, "val_loss": self.val_loss,
-            "val_ppl": perplexity(self.val_loss), "wall_time": round(self.wall_time(), 3),
-        })
-        if self.ctx.is_main:
+        """One eval pass of the objective: a metrics record (pre-training: val_loss, val_ppl)."""
+        scores = self.evaluate()
+        if not scores:
+            return
+        if "val_loss" in scores:
+            self.val_loss = scores["val_loss"]
+            scores["val_ppl"] = perplexity(self.val_loss)
+        self.metrics.log({"step": self.step, "tokens": self.tokens, **scores,
+                          "wall_time": round(self.wall_time(), 3)})
+        if self.ctx.is_main and "val_loss" in scores:
             plot_losses(read_metrics(self.run_dir / "metrics.jsonl"),
                         self.run_dir / "plots" / "loss.png", title=self.run_dir.name)
 
@@ -417,17 +371,14 @@ class Trainer:
                       self.run_dir / "plots" / "eval.png", title=self.run_dir.name)
 
 
-def _load_teacher(run_dir: str, config: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """The frozen teacher of a distillation run; it must cover the student's vocab and context."""
-    teacher, _, teacher_config = load_run(run_dir, str(device))
-    tm, sm = teacher_config.model, config.model
-    if tm.vocab_size != sm.vocab_size or tm.context_length < sm.context_length:
-        raise ConfigError(
-            f"teacher {run_dir} has vocab_size={tm.vocab_size}, context_length={tm.context_length}"
-            f"; the student needs the same vocab_size ({sm.vocab_size}) and a context of at least "
-            f"{sm.context_length}: train the student on the teacher's tokenizer and data"
-        )
-    return teacher.requires_grad_(False)
+class _EncodedState:
+    """An objective's state as checkpoints store it (`encode_state`: JSON, tensors as base64)."""
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+
+    def state_dict(self) -> dict:
+        return encode_state(self.objective.state_dict())
 
 
 def _make_optimizer(
@@ -454,21 +405,16 @@ def _diverged_message(step: int, loss: float, grad_norm: float, run_dir: Path) -
     )
 
 
-def initial_training_state(source: str) -> dict:
-    """The `state.json` of a step-0 checkpoint holding weights trained elsewhere (`source`, e.g.
-    an imported HuggingFace model): nothing trained yet, so `--resume` starts the schedule at
-    step 0 with a fresh data stream (the state has no sampler)."""
-    return {"tokens": 0, "wall_time": 0.0, "interval_losses": [], "val_loss": None,
-            "initialized_from": source}
-
-
 def train(
-    config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+    config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+    objective: Objective | ObjectiveFactory | None = None,
 ) -> TrainResult:
-    """Train `config` into `run_dir` (a new run, or continue its latest checkpoint)."""
-    trainer = Trainer(config, Path(run_dir), resume=resume, progress=progress)
+    """Train `config` into `run_dir` (a new run, or continue its latest checkpoint) on
+    `objective` (None: pre-training; see `Trainer`)."""
+    trainer = Trainer(config, Path(run_dir), resume=resume, progress=progress,
+                      objective=objective)
     result = trainer.run()
-    if trainer.val_tokens is None and trainer.ctx.is_main:
+    if trainer.val_loss is None and trainer.ctx.is_main:
         plot_losses(read_metrics(trainer.run_dir / "metrics.jsonl"),
                     trainer.run_dir / "plots" / "loss.png", title=trainer.run_dir.name)
     parallel.teardown(trainer.ctx)

@@ -1,8 +1,8 @@
 """One optimizer step: the only place in lmforge where a training step is written.
 
     lr → every param group
-    for each micro-batch (x, y) of the step:          (grad_accum_steps of them)
-        loss = loss_fn(x, y)     under the run's autocast      ("forward" profiler range)
+    for each micro-batch of the step:                 (grad_accum_steps of them)
+        loss = loss_fn(batch)    under the run's autocast      ("forward" profiler range)
         (loss / n).backward()                                  ("backward")
     norm = clip gradients to optim.grad_clip (global L2)
     NaN/inf loss or norm → NonFiniteStep, the update is NOT applied
@@ -10,6 +10,8 @@
 
 The trainer (`lmforge.train.loop`), `lmforge bench model --mode train-step`, the demo (through
 the trainer) and the benchmarks all run this class, so what they time is what training does.
+A micro-batch is whatever the loss takes: pre-training's (x, y) token windows, or an alignment
+objective's batch (`lmforge.train.objective.Objective.loss`).
 `TrainStep.for_model` builds one from a `TrainConfig` (the trainer's AdamW groups, clipping,
 autocast and optional `torch.compile`) for a single process; under data parallelism the trainer
 passes a `GradientSync` from `lmforge.train.parallel` that averages gradients across ranks.
@@ -21,7 +23,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +32,6 @@ from lmforge.config import OptimConfig, TrainConfig
 from lmforge.device import autocast, named_range
 from lmforge.train.loss import cross_entropy
 from lmforge.train.optim import AdamW, gradient_clipping
-
-Batch = tuple[Tensor, Tensor]  # (inputs, targets), each (batch, seq) token ids
 
 
 class NonFiniteStep(ArithmeticError):
@@ -76,12 +76,13 @@ class LocalGradients:
 class TrainStep:
     """Runs one optimizer step of `net` on a step's micro-batches (see the module docstring).
 
-    `loss_fn(x, y)` returns the scalar loss to minimise (e.g. cross-entropy of `net(x)`);
-    `grad_clip` 0 disables clipping (the norm is still reported).
+    `loss_fn(batch)` returns the scalar loss of one micro-batch to minimise (e.g. for a
+    pre-training batch (x, y) the cross-entropy of `net(x)`); `grad_clip` 0 disables clipping
+    (the norm is still reported).
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable[[Tensor, Tensor], Tensor], *, device: torch.device,
+                 loss_fn: Callable[[Any], Tensor], *, device: torch.device,
                  dtype: str = "fp32", grad_clip: float = 0.0,
                  sync: GradientSync | None = None):
         self.net, self.optimizer, self.loss_fn = net, optimizer, loss_fn
@@ -94,23 +95,23 @@ class TrainStep:
         """The trainer's step for `model` in one process: AdamW groups, clip, autocast, compile."""
         device = device or next(model.parameters()).device
         optimizer = make_optimizer(decay_groups(model), config.optim)
-        loss_fn = lambda x, y: cross_entropy(model(x), y)  # noqa: E731
+        loss_fn = lambda batch: cross_entropy(model(batch[0]), batch[1])  # noqa: E731
         if config.train.compile:
             loss_fn = torch.compile(loss_fn)
         return cls(model, optimizer, loss_fn, device=device, dtype=config.train.dtype,
                    grad_clip=config.optim.grad_clip)
 
-    def __call__(self, batches: Sequence[Batch], lr: float | None = None) -> StepStats:
+    def __call__(self, batches: Sequence[Any], lr: float | None = None) -> StepStats:
         """One optimizer step over `batches` (the step's micro-batches) at learning rate `lr`
         (None: leave the optimizer's). Raises `NonFiniteStep` without updating the weights."""
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         n, total = len(batches), 0.0
-        for i, (x, y) in enumerate(batches):
+        for i, batch in enumerate(batches):
             with self.sync.micro_step(last=i == n - 1):
                 with named_range("forward", self.device), autocast(self.device, self.dtype):
-                    micro_loss = self.loss_fn(x, y)
+                    micro_loss = self.loss_fn(batch)
                 with named_range("backward", self.device):
                     (micro_loss / n).backward()
             total += micro_loss.item()

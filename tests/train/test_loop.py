@@ -14,7 +14,7 @@ import pytest
 
 from lmforge.config import ConfigError, DataConfig, OptimConfig, RunConfig, TrainConfig, save_config
 from lmforge.model import ModelConfig
-from lmforge.train import loop
+from lmforge.train import loop, objective
 from lmforge.train.checkpoint import latest_checkpoint
 from lmforge.train.metrics import read_metrics
 
@@ -137,7 +137,7 @@ def test_killed_or_interrupted_cli_run_resumes_bit_for_bit(tmp_path, how):
 
 def test_nan_loss_stops_before_the_bad_update_and_keeps_checkpoints(tmp_path, monkeypatch):
     config = _config(tmp_path, max_steps=20, checkpoint_interval=5)
-    real = loop.cross_entropy
+    real = objective.cross_entropy  # the pre-training objective's loss
     calls = {"n": 0}
 
     def poisoned(logits, targets):
@@ -145,7 +145,7 @@ def test_nan_loss_stops_before_the_bad_update_and_keeps_checkpoints(tmp_path, mo
         loss = real(logits, targets)
         return loss * float("nan") if calls["n"] == 12 else loss
 
-    monkeypatch.setattr(loop, "cross_entropy", poisoned)
+    monkeypatch.setattr(objective, "cross_entropy", poisoned)
     with pytest.raises(loop.TrainingDiverged, match=r"diverged at step 12.*step_0000010"):
         loop.train(config, tmp_path / "run", progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_0000010"

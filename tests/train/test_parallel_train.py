@@ -112,7 +112,8 @@ def test_ddp_zero1_fsdp_steps_equal_one_process_on_the_concatenated_batches(two_
     root, config, ranks = two_ranks
     config.train.parallel = "none"
     reference = loop.Trainer(config, root / "single", resume=False, progress=False)
-    reference.sampler = _Concatenated(reference.sampler.tokens, 4, 16, config.train.seed)
+    reference.objective.sampler = _Concatenated(reference.objective.sampler.tokens, 4, 16,
+                                                config.train.seed)
     expected_losses = [reference.train_step()[:2] for _ in range(STEPS)]
     expected = reference.model.state_dict()
     expected_val = reference.evaluate()

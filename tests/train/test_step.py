@@ -82,8 +82,8 @@ def test_bf16_step_runs_under_autocast():
     config.train.dtype = "bf16"
     step = TrainStep.for_model(model, config)
     seen = []
-    step.loss_fn = lambda a, b: (seen.append(torch.is_autocast_enabled("cpu")),
-                                 F.cross_entropy(model(a).flatten(0, 1).float(),
-                                                 b.flatten()))[1]
+    step.loss_fn = lambda ab: (seen.append(torch.is_autocast_enabled("cpu")),
+                               F.cross_entropy(model(ab[0]).flatten(0, 1).float(),
+                                               ab[1].flatten()))[1]
     step([(x, y)])
     assert seen == [True]

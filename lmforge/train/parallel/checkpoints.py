@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -38,9 +39,14 @@ from lmforge.train.checkpoint import (
     staging_dir,
     write_checkpoint_part,
 )
-from lmforge.train.data import BatchSampler
 from lmforge.train.parallel.collectives import run_on_main
 from lmforge.train.parallel.context import ParallelContext
+
+
+class DataState(Protocol):
+    """The run's data stream (the objective's state, `lmforge.train.loop`): JSON-serialisable."""
+
+    def state_dict(self) -> dict: ...
 
 
 def save_checkpoint(
@@ -51,7 +57,7 @@ def save_checkpoint(
     model: nn.Module,
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
-    sampler: BatchSampler,
+    sampler: DataState,
     state: dict,
     keep_last: int | None,
 ) -> Path:
@@ -136,7 +142,7 @@ def load_training_state(
 
 def sampler_state(state: dict, ctx: ParallelContext) -> dict | None:
     """This rank's saved sampler state, or None: with a warning when the world size changed,
-    silently when the checkpoint has none (`loop.initial_training_state`)."""
+    silently when the checkpoint has none (`checkpoint.initial_training_state`)."""
     if "sampler" not in state:
         return None
     saved_world = state.get("world_size", 1)
