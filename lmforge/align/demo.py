@@ -21,7 +21,7 @@ accuracy (greedy, scored by the r1-zero verifier, Wilson 95% intervals) before a
    training questions: group-normalised rewards teach what SFT left half-learned, and
    held-out accuracy rises far outside its interval (numbers in docs/alignment.md).
 
-`--minutes` scales every stage's steps (10: the documented run, about 6 minutes on 2 idle
+`--minutes` scales every stage's steps (10: the documented run, about 8 minutes on 2 CPU
 cores). The output directory holds data/, tokenizer/, one run directory per stage (pretrain/,
 sft/, grpo/: `lmforge generate --run OUT/grpo` works), plots/stages.png (accuracy per stage),
 plots/grpo.png (reward and held-out accuracy curves) and demo_rl.json (the summary).

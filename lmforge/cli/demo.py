@@ -17,7 +17,7 @@ from lmforge.cli import COUNT, PATH, console, main
               help="Directory for the demo's outputs [default: runs/demo, runs/demo-rl].")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Wall-clock budget for the whole demo (rl: scales the "
-              "steps of every stage; 10 is about 6 minutes on 2 idle cores).")
+              "steps of every stage; 10 takes about 8 minutes on 2 cores).")
 @click.option("--steps", type=COUNT, default=None,
               help="Train exactly this many steps instead of filling the time budget.")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
@@ -43,7 +43,7 @@ def demo(stage: str, out: Path | None, minutes: float, steps: int | None,
       lmforge demo                          # 10 minutes, outputs in runs/demo
       lmforge demo --minutes 3 --out runs/quick
       lmforge generate --run runs/demo --prompt "Alice was"
-      lmforge demo rl --out runs/demo-rl    # pre-training, SFT, GRPO: about 6 minutes
+      lmforge demo rl --out runs/demo-rl    # pre-training, SFT, GRPO: about 8 minutes
     """
     if stage == "rl":
         given = [name for name, value in (("--steps", steps), ("--set", overrides),
