@@ -34,12 +34,25 @@ steps/s = steps / seconds; ratio = lmforge / TRL. The mean response length of ea
 printed too: with equal settings and a random model both run (nearly) to the token budget.
 Evaluation and checkpoints are outside the timed steps (lmforge: at the end only; TRL: none).
 
-Measured (2-core shared CPU, 2 threads, random-init byte-level model, so the r1-zero prompt is
-~455 tokens): --quick 1.60x; default (8 x 8 x 64, d_model 128, 4 layers) 1.34x, 33 s vs 45 s
-a step: below the 3x target. Where lmforge's step goes (cProfile, default settings): rollouts
-~26 s, of which most is `KVCache.select` copying the whole cache each time a row finishes
-(`infer/loop.py` `token_loop`), then the policy forward + backward ~19 s, and the no-grad
-old-log-prob forward ~5 s, which TRL skips when a rollout batch is used for exactly one step.
+Both sides skip the no-grad old-log-prob forward: with one rollout batch per optimizer step
+and one pass over it, pi_old = pi_theta, and the ratio is exp(logp - logp.detach()) (TRL at
+num_iterations = 1; lmforge.align.rl's module notes, 5: GRPOObjective.skip_old_log_probs).
+Both train on every row's full prompt + response; lmforge computes each distinct prompt once
+in that forward (`lmforge.align.rollouts.response_window_logits`, equal losses and gradients),
+TRL runs the 64 full rows.
+
+Measured (2-core shared CPU, random-init byte-level model, so the r1-zero prompt is ~455
+tokens). Before these changes (2 threads): --quick 1.60x; default (8 x 8 x 64, d_model 128,
+4 layers) 1.34x. Where lmforge's step went (cProfile, default settings, 1 thread): policy
+forward + backward over the 64 rows of ~519 tokens ~70%, the old-log-prob forward ~14%,
+rollouts ~15%; rewards, tokenisation, stop strings and batch packing < 2%. With the skip and
+the prompt-shared forward the same step is ~4x shorter (21 s -> 5 s; rollouts now ~60% of it,
+their decode-step attention reading every row's copy of its prompt's keys and values, the
+next lever; the forward + backward ~40%); default settings, --threads 1, 2 timed steps, a
+loaded machine: 4.4x (7.4 vs 32.7 s a step; direction only, measure on an idle machine).
+On a loaded machine multi-threaded BLAS on these small matrices is erratic (threads wait for a
+descheduled sibling; seconds per step at 2 threads where 1 thread takes 0.2 s in --quick):
+measure on an idle machine, and compare with --threads 1 too.
 
     python benchmarks/grpo_steps.py               # 8 prompts x 8 rollouts x 64 tokens, 4 steps
     python benchmarks/grpo_steps.py --quick       # 2 x 4 x 16 tokens, 2 steps: a smoke test

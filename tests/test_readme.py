@@ -31,9 +31,17 @@ README = REPO / "README.md"
 TINY_MODEL = ["--set", "model.d_model=32", "--set", "model.num_layers=1", "--set",
               "model.num_heads=2", "--set", "model.context_length=32", "--set",
               "train.batch_size=2", "--set", "train.threads=1"]  # fmt: skip
+# The alignment section fine-tunes runs/demo on prompts of ~60 byte-level tokens: its context.
+TINY_DEMO = [a.replace("context_length=32", "context_length=128") for a in TINY_MODEL]
+TINY_ALIGN = ["--set", "train.max_steps=2", "--no-progress"]
 SCALE = {
     ("lmforge", "demo"): ["--minutes", "0.3", "--no-progress", "--set", "model.vocab_size=320",
-                          *TINY_MODEL],
+                          *TINY_DEMO],
+    ("lmforge", "sft"): TINY_ALIGN,
+    ("lmforge", "dpo"): TINY_ALIGN,
+    ("lmforge", "grpo"): [*TINY_ALIGN, "--set", "grpo.group_size=2", "--set",
+                          "grpo.prompts_per_rollout=2", "--set", "grpo.max_new_tokens=8",
+                          "--set", "grpo.eval_examples=4"],
     ("lmforge", "train", "--config"): ["--set", "train.max_steps=4", "--set",
                                        "train.eval_interval=2", "--set",
                                        "train.checkpoint_interval=2", "--set",

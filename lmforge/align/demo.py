@@ -21,10 +21,20 @@ accuracy (greedy, scored by the r1-zero verifier, Wilson 95% intervals) before a
    training questions: group-normalised rewards teach what SFT left half-learned, and
    held-out accuracy rises far outside its interval (numbers in docs/alignment.md).
 
-`--minutes` scales every stage's steps (10: the documented run, about 8 minutes on 2 CPU
-cores). The output directory holds data/, tokenizer/, one run directory per stage (pretrain/,
-sft/, grpo/: `lmforge generate --run OUT/grpo` works), plots/stages.png (accuracy per stage),
-plots/grpo.png (reward and held-out accuracy curves) and demo_rl.json (the summary).
+`--minutes` is a wall-clock budget for the whole demo (10: the documented run, about 8 minutes
+on 2 CPU cores). It scales every stage alike, twice over: each stage's steps are the documented
+ones times minutes / 10 (an upper bound), and each training stage gets its share of the budget
+(`STAGE_SHARES`) as the trainer's `train.time_budget_s`, so that a slow or busy machine gets
+fewer steps rather than a late finish (the trainer times its own steps and re-plans the last
+one, ending the cosine schedule there). The held-out questions scale too (200 at 10 minutes,
+at least `MIN_EVAL_EXAMPLES`), since evaluating them is most of what is not training. On a
+quiet 2-core machine the documented run finishes its 600 / 160 / 120 steps well inside the
+shares, so the budget changes nothing there.
+
+The output directory holds data/, tokenizer/, one run directory per stage (pretrain/, sft/,
+grpo/: `lmforge generate --run OUT/grpo` works), plots/stages.png (accuracy per stage),
+plots/grpo.png (reward and held-out accuracy curves) and demo_rl.json (the summary, with the
+steps each stage trained).
 """
 
 from __future__ import annotations
@@ -43,6 +53,10 @@ from lmforge.errors import InvalidArgument, PathExists
 from lmforge.fsutil import atomic_write_text, atomic_writer
 
 REFERENCE_MINUTES = 10.0  # --minutes at which the steps below are used as they are
+# Each training stage's share of the budget (the documented run took 167 s, 14 s and 277 s of
+# its 600); the rest (about a tenth) is for the data, the tokenizer and the held-out scoring.
+STAGE_SHARES = {"pretrain": 0.35, "sft": 0.05, "grpo": 0.5}
+MIN_EVAL_EXAMPLES = 20
 OUTPUTS = ("data", "tokenizer", "pretrain", "sft", "grpo", "plots", "demo_rl.json")
 
 
@@ -66,10 +80,23 @@ class RLDemoPlan:
     eval_examples: int = 200  # held-out questions per evaluation
     threads: int = 2
     seed: int = 0
+    # Wall-clock budgets of the training stages (the trainer's train.time_budget_s; the steps
+    # above are then upper bounds); 0: exactly the steps above, however long they take.
+    pretrain_budget_s: float = 0.0
+    sft_budget_s: float = 0.0
+    grpo_budget_s: float = 0.0
+    budget_s: float = 0.0  # the whole demo's (--minutes), reported; 0: none
 
     @classmethod
     def for_minutes(cls, minutes: float, **sizes: int) -> RLDemoPlan:
-        """The default plan with its steps scaled by minutes / `REFERENCE_MINUTES`."""
+        """The default plan for a budget of `minutes` (module notes): steps and held-out
+        questions scaled by minutes / `REFERENCE_MINUTES`, each training stage its
+        `STAGE_SHARES` of the budget as a time budget.
+
+        >>> p = RLDemoPlan.for_minutes(1)
+        >>> p.pretrain_steps, p.grpo_steps, p.eval_examples, p.pretrain_budget_s, p.budget_s
+        (60, 12, 20, 21.0, 60)
+        """
         if not minutes > 0:
             raise InvalidArgument(f"minutes must be > 0, got {minutes}")
         plan = cls(**sizes)
@@ -77,7 +104,17 @@ class RLDemoPlan:
         for name in ("pretrain_steps", "sft_steps", "grpo_steps"):
             setattr(plan, name, max(1, round(getattr(plan, name) * scale)))
         plan.grpo_eval_interval = max(1, min(plan.grpo_eval_interval, plan.grpo_steps // 2))
+        plan.eval_examples = max(min(MIN_EVAL_EXAMPLES, plan.eval_examples),
+                                 min(plan.eval_examples, round(plan.eval_examples * scale)))
+        plan.budget_s = minutes * 60
+        for stage, share in STAGE_SHARES.items():
+            setattr(plan, f"{stage}_budget_s", round(share * plan.budget_s, 1))
         return plan
+
+    def budget_overrides(self, stage: str) -> list[str]:
+        """The `--set` overrides that give `stage` its time budget ([] without one)."""
+        budget = getattr(self, f"{stage}_budget_s")
+        return [f"train.time_budget_s={budget}"] if budget > 0 else []
 
 
 @dataclass
@@ -99,6 +136,7 @@ class RLDemoResult:
     plan: RLDemoPlan
     scores: list[StageScore] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+    steps: dict[str, int] = field(default_factory=dict)  # optimizer steps trained per stage
     interrupted: bool = False
 
     @property
@@ -167,22 +205,26 @@ def run_rl_demo(out: str | os.PathLike = "runs/demo-rl", minutes: float = REFERE
     from lmforge.train.loop import train
 
     score("random init", _initial_run(out, plan))
-    report(f"2. pre-training {plan.pretrain_steps} steps on the task text (no answer format)")
+    report(f"2. pre-training {_steps(plan, 'pretrain')} on the task text (no answer format)")
     pretrain = train(_pretrain_config(out, tokenizer.vocab_size, plan), out / "pretrain",
                      progress=progress)
+    result.steps["pre-training"] = pretrain.step
     if pretrain.interrupted:
         return _interrupted(result)
     score("after pre-training", out / "pretrain")
 
-    report(f"3. SFT: {plan.sft_steps} steps on {plan.sft_examples} r1-zero formatted examples")
+    report(f"3. SFT: {_steps(plan, 'sft')} on {plan.sft_examples} r1-zero formatted examples")
     config = align_config("sft", out / "pretrain", str(out / "data" / "sft.jsonl"), overrides=[
         "sft.template='plain'", f"train.max_steps={plan.sft_steps}", "optim.lr=1e-4",
-        "optim.min_lr=1e-5", f"train.threads={plan.threads}", f"train.seed={plan.seed}"])
-    if run_objective("sft", config, out / "sft", progress=progress).interrupted:
+        "optim.min_lr=1e-5", f"train.threads={plan.threads}", f"train.seed={plan.seed}",
+        *plan.budget_overrides("sft")])
+    done = run_objective("sft", config, out / "sft", progress=progress)
+    result.steps["SFT"] = done.step
+    if done.interrupted:
         return _interrupted(result)
     score("after SFT", out / "sft")
 
-    report(f"4. GRPO: {plan.grpo_steps} steps of 8 questions x 8 sampled answers, r1-zero "
+    report(f"4. GRPO: {_steps(plan, 'grpo')} of 8 questions x 8 sampled answers, r1-zero "
            "reward")
     config = align_config("grpo", out / "sft", f"synthetic:addition;digits={plan.digits}",
                           overrides=[
@@ -190,8 +232,11 @@ def run_rl_demo(out: str | os.PathLike = "runs/demo-rl", minutes: float = REFERE
         "train.batch_size=16", "train.grad_accum_steps=4", f"train.threads={plan.threads}",
         f"train.seed={plan.seed}", "grpo.group_size=8", "grpo.prompts_per_rollout=8",
         f"grpo.max_new_tokens={plan.max_new_tokens}", f"grpo.eval_examples={plan.eval_examples}",
-        f"grpo.eval_interval={plan.grpo_eval_interval}", "grpo.truncated='keep'"])
-    if run_objective("grpo", config, out / "grpo", progress=progress).interrupted:
+        f"grpo.eval_interval={plan.grpo_eval_interval}", "grpo.truncated='keep'",
+        *plan.budget_overrides("grpo")])
+    done = run_objective("grpo", config, out / "grpo", progress=progress)
+    result.steps["GRPO"] = done.step
+    if done.interrupted:
         return _interrupted(result)
     score("after GRPO", out / "grpo")
     _plots(out, result)
@@ -247,7 +292,8 @@ def _pretrain_config(out: Path, vocab_size: int, plan: RLDemoPlan):
                   "weight_decay": 0.1},
         "train": {"max_steps": plan.pretrain_steps, "batch_size": 16, "log_interval": 50,
                   "eval_interval": 0, "checkpoint_interval": 0, "keep_checkpoints": 1,
-                  "threads": plan.threads, "seed": plan.seed},
+                  "threads": plan.threads, "seed": plan.seed,
+                  "time_budget_s": plan.pretrain_budget_s},
     })
 
 
@@ -290,6 +336,12 @@ def _score(stage: str, run, test: list[dict], plan: RLDemoPlan) -> StageScore:
 def _line(s: StageScore) -> str:
     return (f"   {s.stage}: held-out accuracy {s.accuracy:.1%} [{s.low:.1%}, {s.high:.1%}], "
             f"format {s.format_rate:.1%}, worked solution right {s.solution_accuracy:.1%}")
+
+
+def _steps(plan: RLDemoPlan, stage: str) -> str:
+    """ "600 steps", or "up to 600 steps in 210 s" under a time budget."""
+    steps, budget = getattr(plan, f"{stage}_steps"), getattr(plan, f"{stage}_budget_s")
+    return f"up to {steps} steps in {budget:g} s" if budget > 0 else f"{steps} steps"
 
 
 def _interrupted(result: RLDemoResult) -> RLDemoResult:

@@ -1,7 +1,10 @@
 """The alignment objectives' registry, default configs and the one entry point the CLI calls.
 
-    config = align_config("sft", "runs/demo", "data/sft.jsonl")          # defaults + base + data
+    config = align_config("sft", "runs/demo", "data/align/sft_small.jsonl")  # defaults, base, data
     result = run_objective("sft", config, "runs/sft", epoch_steps=True)  # the one trainer
+
+`run_objective` also draws a GRPO run's curves into RUN/plots/grpo.png (`plot_grpo_run`), after
+a fresh run and after a resume alike; the trainer draws plots/loss.png for every objective.
 
 `build_objective(kind, config, model, tokenizer, device)` builds an `Objective`
 (`lmforge.train.objective`) for kind "sft" (`lmforge.align.sft_objective.SFTObjective`),
@@ -168,6 +171,7 @@ def run_objective(kind: str, config: TrainConfig, run_dir: str | Path, *, resume
     """Train `config` (from `align_config`, or a run's config.toml on `resume`) on the `kind`
     objective into `run_dir` with the one trainer; a run dir `generate`, `serve`, `eval` open.
 
+    A "grpo" run's curves are drawn into RUN/plots/grpo.png at the end (`plot_grpo_run`).
     `epoch_steps`: set train.max_steps to one pass over the data (the objective's
     `steps_per_epoch`) before the trainer plans the run; the resolved value is what the run's
     config.toml records, so `--resume` continues the same plan.
@@ -182,7 +186,25 @@ def run_objective(kind: str, config: TrainConfig, run_dir: str | Path, *, resume
             config.train.max_steps = max(1, int(per_epoch(config.train.grad_accum_steps)))
         return objective
 
-    return train(config, run_dir, resume=resume, progress=progress, objective=factory)
+    result = train(config, run_dir, resume=resume, progress=progress, objective=factory)
+    if kind == "grpo":
+        plot_grpo_run(run_dir)
+    return result
+
+
+def plot_grpo_run(run_dir: str | Path) -> Path | None:
+    """Draw RUN/plots/grpo.png (`lmforge.align.rl.plot_rl_curves`: rollout reward and accuracy,
+    held-out accuracy with its interval, per step) from RUN/metrics.jsonl; None when the run
+    logged nothing yet. The trainer draws plots/loss.png for every objective."""
+    from lmforge.align.rl import plot_rl_curves
+    from lmforge.train.metrics import read_metrics
+
+    metrics = Path(run_dir) / "metrics.jsonl"
+    records = read_metrics(metrics) if metrics.is_file() else []
+    if not records:
+        return None
+    return plot_rl_curves(records, Path(run_dir) / "plots" / "grpo.png",
+                          title=f"GRPO: {Path(run_dir).name}")
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 Each rollout batch (Shao et al. 2024, arXiv 2402.03300; CS336 assignment 5's loop):
 
 1. draw `prompts_per_rollout` questions of the task (seeded by (train.seed, rollout index));
+   under data parallelism rank r of W takes positions [r·P, (r+1)·P) of the one draw of W·P
+   questions (`prompt_examples`): the ranks' prompts are disjoint slices of the same stream,
+   their union is what one rank would draw for a W-times larger batch, and every prompt's
+   G rollouts (its group, whose statistics give the advantages) live on one rank;
 2. sample G = `group_size` responses to each through the one generation loop
    (`lmforge.align.rollouts.sample_groups`: each prompt prefilled once, its KV cache copied G
    times; `temperature`, `top_p`, stop strings, `max_new_tokens`);
@@ -16,20 +20,30 @@ Each rollout batch (Shao et al. 2024, arXiv 2402.03300; CS336 assignment 5's loo
    ``"penalize"`` scores them reward - 1 (DAPO's overlong punishment at its hard limit),
    ``"keep"`` treats them as any other;
 5. old log-probs (grpo_clip's ratio denominator) under no_grad, and the reference's log-probs
-   when `kl_coef` > 0 (the reference is the policy as this objective was built);
+   when `kl_coef` > 0 (the reference is the policy as this objective was built). When the
+   whole rollout batch is one optimizer step (one epoch, all responses in that step's
+   micro-batches) the policy cannot change before it is used, so π_old = π_θ: the extra
+   forward is skipped and the loss takes ratio = exp(logp - logp.detach()) (= 1, with the
+   gradient of logp), as TRL's GRPOTrainer does at num_iterations = 1; losses and gradients
+   equal the computed ones to float rounding (tests/align/test_rl_speedups.py);
 6. `epochs_per_rollout` passes over the batch, each a seeded shuffle cut into micro-batches of
    `train.batch_size` responses, `n` (the trainer's grad_accum_steps) per optimizer step:
    `next_batches` hands them out and rolls out again when the batch is used up.
 
 The loss of a micro-batch is `lmforge.align.grpo.compute_grpo_loss` (per-token policy gradient
-loss, + kl_coef · k3, aggregated by `aggregation`; "constant" divides by max_new_tokens), times a
+loss, + kl_coef · k3, aggregated by `aggregation`; "constant" divides by max_new_tokens) of the
+policy's log-probs from one forward in which each distinct prompt runs once and only the
+response windows run per row (`lmforge.align.rollouts.response_window_logits`; a group's G
+rows share their prompt: same losses and gradients as the full forward to float rounding;
+the full forward under data parallelism or for models other than `TransformerLM`), times a
 weight that makes the step's loss the aggregation over the whole step, however its responses are
 split into micro-batches: micro-batch m of a step of M gets M · units_m / Σ units, units =
 responses (sequence_mean, constant) or response tokens (token_mean, DAPO's whole-batch mean).
 
-Everything random is a function of (train.seed, rollout index, epoch), so the objective's state
-is the rollout counter, the current rollout batch (tensors) and its remaining schedule: resuming
-from any step, even inside a rollout batch, continues exactly (tests/align/test_rl.py).
+Everything random is a function of (train.seed, rollout index, epoch[, rank]), so the
+objective's state is the rollout counter, the current rollout batch (tensors) and its remaining
+schedule: resuming from any step, even inside a rollout batch, continues exactly
+(tests/align/test_rl.py).
 
 Held-out evaluation: the task's test examples, greedy (temperature 0, same stops and budget),
 scored by the reward function; accuracy (answer_reward) with its Wilson 95% interval
@@ -53,13 +67,25 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lmforge.align.grpo import compute_group_normalized_rewards, compute_grpo_loss
 from lmforge.align.rewards import RewardError, call_reward, get_reward_fn
 from lmforge.align.rl_tasks import Example, RLTask, load_task
-from lmforge.align.rollouts import Rollout, pack_rollouts, sample_groups
-from lmforge.align.sft import encode_text, get_response_log_probs, pad_token_id
+from lmforge.align.rollouts import (
+    Rollout,
+    pack_rollouts,
+    response_window_logits,
+    sample_groups,
+)
+from lmforge.align.sft import (
+    compute_entropy,
+    encode_text,
+    get_response_log_probs,
+    model_logits,
+    pad_token_id,
+)
 from lmforge.align.synthetic import format_example
 from lmforge.config import GRPOConfig, TrainConfig
 from lmforge.device import autocast
@@ -67,7 +93,9 @@ from lmforge.errors import InputError, InvalidArgument
 from lmforge.eval.tasks.stats import wilson_interval
 from lmforge.fsutil import atomic_writer
 from lmforge.infer.prompts import model_limits
+from lmforge.model import TransformerLM
 from lmforge.tokenizer import Tokenizer
+from lmforge.train.parallel.context import torchrun_rank
 
 MAX_EMPTY_ROLLOUTS = 5  # rollout batches in a row with nothing to train on before giving up
 EVAL_BATCH = 64  # held-out prompts generated at once
@@ -107,14 +135,22 @@ class GRPOObjective:
     """GRPO on a task with a reward function (see the module notes); built by `from_config`."""
 
     name = "grpo"
+    # Skip the old-log-prob forward when a rollout batch is one optimizer step (module notes, 5);
+    # False always runs it (the tests' reference for the skip).
+    skip_old_log_probs = True
+    # Compute each prompt once in the training forward (`response_window_logits`); False: the
+    # full forward over every row (the tests' reference).
+    shared_prompt_forward = True
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, task: RLTask,
                  reward_fn: Callable[[str, str], Any], grpo: GRPOConfig, *,
                  micro_batch_size: int, seed: int = 0, dtype: str = "fp32",
-                 template: str = "r1_zero"):
+                 template: str = "r1_zero", rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise InvalidArgument(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.model, self.tokenizer, self.task, self.reward_fn = model, tokenizer, task, reward_fn
         self.g, self.micro_batch_size, self.seed, self.dtype = grpo, micro_batch_size, seed, dtype
-        self.template = template
+        self.template, self.rank, self.world_size = template, rank, world_size
         self.stop = list(grpo.stop) or DEFAULT_STOP.get(grpo.reward, [])
         self.eos_id = pad_token_id(tokenizer)
         self.device = next(model.parameters()).device
@@ -130,17 +166,22 @@ class GRPOObjective:
     def from_config(cls, config: TrainConfig, model: nn.Module, tokenizer: Tokenizer | None,
                     device: torch.device | str) -> GRPOObjective:
         """From `[grpo]` and `[train]` (batch_size = responses per micro-batch, seed, dtype);
-        a non-zero grpo.eval_interval becomes the run's train.eval_interval."""
+        a non-zero grpo.eval_interval becomes the run's train.eval_interval; rank and world
+        size from the process group when one is initialised (data parallelism), else torchrun's
+        environment."""
         if tokenizer is None:
             raise InvalidArgument("GRPO needs the model's tokenizer (to write prompts and read "
                                   "responses); start from a run dir or HF dir that has one")
         g = config.grpo
         if g.eval_interval:  # read by the trainer's plan, which is made after this objective
             config.train.eval_interval = g.eval_interval
+        rank, world = ((dist.get_rank(), dist.get_world_size()) if dist.is_initialized()
+                       else torchrun_rank())
         return cls(model.to(device), tokenizer, load_task(g.task, g.eval_examples),
                    get_reward_fn(g.reward), g, micro_batch_size=config.train.batch_size,
                    seed=config.train.seed, dtype=config.train.dtype,
-                   template="r1_zero" if g.reward == "r1_zero" else "plain")
+                   template="r1_zero" if g.reward == "r1_zero" else "plain", rank=rank,
+                   world_size=world)
 
     # ------------------------------------------------------------------ the Objective protocol
 
@@ -154,23 +195,43 @@ class GRPOObjective:
                 for rows, u in zip(micro, units, strict=True)]
 
     def loss(self, net: nn.Module, batch: dict[str, Any]) -> Tensor:
-        g = self.g
-        out = get_response_log_probs(net, batch["input_ids"], batch["labels"],
-                                     return_token_entropy=True)
-        mask = batch["response_mask"]
+        g, batch = self.g, self._window(net, batch)
+        mask, logits = batch["response_mask"], batch["logits"].float()  # (rows, seq, vocab)
+        log_probs = (logits.gather(-1, batch["labels"].unsqueeze(-1)).squeeze(-1)
+                     - torch.logsumexp(logits, dim=-1))  # get_response_log_probs' formula
+        old = batch.get("old_log_probs")
+        if old is None and g.loss_type == "grpo_clip":  # one step per rollout batch: π_old = π_θ
+            old = log_probs.detach()
         loss, meta = compute_grpo_loss(
-            out["log_probs"], mask, g.loss_type, raw_rewards=batch["raw_rewards"],
-            advantages=batch["advantages"], old_log_probs=batch.get("old_log_probs"),
+            log_probs, mask, g.loss_type, raw_rewards=batch["raw_rewards"],
+            advantages=batch["advantages"], old_log_probs=old,
             cliprange=g.cliprange, aggregation=g.aggregation,
             cliprange_high=g.cliprange_high or None, normalize_constant=float(g.max_new_tokens),
             ref_log_probs=batch.get("ref_log_probs"), kl_coef=g.kl_coef)
         tokens = float(mask.sum())
-        entropy = out["token_entropy"].detach()
-        self.metrics.add("entropy", float(entropy[mask].mean()), tokens)
+        with torch.no_grad():  # a metric: on the response tokens only, outside the graph
+            self.metrics.add("entropy", float(compute_entropy(logits[mask]).mean()), tokens)
         for key, name in (("clip_fraction", "clip_frac"), ("kl", "kl")):
             if key in meta:
                 self.metrics.add(name, float(meta[key]), tokens)
         return loss * batch["weight"]
+
+    def _window(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """`batch` with "logits": the full forward's, or (`shared_prompt_forward`, one
+        process, our model) the response windows' with each prompt computed once
+        (`response_window_logits`), and the per-token tensors gathered to that layout."""
+        window = None
+        if self.shared_prompt_forward and net is self.model and isinstance(net, TransformerLM):
+            window = response_window_logits(net, batch["input_ids"], batch["response_mask"])
+        if window is None:
+            return {**batch, "logits": model_logits(net, batch["input_ids"])}
+        logits, cols = window
+        width = batch["response_mask"].shape[1]
+        at = cols.clamp(max=width - 1)
+        out = {k: v.gather(1, at) if isinstance(v, Tensor) and v.dim() == 2 else v
+               for k, v in batch.items() if k != "input_ids"}
+        out["response_mask"] = out["response_mask"] & (cols < width)
+        return {**out, "logits": logits}
 
     def batch_tokens(self, batch: dict[str, Any]) -> int:
         """Response tokens trained on."""
@@ -202,6 +263,18 @@ class GRPOObjective:
 
     # ------------------------------------------------------------------ rollouts
 
+    def prompt_examples(self, index: int) -> list[Example]:
+        """This rank's `prompts_per_rollout` questions of rollout batch `index`: slice
+        [rank·P, (rank+1)·P) of the task's draw of world_size·P questions seeded by
+        (train.seed, index) (with one rank: the draw of P itself)."""
+        p = self.g.prompts_per_rollout
+        drawn = self.task.sample(p * self.world_size, derived_seed(self.seed, index, 0))
+        return drawn[self.rank * p : (self.rank + 1) * p]
+
+    def _rank_part(self) -> tuple[int, ...]:
+        """The rank in a per-rank seed; nothing with one rank (seeds as before ranks)."""
+        return (self.rank,) if self.world_size > 1 else ()
+
     def _encode(self, example: Example, split: str) -> list[int]:
         ids = encode_text(self.tokenizer, format_example(example, self.template))
         context = model_limits(self.model)[0]
@@ -229,16 +302,19 @@ class GRPOObjective:
         for _ in range(MAX_EMPTY_ROLLOUTS):
             index = self.rollouts
             self.rollouts += 1
-            examples = self.task.sample(g.prompts_per_rollout, derived_seed(self.seed, index, 0))
+            examples = self.prompt_examples(index)
             rollouts = sample_groups(
                 self.model, self.tokenizer, [self._encode(e, "training") for e in examples],
                 g.group_size, g.max_new_tokens, temperature=g.temperature,
                 top_p=None if g.top_p >= 1 else g.top_p, stop=self.stop, eos_id=self.eos_id,
-                seed=derived_seed(self.seed, index, 1))
+                seed=derived_seed(self.seed, index, 1, *self._rank_part()))
             truths = [e["answer"] for e in examples for _ in range(g.group_size)]
             keep = self._score(rollouts, truths, reasons)
             if keep is not None:
                 self._schedule(index, len(self.buffer["input_ids"]), n_micro)
+                if g.loss_type == "grpo_clip" and not (self.skip_old_log_probs
+                                                       and len(self.pending) == 1):
+                    self.buffer["old_log_probs"] = self._log_probs(self.model)
                 return
             self.metrics.count("skipped_batches", 1.0)
         raise InputError(
@@ -277,8 +353,6 @@ class GRPOObjective:
         packed = pack_rollouts([rollouts[i] for i in rows], self.eos_id, self.device)
         self.buffer = {**packed, "advantages": advantages[rows].to(self.device),
                        "raw_rewards": raw[rows].to(self.device)}
-        if g.loss_type == "grpo_clip":
-            self.buffer["old_log_probs"] = self._log_probs(self.model)
         if self.reference is not None:
             self.buffer["ref_log_probs"] = self._log_probs(self.reference)
         return keep

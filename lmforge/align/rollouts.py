@@ -28,12 +28,23 @@ weights, prompts and seed give the same rollouts.
     >>> t = pack_rollouts([r], pad_id=0)
     >>> t["input_ids"].tolist(), t["labels"].tolist(), t["response_mask"].tolist()
     ([[5, 6, 7]], [[6, 7, 8]], [[False, True, True]])
+
+`response_window_logits` is the training forward of such tensors with each prompt computed
+once (the training side of prefix reuse): a group's G rows share their prompt, and a causal
+model's states over a prompt do not depend on what follows, so the prefix common to every row
+runs once, each distinct prompt's own part once, and only the response windows run per row,
+attending to their prompt's keys and values (`KVCache.take` copies, differentiable: the
+gradient of the shared part is the sum over the rows that read it, as in the full forward).
+With prompts of ~455 tokens and responses of <= 64 (the GRPO benchmark) the forward and
+backward see 455 + 8 · 65 tokens a group instead of 8 · 519. Equal to the full forward's
+logits at the response positions to float rounding (tests/align/test_rl_speedups.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -42,8 +53,9 @@ from lmforge.eval.batching import common_prefix
 from lmforge.infer.generate import StopStrings
 from lmforge.infer.kv_cache import KVCache
 from lmforge.infer.loop import Generation, extend, token_loop
-from lmforge.infer.prompts import check_prompts, model_device
+from lmforge.infer.prompts import check_prompts, model_device, model_limits
 from lmforge.infer.sampling import SamplingSettings
+from lmforge.model import TransformerLM
 from lmforge.tokenizer import Tokenizer
 
 
@@ -152,3 +164,47 @@ def pack_rollouts(rollouts: Sequence[Rollout], pad_id: int,
         mask[i, len(r.prompt_ids) - 1 : len(s) - 1] = True
     return {"input_ids": ids[:, :-1].to(device), "labels": ids[:, 1:].to(device),
             "response_mask": mask.to(device)}
+
+
+def response_window_logits(model: nn.Module, input_ids: Tensor,
+                           response_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Logits (rows, S, vocab) of a `TransformerLM` over each row's response window, with
+    gradients, each distinct prompt computed once (module notes), and `cols` (rows, S) int64:
+    the column of `input_ids` each window position stands for (row i's window starts at its
+    first response column, its prompt's last token; columns past the row's width are padding:
+    mask them). `pack_rollouts` layout: prompt = the columns before the first response one.
+
+    None when that does not apply: a row without response tokens, a one-token prompt (nothing
+    to share), or a long prompt and a long response in different rows whose windows, padded to
+    the longest, would reach past the context; the caller runs the full forward instead.
+    """
+    if not bool(response_mask.any(1).all()):
+        return None
+    width = response_mask.shape[1]
+    first = response_mask.to(torch.int8).argmax(1)  # (rows,) first response column = L - 1
+    last = width - 1 - response_mask.flip(1).to(torch.int8).argmax(1)
+    starts = first.tolist()
+    if min(starts) < 1:
+        return None
+    span = int((last - first).max()) + 1
+    if max(starts) + span > model_limits(model)[0]:  # windows are padded to the longest
+        return None
+    ids = input_ids.tolist()
+    prefixes = [tuple(row[:s]) for row, s in zip(ids, starts, strict=True)]
+    distinct = list(dict.fromkeys(prefixes))
+    group = {p: g for g, p in enumerate(distinct)}
+    shared = min(len(p) for p in distinct)
+    for p in distinct[1:]:
+        shared = min(shared, common_prefix(distinct[0], p))
+    cache = KVCache.for_model(model, 1, max(starts) + span)
+    if shared > 0:
+        extend(model, cache, [list(distinct[0][:shared])])
+    cache = cache.take([0] * len(distinct))
+    own = [list(p[shared:]) for p in distinct]
+    if any(own):
+        extend(model, cache, own)
+    cache = cache.take([group[p] for p in prefixes])
+    hidden, _ = extend(model, cache, [row[s : s + span] for row, s in zip(ids, starts,
+                                                                           strict=True)])
+    cols = first[:, None] + torch.arange(span, device=first.device)
+    return cast(TransformerLM, model).lm_head(hidden), cols

@@ -1,6 +1,6 @@
 """`lmforge sft`, `lmforge dpo` and `lmforge grpo`: align a base model into a new run directory.
 
-    lmforge sft runs/demo --data sft.jsonl --out runs/sft
+    lmforge sft runs/demo --data data/align/sft_small.jsonl --out runs/sft --set sft.template=plain
     lmforge dpo runs/sft --data prefs.jsonl --out runs/dpo --set dpo.beta=0.2
     lmforge grpo runs/sft --data synthetic:addition --out runs/grpo --config grpo.toml
     lmforge sft --resume runs/sft
@@ -32,8 +32,8 @@ _HELP = {
 
     \b
     Examples:
-      lmforge sft runs/demo --data sft.jsonl --out runs/sft
-      lmforge sft runs/demo --data sft.jsonl --out runs/sft-chat --set sft.template=chat
+      lmforge sft runs/demo --data data/align/sft_small.jsonl --out runs/sft
+      lmforge sft runs/demo --data chat.jsonl --out runs/sft-chat --set sft.template=chat
       lmforge sft --resume runs/sft
     """,
     "dpo": """Direct preference optimisation of BASE on chosen/rejected pairs.
@@ -47,7 +47,7 @@ _HELP = {
 
     \b
     Examples:
-      lmforge dpo runs/sft --data prefs.jsonl --out runs/dpo
+      lmforge dpo runs/sft --data data/align/dpo_small.jsonl --out runs/dpo --set dpo.template=plain
       lmforge dpo runs/sft --data prefs.jsonl --out runs/ipo --set dpo.loss_type=ipo
       lmforge dpo --resume runs/dpo
     """,
@@ -57,13 +57,14 @@ _HELP = {
     with the KV-cache engine, scores them with grpo.reward, and trains on group-normalised
     advantages. --data is a task: "synthetic:addition" (also multiplication, sorting,
     counting), "gsm8k:DIR", or a JSONL file of {"question", "answer"} ("jsonl:FILE"). The
-    progress bar shows reward and accuracy; held-out accuracy is logged at eval passes.
+    progress bar shows reward and accuracy; held-out accuracy is logged at eval passes, and
+    the curves are drawn into RUN/plots/grpo.png at the end (and after --resume).
     Defaults: lr 1e-5, 100 steps, group size 8, grpo_clip loss.
 
     \b
     Examples:
       lmforge grpo runs/sft --data synthetic:addition --out runs/grpo
-      lmforge grpo runs/sft --data problems.jsonl --out runs/grpo-jsonl --set grpo.group_size=4
+      lmforge grpo runs/sft --data data/align/grpo_small.jsonl --out runs/grpo-jsonl
       lmforge grpo --resume runs/grpo
     """,
 }
@@ -124,7 +125,9 @@ def _run(kind: str, base: Path | None, data: str | None, config_path: Path | Non
     if result.val_loss is not None:
         summary += f", val loss {result.val_loss:.4f}"
     console.print(summary)
-    console.print(f"run directory: {run_dir} (lmforge generate --run {run_dir} --prompt ...)")
+    plots = "plots/loss.png, plots/grpo.png" if kind == "grpo" else "plots/loss.png"
+    console.print(f"run directory: {run_dir} ({plots}; lmforge generate --run {run_dir} "
+                  "--prompt ...)")
     if result.interrupted:
         console.print(f"continue with: lmforge {kind} --resume {run_dir}")
 

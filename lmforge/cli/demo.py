@@ -16,8 +16,9 @@ from lmforge.cli import COUNT, PATH, console, main
 @click.option("--out", type=PATH, default=None,
               help="Directory for the demo's outputs [default: runs/demo, runs/demo-rl].")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="Wall-clock budget for the whole demo (rl: scales the "
-              "steps of every stage; 10 takes about 8 minutes on 2 cores).")
+              show_default=True, help="Wall-clock budget for the whole demo (rl: every stage "
+              "gets its share as the trainer's time budget and its steps scaled; 10 takes "
+              "about 8 minutes on 2 cores).")
 @click.option("--steps", type=COUNT, default=None,
               help="Train exactly this many steps instead of filling the time budget.")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
@@ -44,6 +45,7 @@ def demo(stage: str, out: Path | None, minutes: float, steps: int | None,
       lmforge demo --minutes 3 --out runs/quick
       lmforge generate --run runs/demo --prompt "Alice was"
       lmforge demo rl --out runs/demo-rl    # pre-training, SFT, GRPO: about 8 minutes
+      lmforge demo rl --minutes 1 --out runs/rl-quick   # every stage scaled to fit
     """
     if stage == "rl":
         given = [name for name, value in (("--steps", steps), ("--set", overrides),
@@ -108,6 +110,8 @@ def _demo_rl(out: Path, minutes: float, progress: bool) -> None:
     console.print(f"GRPO changed held-out accuracy by {r.grpo_gain:+.1%}: its interval is "
                   f"{verdict} the SFT model's")
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items())
-    console.print(f"time: {sum(r.seconds.values()) / 60:.1f} minutes ({spent})")
+    steps = ", ".join(f"{k} {v:,}" for k, v in r.steps.items())
+    console.print(f"time: {sum(r.seconds.values()) / 60:.1f} minutes of {minutes:g} planned "
+                  f"({spent}); steps trained: {steps}")
     console.print(f"outputs in {out}: plots/stages.png, plots/grpo.png, demo_rl.json; try: "
                   f"lmforge generate --run {out}/grpo --prompt \"...\"")

@@ -121,7 +121,8 @@ class BudgetPlanner:
         if len(self.step_times) < self.PROBE_STEPS:
             if remaining > 0:
                 return plan
-            return StepPlan(step, plan.eval_interval, plan.checkpoint_interval, plan.warmup_iters)
+            return StepPlan(step, plan.eval_interval, plan.checkpoint_interval,
+                            min(plan.warmup_iters, step))  # the schedule ends at `step`
         recent = list(self.step_times)[-5:]
         # Slow-downs count at once (the last 5 steps), speed-ups once they last (20 steps).
         step_s = max(statistics.median(self.step_times), statistics.median(recent))

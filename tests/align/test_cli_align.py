@@ -153,3 +153,28 @@ def test_bad_bases_configs_and_resumes_are_clear_errors(setup, tmp_path):
     assert missing_out.exit_code == 2 and "--out" in missing_out.stderr
     mixed = _cli("sft", base, "--resume", base)
     assert mixed.exit_code == 2 and "drop BASE" in mixed.stderr
+
+
+def test_grpo_draws_its_curves_into_the_run_dir_and_again_on_resume(setup, tmp_path):
+    import matplotlib.image
+
+    base, _ = setup
+    out = tmp_path / "grpo"
+    tiny = ["--set", "train.max_steps=2", "--set", "grpo.group_size=2", "--set",
+            "grpo.prompts_per_rollout=2", "--set", "grpo.max_new_tokens=4", "--set",
+            "grpo.eval_examples=3", "--set", "grpo.reward=exact", "--set",
+            "grpo.truncated=keep", "--no-progress"]
+    result = _cli("grpo", base, "--data", "synthetic:addition;digits=1", "--out", out, *tiny)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "plots/grpo.png" in result.stdout
+    plot = out / "plots" / "grpo.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(plot).shape  # a decodable image
+    assert width > height > 100
+    records = read_metrics(out / "metrics.jsonl")
+    assert any("reward" in r for r in records) and any("heldout_acc" in r for r in records)
+    plot.unlink()
+    resumed = _cli("grpo", "--resume", out, "--set", "train.max_steps=3", "--no-progress")
+    assert resumed.exit_code == 0, resumed.output + resumed.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == 3

@@ -78,3 +78,42 @@ def test_cli_prints_the_table_and_refuses_pretraining_options(tiny_run, tmp_path
         assert needle in result.output
     bad = CliRunner().invoke(main, ["demo", "rl", "--steps", "3"])
     assert bad.exit_code == 2 and "apply to the pre-training demo only" in bad.output
+
+
+def test_default_cli_path_scales_every_stage_to_its_budget(tmp_path):
+    """`lmforge demo rl --minutes M` as a user runs it (no plan patched): every stage trains
+    under its share of the budget through the trainer's planner, and is scored and plotted."""
+    out = tmp_path / "rl"
+    minutes = 0.5
+    result = CliRunner().invoke(main, ["demo", "rl", "--out", str(out), "--minutes",
+                                       str(minutes), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "demo_rl.json").read_text())
+    plan = summary["plan"]
+    assert plan["budget_s"] == minutes * 60
+    for stage, share in demo.STAGE_SHARES.items():
+        assert plan[f"{stage}_budget_s"] == pytest.approx(share * minutes * 60)
+        config = (out / stage / "config.toml").read_text()
+        assert f"time_budget_s = {plan[f'{stage}_budget_s']}" in config  # the trainer's budget
+    # Steps and held-out questions scale with the budget; steps are upper bounds under it.
+    assert (plan["pretrain_steps"], plan["sft_steps"], plan["grpo_steps"]) == (30, 8, 6)
+    n = plan["eval_examples"]
+    assert n == demo.MIN_EVAL_EXAMPLES
+    for stage, name in (("pretrain", "pre-training"), ("sft", "SFT"), ("grpo", "GRPO")):
+        steps = summary["steps"][name]
+        assert 1 <= steps <= plan[f"{stage}_steps"]
+        records = read_metrics(out / stage / "metrics.jsonl")
+        assert max(r["step"] for r in records) == steps
+    assert any("planned_steps" in r for r in read_metrics(out / "pretrain" / "metrics.jsonl"))
+    assert [s["stage"] for s in summary["scores"]] == ["random init", "after pre-training",
+                                                       "after SFT", "after GRPO"]
+    for s in summary["scores"]:  # each stage's held-out accuracy, with its interval, printed
+        right = round(s["accuracy"] * n)
+        assert (s["low"], s["high"]) == pytest.approx(wilson_interval(right, n))
+        assert f"[{s['low']:.1%}, {s['high']:.1%}]" in result.output
+    for needle in (f"held-out accuracy on {n} questions", "Wilson 95%",
+                   "GRPO changed held-out accuracy by", f"of {minutes:g} planned"):
+        assert needle in result.output
+    for plot in ("stages.png", "grpo.png"):
+        assert (out / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sum(summary["seconds"].values()) <= 1.3 * minutes * 60
