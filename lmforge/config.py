@@ -41,6 +41,7 @@ GRPO_TASKS = ("synthetic", "gsm8k", "jsonl")  # grpo.task kinds ("KIND:ARG")
 GRPO_LOSSES = ("grpo_clip", "reinforce_with_baseline", "no_baseline")  # grpo.loss_type
 GRPO_AGGREGATIONS = ("sequence_mean", "token_mean", "constant")  # GRPO / DAPO / Dr. GRPO
 GRPO_TRUNCATED = ("mask", "penalize", "keep")  # grpo.truncated: rollouts that hit max_new_tokens
+OPTIMIZERS = ("adamw", "sgd")  # optim.name values (lmforge.train.optim)
 MAX_THREADS = 1024  # train.threads upper bound: torch crashes on absurd thread counts
 
 
@@ -67,6 +68,9 @@ class OptimConfig:
     eps: float = 1e-8  # AdamW denominator epsilon
     weight_decay: float = 0.1  # decoupled weight decay on matrices (not on norm gains)
     grad_clip: float = 1.0  # global L2 gradient-norm limit; 0 disables clipping
+    name: str = "adamw"  # "adamw" or "sgd" (plain SGD: lr, momentum; no betas/eps)
+    momentum: float = 0.0  # SGD heavy-ball momentum, in [0, 1)
+    init_lr: float = 0.0  # learning rate at step 0, where the linear warm-up starts
 
 
 @dataclass
@@ -266,6 +270,11 @@ def validate(config: TrainConfig) -> None:
                  f"a finite number {rule}")
     for name in ("warmup_iters", "cosine_cycle_iters"):
         _require(getattr(o, name) >= 0, f"optim.{name}", getattr(o, name), ">= 0")
+    if o.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {o.name!r}")
+    _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "in [0, 1)")
+    _require(math.isfinite(o.init_lr) and o.init_lr >= 0, "optim.init_lr", o.init_lr,
+             "a finite number >= 0 (0: the warm-up starts from zero)")
     if o.cosine_cycle_iters and o.warmup_iters > o.cosine_cycle_iters:
         raise ConfigError(f"optim.warmup_iters = {o.warmup_iters} is past optim.cosine_cycle_iters"
                           f" = {o.cosine_cycle_iters}; the decay starts after the warm-up: lower "

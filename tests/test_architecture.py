@@ -20,8 +20,12 @@ ALLOWED_EDGES = {
     # click's usual layout: `lmforge.cli` defines `main` and imports its subcommand modules at the
     # end so they register with it; each of them imports `main` (and helpers) from `lmforge.cli`.
     ("lmforge.cli", f"lmforge.cli.{name}")
-    for name in ("align", "bench", "data", "demo", "eval", "export", "serve", "tokenizer",
-                 "train")
+    for name in ("align", "bench", "data", "demo", "eval", "export", "scaling", "serve",
+                 "tokenizer", "train")
+} | {
+    # `lmforge scaling` is assembled the same way from one module per concern.
+    ("lmforge.cli.scaling", f"lmforge.cli.scaling_{name}")
+    for name in ("client", "fit", "plan", "service")
 }
 # (module, private name it may use from another module): none today.
 ALLOWED_PRIVATE: set[tuple[str, str]] = set()

@@ -758,6 +758,41 @@ CASES: list[Case] = [
     ("grpo group size 1", 1, lambda e: _align(e, "grpo", "synthetic:addition", "--set",
                                               "grpo.group_size=1")),
     ("grpo task without argument", 1, lambda e: _align(e, "grpo", "synthetic:")),
+    # --- scaling: fits, sweeps, plans, the experiment service and its client
+    ("scaling fit missing records", 1, lambda e: ["scaling", "fit", e.missing("r.json")]),
+    ("scaling fit non-positive parameters", 1, lambda e: ["scaling", "fit", e.file(
+        "r.json", '[{"parameters": -1, "compute_budget": 1e18, "final_loss": 3.0}]')]),
+    ("scaling fit NaN loss", 1, lambda e: ["scaling", "fit", e.file(
+        "r.json", '[{"parameters": 1e6, "compute_budget": 1e18, "final_loss": NaN}]')]),
+    ("scaling fit empty records", 1, lambda e: ["scaling", "fit", e.file("r.json", "[]")]),
+    ("scaling sweep missing config", 1, lambda e: ["scaling", "sweep", e.missing("s.toml"),
+                                                   "--out", e.out()]),
+    ("scaling sweep invalid TOML", 1, lambda e: ["scaling", "sweep", e.file("s.toml", "[sweep\n"),
+                                                 "--out", e.out()]),
+    ("scaling report missing records", 1, lambda e: ["scaling", "report", e.missing("r.json"),
+                                                     "--out", e.out("r.md")]),
+    ("scaling plan budget 0", 2, lambda e: ["scaling", "plan", "--budget", "0", "--target",
+                                            "1e20"]),
+    ("scaling serve data dir is a file", 1, lambda e: ["scaling", "serve", "--data-dir",
+                                                       e.file("f.txt", "x")]),
+    ("scaling serve one token file", 1, lambda e: ["scaling", "serve", "--data-dir", e.out(),
+                                                   "--train-tokens", e.missing("t.npy")]),
+    ("scaling users add negative budget", 2, lambda e: [
+        "scaling", "users", "add", "alice", "--budget-seconds", "-5", "--data-dir", e.out()]),
+    ("scaling users list without a service", 1, lambda e: ["scaling", "users", "list",
+                                                           "--data-dir", e.out()]),
+    ("scaling experiments list without a service", 1, lambda e: [
+        "scaling", "experiments", "list", "--data-dir", e.out()]),
+    ("scaling experiments cancel without a service", 1, lambda e: [
+        "scaling", "experiments", "cancel", "abc", "--data-dir", e.out()]),
+    ("scaling submit missing config", 2, lambda e: ["scaling", "submit", e.missing("c.json"),
+                                                    "--url", "http://127.0.0.1:9", "--key", "k"]),
+    ("scaling submit unreachable service", 1, lambda e: [
+        "scaling", "submit", e.file("c.json", "{}"), "--url", "http://127.0.0.1:9", "--key", "k"]),
+    ("scaling wait unreachable service", 1, lambda e: [
+        "scaling", "wait", "abc", "--url", "http://127.0.0.1:9", "--key", "k"]),
+    ("scaling list unreachable service", 1, lambda e: [
+        "scaling", "list", "--url", "http://127.0.0.1:9", "--key", "k"]),
     # --- a path the OS refuses (a name longer than the file system allows)
     ("extract output name too long", 1, lambda e: ["data", "extract", e.warc, "-o",
                                                    e.out("x" * 300 + ".txt"), "--no-progress"]),

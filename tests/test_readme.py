@@ -181,7 +181,7 @@ def test_the_parser_finds_commands_in_a_block():
 
 
 def _help_examples() -> list[tuple[str, str]]:
-    """(command path, example line) for every `lmforge ...` line in an Examples: section."""
+    """(command path, example line) for every `lmforge ...` line in an Example(s): section."""
     import click
 
     from lmforge.cli import main
@@ -190,8 +190,10 @@ def _help_examples() -> list[tuple[str, str]]:
 
     def visit(cmd: click.Command, path: list[str]) -> None:
         text = cmd.help or ""
-        if "Examples:" in text:
-            for line in text.split("Examples:", 1)[1].splitlines():
+        heading = re.search(r"Examples?:", text)
+        if heading:  # lines ending in a backslash continue on the next one, as in a shell
+            joined = re.sub(r"\\\n\s*", " ", text[heading.end():])
+            for line in joined.splitlines():
                 line = line.strip()
                 if line.startswith("lmforge "):
                     found.append((" ".join(path), line))

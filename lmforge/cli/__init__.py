@@ -151,9 +151,10 @@ def main(debug: bool) -> None:
       export      a run as a HuggingFace Llama model (import: the reverse)
       serve       an OpenAI-compatible HTTP server for a run (continuous batching)
       data        curate training text: WARC/HTML/JSONL -> filtered, deduplicated text
+      scaling     scaling-law fits, sweeps, planning and the experiment service
       bench       time and profile models and attention kernels (tokens/s, MFU, memory)
       demo        the whole pipeline on data/small_en.txt
     """
 
 
-from lmforge.cli import align, bench, data, demo, eval, export, serve, tokenizer, train  # noqa: E402, F401  (registers the subcommands)
+from lmforge.cli import align, bench, data, demo, eval, export, scaling, serve, tokenizer, train  # noqa: E402, F401  (registers the subcommands)

@@ -82,6 +82,8 @@ class DecodeStep:
         self.eps, self.heads, self.kv_heads = c.norm_eps, c.num_heads, c.kv_heads
         self.gated, self.post_norm = c.ffn == "swiglu", c.norm_position == "post"
         self.reference = c.attention == "reference"
+        # µP's multipliers (ModelConfig.attention_scale / output_multiplier; None and 1.0 under SP)
+        self.scale, self.output_multiplier = c.attention_scale, c.output_multiplier
         blocks = cast(list[TransformerBlock], list(model.layers))  # ModuleList is not generic
         self.rope = blocks[0].attn.rope
         self.embeddings = model.token_embeddings.weight
@@ -168,7 +170,8 @@ class DecodeStep:
             else:
                 x = x + self._attn(i, layer, self._norm(x, layer.ln1), pos, attend, linear)
                 x = x + self._ffn(layer, self._norm(x, layer.ln2), linear)
-        return linear(self._norm(x, self.final), self.lm_head if lm_head is None else lm_head)
+        logits = linear(self._norm(x, self.final), self.lm_head if lm_head is None else lm_head)
+        return logits if self.output_multiplier == 1.0 else logits * self.output_multiplier
 
     def _attn(
         self, i: int, layer: _Layer, h: Tensor, pos: Tensor, attend: Attend, linear: Linear
@@ -187,9 +190,10 @@ class DecodeStep:
         """The model's attention backend; `mask` broadcasts to (batch, 1, 1, slots) or is None.
         k, v have num_kv_heads heads (grouped-query attention when fewer than q's)."""
         if self.reference:
-            return scaled_dot_product_attention(q, k, v, mask)
+            return scaled_dot_product_attention(q, k, v, mask, self.scale)
         gqa = self.kv_heads != self.heads
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa,
+                                              scale=self.scale)
 
     def _norm(self, x: Tensor, gain: Tensor | None) -> Tensor:
         """RMSNorm in float32 (as `lmforge.model.layers.RMSNorm`); identity when gain is None."""

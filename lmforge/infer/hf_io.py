@@ -14,7 +14,10 @@ The files are hand-written JSON, so exporting needs neither `transformers` nor `
 Tied embeddings are stored once (`tie_word_embeddings: true`, no `lm_head.weight`), as HF does.
 The directory is built beside `out_dir` and renamed into place, so a crash never leaves half of
 one. Ablated models (NoPE, post-norm, ...) have no Llama form: `check_llama_compatible`'s
-ValueError names the setting. Running out of disk space in either direction raises
+ValueError names the setting. A µP model (`model.parametrization = "mup"`) is exported with its
+attention and output multipliers folded into q_proj and lm_head (`TransformerLM.sp_state_dict`),
+so it imports back as an SP model with the same logits. Running out of disk space in either
+direction raises
 `DiskFullError` (nothing is left behind).
 
 `import_hf(model_dir, out_run_dir)` reverses it for a Llama-architecture checkpoint
@@ -127,7 +130,9 @@ def export_hf(
             )
         eot_id = tokenizer.id_of(EOT.encode()) if EOT in tokenizer.special_tokens else None
     hf_config = hf_config_dict(config, eot_id)
-    weights = to_llama_state_dict(model.state_dict(), config)
+    # µP's attention and output multipliers are folded into q_proj and lm_head (exact; an SP
+    # Llama has no multipliers), so the export is a plain Llama computing the same logits.
+    weights = to_llama_state_dict(model.sp_state_dict(), config)
     if config.tie_embeddings:
         del weights["lm_head.weight"]  # the same tensor as embed_tokens; HF re-ties it on load
     weights = {k: v.detach().contiguous() for k, v in weights.items()}

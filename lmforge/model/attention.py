@@ -50,7 +50,8 @@ from lmforge.model.layers import gqa_groups
 
 
 def causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", mask: Tensor | None = None
+    q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", mask: Tensor | None = None,
+    scale: float | None = None,
 ) -> Tensor:
     """softmax(q kᵀ / √d_k) v with query i attending to keys 0..i (or where `mask` allows).
 
@@ -60,17 +61,22 @@ def causal_attention(
     `mask`: a boolean mask broadcastable to (..., seq, seq), True where a query may attend,
     that replaces the causal one and must itself be causal with a True diagonal (packed rows:
     `layers.document_causal_mask`, (batch, 1, seq, seq)); "flash" then runs the fused kernel.
+    `scale` replaces 1/√d_k (µP: `ModelConfig.attention_scale`); our flash kernels have 1/√d_k
+    built in, so they get q · scale·√d_k, the same scores (q·kᵀ is linear in q).
     """
     g = gqa_groups(q, k)
     if backend == "flash" and mask is None:
         from lmforge.kernels import flash_attention
 
+        if scale is not None:
+            q = q * (scale * math.sqrt(q.shape[-1]))
         return flash_attention(q, repeat_kv(k, g), repeat_kv(v, g), causal=True)
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        return _matmul_causal_attention(q, k, v, g, mask)
+        return _matmul_causal_attention(q, k, v, g, mask, scale)
     if mask is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=g > 1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g > 1)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=g > 1, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=g > 1, scale=scale)
 
 
 def repeat_kv(x: Tensor, groups: int) -> Tensor:
@@ -83,7 +89,8 @@ def repeat_kv(x: Tensor, groups: int) -> Tensor:
 
 
 def _matmul_causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, groups: int = 1, mask: Tensor | None = None
+    q: Tensor, k: Tensor, v: Tensor, groups: int = 1, mask: Tensor | None = None,
+    scale: float | None = None,
 ) -> Tensor:
     """The low-precision CPU route: q·kᵀ/√d_k + causal bias, softmax, weight v.
 
@@ -94,7 +101,7 @@ def _matmul_causal_attention(
     A boolean `mask` (True = attend, e.g. (batch, 1, T, T)) replaces the causal bias.
     """
     T = q.shape[-2]
-    q = q * (1.0 / math.sqrt(q.shape[-1]))
+    q = q * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
     if groups > 1:
         q, k, v = q.unflatten(-3, (-1, groups)), k.unsqueeze(-3), v.unsqueeze(-3)
     scores = q @ k.transpose(-1, -2)  # (..., T, T)
@@ -106,3 +113,45 @@ def _matmul_causal_attention(
         bias = bias.unsqueeze(-3) if groups > 1 else bias  # broadcast over the group dim
     out = torch.softmax(scores + bias, dim=-1) @ v
     return out.flatten(-4, -3) if groups > 1 else out
+
+
+def prefix_attention(
+    q: Tensor, k_prefix: Tensor, v_prefix: Tensor, k: Tensor, v: Tensor,
+    mask: Tensor | None = None, scale: float | None = None,
+) -> Tensor:
+    """Attention over a prefix every row shares, held once, and each row's own keys.
+
+    Computes softmax([q k_prefixᵀ, q kᵀ] / √d_k + mask) [v_prefix; v], which is what attending
+    to each row's concatenated keys computes, without copying the prefix into every row: the
+    prefix part is one matrix product per key/value head over all rows' queries (B·T queries
+    × P keys), the own part one per row, and the two softmax halves are merged with a shared
+    running maximum (the log-sum-exp merge of FlashAttention's blocks).
+
+    q: (B, H, T, d_k); k_prefix, v_prefix: (1, H_kv, P, d) (P ≥ 1); k, v: (B, H_kv, S, d);
+    H a multiple g of H_kv (grouped-query attention: query head h uses key/value head h // g).
+    `mask`: None (every own key visible), (T, S) or (B, 1, T, S) boolean, True where a query may
+    attend to an own key; the prefix is always visible (it precedes every own token), so no
+    softmax row is empty. Returns (B, H, T, d_v) in q's dtype; low-precision inputs are
+    accumulated in float32. `scale` replaces 1/√d_k (µP: `ModelConfig.attention_scale`).
+    """
+    B, H, T, D = q.shape
+    h_kv, P, S = k.shape[-3], k_prefix.shape[-2], k.shape[-2]
+    g = H // h_kv
+    dtype = q.dtype
+    wide = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    q = (q * (1.0 / math.sqrt(D) if scale is None else scale)).reshape(B, h_kv, g * T, D)
+    # Prefix scores, one product per kv head: (H_kv, B·g·T, d) @ (H_kv, d, P).
+    s_pre = torch.bmm(q.transpose(0, 1).reshape(h_kv, B * g * T, D),
+                      k_prefix[0].transpose(-1, -2)).to(wide)  # (H_kv, B·g·T, P)
+    s_own = (q @ k.transpose(-1, -2)).to(wide)  # (B, H_kv, g·T, S)
+    if mask is not None:
+        m = mask if mask.dim() == 2 else mask.unsqueeze(2)  # (B, 1, 1, T, S) over (H_kv, g)
+        s_own = s_own.view(B, h_kv, g, T, S).masked_fill(~m, float("-inf")).view(B, h_kv, g * T, S)
+    top_pre = s_pre.amax(-1).view(h_kv, B, g * T).transpose(0, 1)  # (B, H_kv, g·T)
+    top = torch.maximum(top_pre, s_own.amax(-1))
+    s_pre = s_pre.view(h_kv, B, g * T, P).sub_(top.transpose(0, 1)[..., None]).exp_()
+    s_own = s_own.sub_(top[..., None]).exp_()
+    total = s_pre.sum(-1).transpose(0, 1) + s_own.sum(-1)  # (B, H_kv, g·T)
+    out_pre = torch.bmm(s_pre.view(h_kv, B * g * T, P).to(dtype), v_prefix[0])
+    out = out_pre.view(h_kv, B, g * T, -1).transpose(0, 1) + s_own.to(dtype) @ v
+    return (out / total[..., None].to(dtype)).reshape(B, H, T, -1)

@@ -6,6 +6,13 @@ grouped-query attention (k_proj / v_proj output num_kv_heads · head_dim; Llama 
 and `rope_scaling` Llama 3's or linear RoPE scaling (`lmforge.model.rope_scaling`). Each
 ablation switch turns one component off so its contribution can be measured; the resulting
 model keeps the same parameter names where the parameter still exists.
+
+`parametrization = "mup"` with `mup_base_width` is the Maximal Update Parametrization (Tensor
+Programs V, Yang et al. 2022, Table 3 / the `mup` package) with width multiplier
+m = d_model / mup_base_width: the multipliers the forward pass needs are properties here
+(`width_mult`, `attention_scale`, `output_multiplier`) so every attention path and every user of
+the output layer reads the same numbers; the init and per-layer learning rates live in
+`lmforge.model.transformer` (`TransformerLM.lr_scales`). At m = 1 µP is SP exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ _CHOICES = {
     "positional": ("rope", "nope"),
     "ffn": ("swiglu", "silu"),
     "attention": ("reference", "sdpa", "flash"),
+    "parametrization": ("sp", "mup"),
 }
 
 
@@ -46,6 +54,8 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     num_kv_heads: int | None = None  # key/value heads (GQA), dividing num_heads; None: num_heads
     rope_scaling: dict | None = None  # {rope_type = "llama3" | "linear", ...}; None: plain RoPE
+    parametrization: str = "sp"  # "sp" (standard) | "mup" (µP, Tensor Programs V)
+    mup_base_width: int | None = None  # µP: the d_model whose hyperparameters transfer (m = 1)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads"):
@@ -98,6 +108,73 @@ class ModelConfig:
                     f"model.rope_scaling is set but model.positional = {self.positional!r} has "
                     "no RoPE to scale; remove model.rope_scaling")
             self.rope_scaling = check_rope_scaling(self.rope_scaling)
+        self._check_mup()
+
+    def _check_mup(self) -> None:
+        base = self.mup_base_width
+        if base is not None and (not _is_int(base) or base < 1):
+            raise InvalidArgument(
+                f"model.mup_base_width must be a positive integer (the d_model at which µP "
+                f"equals SP), got {base!r}")
+        if self.parametrization != "mup":
+            return
+        if base is None:
+            raise InvalidArgument(
+                "model.parametrization = 'mup' needs model.mup_base_width, the width whose "
+                f"hyperparameters transfer (e.g. mup_base_width = {self.d_model} for this model)")
+        if self.tie_embeddings:
+            raise InvalidArgument(
+                "model.parametrization = 'mup' with model.tie_embeddings = true is not supported "
+                "(µP treats the embedding and the output layer differently); untie them")
+
+    @property
+    def width_mult(self) -> float:
+        """µP's width multiplier m = d_model / mup_base_width; 1.0 under SP.
+
+        >>> ModelConfig(64, 8, 256, 1, 4, parametrization="mup", mup_base_width=64).width_mult
+        4.0
+        """
+        if self.parametrization != "mup" or self.mup_base_width is None:
+            return 1.0
+        return self.d_model / self.mup_base_width
+
+    @property
+    def attention_scale(self) -> float | None:
+        """The softmax scale of q·kᵀ, the ONE number every attention path uses; None means
+        the standard 1/√head_dim (each backend's own default, so SP runs bit-for-bit unchanged).
+
+        SP: 1/√head_dim (Vaswani et al. 2017). µP: √base_head_dim / head_dim, i.e. 1/head_dim
+        ("attention 1/d", Tensor Programs V §4) times the constant √base_head_dim so that the
+        base model (m = 1) is SP exactly; base_head_dim = head_dim / m (widths scale at a fixed
+        number of heads, so the head dimension grows with m). Equal to 1/√(head_dim · m).
+
+        >>> print(ModelConfig(64, 8, 256, 1, 4).attention_scale)  # SP: 1/√64 by default
+        None
+        >>> ModelConfig(64, 8, 256, 1, 4, parametrization="mup", mup_base_width=64).attention_scale
+        0.0625
+        """
+        m = self.width_mult
+        return None if m == 1.0 else 1.0 / math.sqrt(self.head_dim * m)
+
+    @property
+    def ffn_width_mult(self) -> float:
+        """µP's multiplier of the FFN hidden width: hidden_dim over the base model's (the same
+        d_ff rule at d_model = mup_base_width; an explicit d_ff scales with d_model, i.e. by m).
+        Differs from m when the default d_ff's rounding to 64 is coarse (tiny widths).
+
+        >>> ModelConfig(64, 8, 64, 1, 4, parametrization="mup", mup_base_width=16).ffn_width_mult
+        3.0
+        """
+        if self.width_mult == 1.0 or self.d_ff is not None:
+            return self.width_mult
+        base = self.mup_base_width or self.d_model
+        base_hidden = default_d_ff(base) if self.ffn == "swiglu" else 4 * base
+        return self.hidden_dim / base_hidden
+
+    @property
+    def output_multiplier(self) -> float:
+        """Factor on the output logits: µP's 1/m (`mup.MuReadout`), 1.0 under SP."""
+        return 1.0 / self.width_mult
 
     @property
     def head_dim(self) -> int:

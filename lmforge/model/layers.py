@@ -34,22 +34,29 @@ def _trunc_normal(shape: tuple[int, ...], std: float, device, dtype) -> nn.Param
 
 
 class Linear(nn.Module):
-    """Bias-free linear map `y = x @ W.T`, W of shape (out_features, in_features).
+    """Bias-free linear map `y = x @ W.T · multiplier`, W of shape (out_features, in_features).
 
-    Initialised N(0, 2 / (in + out)) truncated at ±3σ (Glorot-style variance).
+    Initialised N(0, std²) truncated at ±3σ, std = √(2 / (in + out)) (Glorot-style variance)
+    unless `std` is given. `multiplier` (default 1: no multiply at all) is a constant factor on
+    the output that is not a parameter: µP's 1/m on the logits (`ModelConfig.parametrization`).
     """
 
-    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None, *,
+                 std: float | None = None, multiplier: float = 1.0):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        std = math.sqrt(2.0 / (in_features + out_features))
+        self.multiplier = multiplier
+        if std is None:
+            std = math.sqrt(2.0 / (in_features + out_features))
         self.weight = _trunc_normal((out_features, in_features), std, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x @ self.weight.t()
+        y = x @ self.weight.t()
+        return y if self.multiplier == 1.0 else y * self.multiplier
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        extra = "" if self.multiplier == 1.0 else f", multiplier={self.multiplier:g}"
+        return f"in_features={self.in_features}, out_features={self.out_features}{extra}"
 
 
 class Embedding(nn.Module):
@@ -197,9 +204,10 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
 
 
 def scaled_dot_product_attention(
-    Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None
+    Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None, scale: float | None = None
 ) -> Tensor:
-    """softmax(Q Kᵀ / √d_k) V.
+    """softmax(Q Kᵀ / √d_k) V, or softmax(scale · Q Kᵀ) V when `scale` is given (µP's
+    `ModelConfig.attention_scale`; None keeps the division by √d_k).
 
     Q: (..., n_q, d_k), K: (..., n_k, d_k), V: (..., n_k, d_v) with any leading batch dims;
     `mask` is boolean, broadcastable to (..., n_q, n_k), True where a query MAY attend to a key.
@@ -217,9 +225,10 @@ def scaled_dot_product_attention(
     with named_range("attention_scores", Q.device):
         if g > 1:  # (..., H_kv, g·n_q, n_k) → (..., H, n_q, n_k), head h = group·g + i
             scores = (_stack_groups(Q, g) @ K.transpose(-1, -2)).unflatten(-2, (g, -1))
-            scores = scores.flatten(-4, -3) / math.sqrt(Q.shape[-1])
+            scores = scores.flatten(-4, -3)
         else:
-            scores = (Q @ K.transpose(-1, -2)) / math.sqrt(Q.shape[-1])
+            scores = Q @ K.transpose(-1, -2)
+        scores = scores / math.sqrt(Q.shape[-1]) if scale is None else scores * scale
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
     with named_range("attention_softmax", Q.device):

@@ -79,7 +79,7 @@ from lmforge.train.objective import (
 from lmforge.train.optim import get_lr_cosine_schedule
 from lmforge.train.plan import BudgetPlanner, StepPlan
 from lmforge.train.run_dir import check_training_memory, prepare_run_dir, update_run_config
-from lmforge.train.step import NonFiniteStep, TrainStep, make_optimizer
+from lmforge.train.step import NonFiniteStep, TrainStep, make_optimizer, model_lr_scales
 from lmforge.train.stop import StopRequest
 from lmforge.train.task_eval import TaskEvaluator
 
@@ -142,7 +142,7 @@ class Trainer:
         # Compiling the loss with the model lets inductor fuse the float32 log-softmax into the
         # output layer (measured: ~65 ms less per step than compiling the model alone).
         loss_fn = torch.compile(self._loss) if t.compile else self._loss
-        self.optimizer = _make_optimizer(self.net, config, self.ctx)
+        self.optimizer = _make_optimizer(self.net, config, self.ctx, model_lr_scales(self.model))
         sync = parallel.RankGradients(self.net, self.ctx) if self.ctx.distributed else None
         self.step_fn = TrainStep(self.net, self.optimizer, loss_fn, device=self.device,
                                  dtype=t.dtype, grad_clip=config.optim.grad_clip, sync=sync)
@@ -228,7 +228,8 @@ class Trainer:
     def _lr(self, step: int) -> float:
         o = self.config.optim
         cycle = o.cosine_cycle_iters or self.plan.max_steps
-        return get_lr_cosine_schedule(step, o.lr, o.min_lr, self.plan.warmup_iters, cycle)
+        return get_lr_cosine_schedule(step, o.lr, o.min_lr, self.plan.warmup_iters, cycle,
+                                      init_lr=o.init_lr)
 
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step (`TrainStep`) on the objective's next micro-batches; returns (mean
@@ -382,12 +383,14 @@ class _EncodedState:
 
 
 def _make_optimizer(
-    net: torch.nn.Module, config: TrainConfig, ctx: parallel.ParallelContext
+    net: torch.nn.Module, config: TrainConfig, ctx: parallel.ParallelContext,
+    lr_scales: dict | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (`make_optimizer`); under zero1 its state is
-    sharded across ranks (`parallel.build_optimizer`)."""
+    """AdamW with weight decay on matrices only (`make_optimizer`, with µP's per-layer
+    `lr_scales`); under zero1 its state is sharded across ranks (`parallel.build_optimizer`)."""
     return make_optimizer(parallel.decay_split(net, ctx), config.optim,
-                          build=functools.partial(parallel.build_optimizer, ctx=ctx))
+                          build=functools.partial(parallel.build_optimizer, ctx=ctx),
+                          lr_scales=lr_scales)
 
 
 def _diverged_message(step: int, loss: float, grad_norm: float, run_dir: Path) -> str:

@@ -163,11 +163,13 @@ def _foreach_update(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
 
 
 def get_lr_cosine_schedule(
-    it: int, max_lr: float, min_lr: float, warmup_iters: int, cosine_cycle_iters: int
+    it: int, max_lr: float, min_lr: float, warmup_iters: int, cosine_cycle_iters: int,
+    init_lr: float = 0.0,
 ) -> float:
     """Learning rate at iteration ``it``: linear warm-up, cosine decay, then ``min_lr``.
 
-    ``it < warmup_iters``: ``max_lr * it / warmup_iters``;
+    ``it < warmup_iters``: ``init_lr + (max_lr - init_lr) * it / warmup_iters`` (optax's
+    ``warmup_cosine_decay_schedule`` with ``init_value``; 0 by default);
     ``warmup_iters <= it <= cosine_cycle_iters``:
     ``min_lr + (1 + cos(π (it - warmup_iters) / (cosine_cycle_iters - warmup_iters))) / 2 ·
     (max_lr - min_lr)``; after that ``min_lr``. ``warmup_iters = 0`` starts at ``max_lr``, and
@@ -179,12 +181,57 @@ def get_lr_cosine_schedule(
             f"cosine_cycle_iters={cosine_cycle_iters}; the cosine cycle ends after the warm-up."
         )
     if it < warmup_iters:
-        return max_lr * it / warmup_iters
+        return init_lr + (max_lr - init_lr) * it / warmup_iters
     if it > cosine_cycle_iters:
         return min_lr
     span = cosine_cycle_iters - warmup_iters
     progress = (it - warmup_iters) / span if span > 0 else 0.0
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+class SGD(torch.optim.Optimizer):
+    """Stochastic gradient descent with optional heavy-ball momentum and L2 weight decay, equal
+    to ``torch.optim.SGD`` (no dampening, no Nesterov):
+
+        g ← g + λ θ;   b ← μ b + g  (b = g at the first step);   θ ← θ - α b   (b = g if μ = 0)
+
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> opt = SGD([w], lr=0.1)
+        >>> w.grad = torch.tensor([1.0, -1.0])
+        >>> opt.step()
+        >>> w.detach()
+        tensor([0.9000, 1.1000])
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
+        if not lr >= 0.0 or not 0.0 <= momentum < 1.0 or not weight_decay >= 0.0:
+            raise ValueError(f"SGD: need lr >= 0, 0 <= momentum < 1, weight_decay >= 0; got "
+                             f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update of every parameter that has a gradient; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.add(p, alpha=wd) if wd else p.grad
+                if mu:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = g.detach().clone()
+                    else:
+                        state["momentum_buffer"].mul_(mu).add_(g)
+                    g = state["momentum_buffer"]
+                p.add_(g, alpha=-lr)
+        return loss
 
 
 @torch.no_grad()
