@@ -252,3 +252,68 @@ class _LayerCache:
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.cache.update(self.index, k, v)
+
+
+class SharedPrefixKVCache:
+    """Rows that all continue one prefix, held once: the prefix's keys and values stay in a
+    batch-1 `KVCache`, and each row's own tokens go to a `KVCache` of their own.
+
+    Attention reads the prefix through `lmforge.model.attention.prefix_attention` (each layer's
+    view carries `shared_prefix`), so nothing is copied per row, where `KVCache.take([0] * n)`
+    copies 2 · layers · P · d_model elements per row. Positions continue after the prefix
+    (its length P is added to the own cache's). Same protocol as `KVCache` for a forward pass
+    (`begin`, `layer`, `commit`) and for `lmforge.infer.loop.extend` (`lengths`, `truncate`).
+    """
+
+    def __init__(self, prefix: KVCache, batch_size: int, max_len: int):
+        p = prefix.longest
+        if prefix.batch_size != 1 or p < 1 or prefix.lengths.tolist() != [p] or max_len <= p:
+            raise ValueError(
+                f"a shared prefix is one filled sequence shorter than max_len={max_len}, got "
+                f"lengths {prefix.lengths.tolist()}")
+        self.prefix_len = p
+        self.shared = [(k[:, :, :p], v[:, :, :p])
+                       for k, v in zip(prefix.keys, prefix.values, strict=True)]
+        k0 = prefix.keys[0]
+        self.own = KVCache(len(prefix.keys), batch_size, k0.shape[1], max_len - p, k0.shape[-1],
+                           device=k0.device, dtype=k0.dtype)
+        self.max_len = max_len
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.own.lengths + self.prefix_len
+
+    @property
+    def batch_size(self) -> int:
+        return self.own.batch_size
+
+    @property
+    def longest(self) -> int:
+        return self.own.longest + self.prefix_len
+
+    def begin(self, seq: int) -> Tensor:
+        return self.own.begin(seq) + self.prefix_len
+
+    def layer(self, i: int) -> _SharedPrefixLayer:
+        return _SharedPrefixLayer(self, i)
+
+    def commit(self) -> None:
+        self.own.commit()
+
+    def truncate(self, lengths: Sequence[int]) -> None:
+        """Keep the first lengths[b] slots of row b, counting the prefix (each >= its length)."""
+        if min(lengths, default=self.prefix_len) < self.prefix_len:
+            raise ValueError(f"cannot truncate into the shared prefix of {self.prefix_len} slots")
+        self.own.truncate([n - self.prefix_len for n in lengths])
+
+
+class _SharedPrefixLayer:
+    """One layer's handle on a `SharedPrefixKVCache`: own keys through `update`, and the
+    prefix's (keys, values) (1, kv heads, P, head_dim) as `shared_prefix`."""
+
+    def __init__(self, cache: SharedPrefixKVCache, index: int):
+        self.cache, self.index = cache, index
+        self.shared_prefix = cache.shared[index]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.cache.own.update(self.index, k, v)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.infer.fast_decode import decode_step_for
-from lmforge.infer.kv_cache import KVCache
+from lmforge.infer.kv_cache import KVCache, SharedPrefixKVCache
 from lmforge.infer.prompts import model_device, model_limits
 from lmforge.infer.sampling import (
     Generators,
@@ -79,12 +79,15 @@ def prefill(
     return cache, cast(TransformerLM, model).lm_head(last)
 
 
-def extend(model: nn.Module, cache: KVCache, tokens: list[list[int]]) -> tuple[Tensor, Tensor]:
+def extend(model: nn.Module, cache: KVCache | SharedPrefixKVCache,
+           tokens: list[list[int]], keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Continue cached sequence i with tokens[i] (possibly empty), all in one forward pass.
 
     Returns the final hidden states (batch, longest, d_model) (row i is valid up to
     len(tokens[i])) and those lengths (batch,). The rows are right-padded; the cache then
-    forgets the padding slots, so each sequence grows by exactly its own tokens.
+    forgets the padding slots, so each sequence grows by exactly its own tokens. With `keep`
+    ((batch, n) positions within the new tokens) only those hidden states are computed in
+    the last block and returned, (batch, n, d_model); the cache still stores every token.
     """
     device = model_device(model)
     longest = max(len(t) for t in tokens)
@@ -93,7 +96,10 @@ def extend(model: nn.Module, cache: KVCache, tokens: list[list[int]]) -> tuple[T
                        device=device)
     grown = (cache.lengths + lengths).tolist()
     lm = cast(TransformerLM, model)  # what it must be to have hidden_states and lm_head
-    hidden = lm.hidden_states(ids, kv_cache=cache)  # (batch, longest, d_model)
+    if keep is None:  # (duck-typed stand-ins of a TransformerLM need not know `keep`)
+        hidden = lm.hidden_states(ids, kv_cache=cache)  # (batch, longest, d_model)
+    else:
+        hidden = lm.hidden_states(ids, kv_cache=cache, keep=keep)  # (batch, n, d_model)
     cache.truncate(grown)
     return hidden, lengths
 

@@ -13,7 +13,9 @@ import torch
 from lmforge.eval.batching import (
     FORWARD_COST,
     TokenWindow,
+    chunk_rows,
     common_prefix,
+    length_passes,
     plan_chunk,
     score_windows,
     shared_prefix_cache,
@@ -198,3 +200,61 @@ def test_random_windows_with_nested_shared_prefixes_equal_direct_forwards(model)
         got = score_windows(model, windows, batch_size=batch_size)
         for s, (lp, greedy) in zip(got, want, strict=True):
             assert s.logprob == pytest.approx(lp, abs=1e-5) and s.is_greedy == greedy
+
+
+def partitions(items: list[int]):
+    """Every set partition of `items` (brute force for small lists)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1:]]
+
+
+@pytest.mark.parametrize("lengths", [[100, 3, 98, 2], [5, 4, 3], [40, 1, 1, 39, 80, 2], [7]])
+def test_length_passes_are_the_cheapest_partition(lengths):
+    passes, cost = length_passes(lengths)
+    assert sorted(r for p in passes for r in p) == list(range(len(lengths)))
+    assert cost == sum(len(p) * max(lengths[r] for r in p) + FORWARD_COST for p in passes)
+    best = min(sum(len(p) * max(lengths[r] for r in p) + FORWARD_COST for p in part)
+               for part in partitions(list(range(len(lengths)))))
+    assert cost == best
+
+
+def test_chunks_end_where_the_shared_prefix_ends():
+    a = [(1,) * 50 + (2, i) for i in range(5)]
+    b = [(1,) * 3 + (3,) * 50 + (i,) for i in range(4)]
+    rows = sorted(a + b)  # a's rows, then b's
+    assert chunk_rows(rows, 32) == [(range(0, 5), 51), (range(5, 9), 53)]
+    assert [(len(c), s) for c, s in chunk_rows(rows, 3)] == [(3, 51), (2, 51), (3, 53), (1, 53)]
+    unrelated = sorted(tuple(range(i, i + 8)) for i in range(10))
+    assert chunk_rows(unrelated, 4) == [(range(0, 4), 0), (range(4, 8), 0), (range(8, 10), 0)]
+    mixed = sorted(unrelated[:3] + a)  # the run gets its chunks, loose rows around it theirs
+    assert [(len(c), s) for c, s in chunk_rows(mixed, 4)] == [(1, 0), (4, 51), (1, 51), (2, 0)]
+
+
+def test_one_prefix_is_read_in_place_not_copied_per_row(tok, model, monkeypatch):
+    """MMLU's anatomy: subjects' few-shot prompts, one-token choices. Every chunk continues one
+    prefix, read by prefix attention: `KVCache.take` (a copy per row) never runs, a prefix
+    spanning several chunks is computed once, and the scores equal each request alone."""
+    reqs = [r for r in few_shot_requests() if len(r[1]) == 2]  # " A" .. " D"
+    direct = [direct_score(model, *encode_pair(tok, c, d)) for c, d in reqs]
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("a shared prefix was copied")
+
+    monkeypatch.setattr(KVCache, "take", no_copies)
+    counter = TokenCounter(model, monkeypatch)
+    got = loglikelihood(model, tok, reqs, batch_size=2)  # 5 questions a subject: 3 chunks each
+    for r, (lp, greedy) in zip(got, direct, strict=True):
+        assert r.logprob == pytest.approx(lp, abs=1e-5) and r.is_greedy == greedy
+    spread = counter.tokens
+    counter.tokens = 0
+    loglikelihood(model, tok, reqs, batch_size=64)  # each subject in one chunk
+    prompts = sorted({tuple(encode_pair(tok, c, d)[0]) for c, d in reqs})
+    prefix = common_prefix(prompts[0], prompts[4])  # the first subject's shared prompt
+    assert prefix > 30
+    assert spread < counter.tokens + prefix  # recomputing a prefix per chunk would cost more

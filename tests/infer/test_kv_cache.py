@@ -176,3 +176,31 @@ def test_equal_lengths_need_no_mask_and_ragged_ones_get_one():
     keys, _, mask = cache.update(0, k[:, :, :1] - 1, k[:, :, :1])
     assert keys[:, 0, :, 0].tolist() == [[0.0, -1.0, 100.0, 0.0], [4.0, 6.0, 104.0, 3.0]]
     assert mask[:, 0, 0].tolist() == [[True, True, False, False], [True, True, True, True]]
+
+
+@pytest.mark.parametrize("switches", [{}, {"attention": "sdpa"}, {"num_kv_heads": 2}])
+def test_rows_continuing_a_shared_prefix_equal_full_forwards(switches):
+    """SharedPrefixKVCache: the prefix held once (batch 1), each row's own tokens after it
+    (ragged, right-padded by `extend`) give the hidden states of each whole sequence alone."""
+    from lmforge.infer.kv_cache import SharedPrefixKVCache
+    from lmforge.infer.loop import extend
+    from lmforge.model import ModelConfig, TransformerLM
+
+    torch.manual_seed(0)
+    m = TransformerLM.from_config(ModelConfig(vocab_size=50, context_length=64, d_model=32,
+                                              num_layers=2, num_heads=4, **switches)).eval()
+    prefix = torch.randint(0, 50, (10,)).tolist()
+    own = [torch.randint(0, 50, (n,)).tolist() for n in (3, 7, 1)]
+    with torch.no_grad():
+        held = KVCache.for_model(m, 1, 10)
+        extend(m, held, [prefix])
+        cache = SharedPrefixKVCache(held, 3, 30)
+        hidden, _ = extend(m, cache, own)
+        assert cache.lengths.tolist() == [13, 17, 11] and cache.longest == 17
+        for row, tokens in enumerate(own):
+            whole = m.hidden_states(torch.tensor([prefix + tokens]))[0, len(prefix):]
+            torch.testing.assert_close(hidden[row, : len(tokens)], whole, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="shared prefix"):
+        cache.truncate([9, 13, 11])
+    with pytest.raises(ValueError, match="one filled sequence"):
+        SharedPrefixKVCache(held, 2, 10)  # no room after the prefix
