@@ -1,210 +1,241 @@
-"""Encoding throughput with GPT-2's vocabulary: lmforge vs tiktoken vs HuggingFace tokenizers.
+"""Encoding throughput with GPT-2's vocabulary: lmforge vs fastokens, tiktoken and tokie, cold.
 
-Claim (issue 2): ``Tokenizer.encode_file`` reaches >= 1.0x tiktoken's best mode on the same cores.
-Throughput = UTF-8 bytes of input / wall seconds. Every mode's ids are asserted identical to
-tiktoken's (documents are separated by ``<|endoftext|>``: the batch APIs get the documents, ours
-gets the whole text and emits the special id between them).
+Claim (issue 17): on the same cores, ``Tokenizer.encode_file`` (whole file -> ``.npy``) is
+>= 1.5x ``fastokens`` with all threads and >= 1.2x with one, and ``Tokenizer.encode_batch``
+(documents in memory -> lists of ids) is >= 1.5x ``fastokens``' ``encode_batch``.
 
-    python benchmarks/bpe_encode.py --corpus ../bench/big_40m.txt --workers 2
+Every measurement is a fresh process (``--child``), so no cache is warm: it loads the tokenizer
+(untimed), then times
+- ``file->array``: read the corpus file, encode it, write a ``.npy`` of the ids (documents joined
+  by the ``<|endoftext|>`` id): what ``encode_file`` does in one call;
+- ``encode``: only the in-memory call on the list of documents (for ``encode_file``: the call).
+Throughput = UTF-8 bytes of the corpus / seconds; each row is the best of ``--repeat`` runs,
+interleaved across engines. Every engine's ids are compared with tiktoken's; ``tokie`` is
+known to differ from GPT-2 on some text: its mismatches are reported, and it is left out of
+the ratios. Threads: ``--workers`` (and 1 for the per-core rows); Rust engines get
+``RAYON_NUM_THREADS``.
 
-Needs ``../shared`` (GPT-2 files in fixtures/cs336-a1, tiktoken's cache in tiktoken-cache).
+    python benchmarks/bpe_encode.py --corpus /tmp/slice40.txt --workers 2 --repeat 3
+
+Needs ``../shared`` (GPT-2 files in fixtures/cs336-a1, tiktoken's cache in tiktoken-cache) and
+the ``bench`` extra (``pip install -e .[bench]``: fastokens, tokie); a missing engine is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import itertools
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lmforge.bench.harness import machine_description
-
 REPO = Path(__file__).resolve().parents[1]
 EOT = "<|endoftext|>"
+EOT_ID = 50256
+ENGINES = ("lmforge encode_file", "lmforge encode_batch", "fastokens encode_batch_flat",
+           "tiktoken encode_ordinary_batch", "tokie encode_batch")
+REFERENCE = "tiktoken encode_ordinary_batch"
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--corpus", type=Path, required=True, help="UTF-8 text, <|endoftext|>-separated")
-    p.add_argument("--workers", type=int, default=2, help="threads/processes for parallel modes")
-    p.add_argument("--mb", type=float, default=None, help="use only the first MB megabytes")
-    p.add_argument("--repeat", type=int, default=3, help="runs per mode; the best is reported")
+    p.add_argument("--workers", type=int, default=2, help="threads for the parallel rows")
+    p.add_argument("--repeat", type=int, default=3, help="cold runs per row; the best is reported")
+    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset")
+    p.add_argument("--no-single", action="store_true", help="skip the 1-thread rows")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="../shared")
-    p.add_argument(
-        "--large",
-        action="store_true",
-        help="only encode_file vs tiktoken's batch mode, checked batch by batch: for corpora\n"
-        "too large to hold every mode's ids in memory (e.g. the 412 MB big_en.txt)",
-    )
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--hf-json", type=Path, help=argparse.SUPPRESS)
     return p.parse_args()
 
 
-def load_text(path: Path, mb: float | None) -> str:
-    """The corpus (or its first ``mb`` MiB, cut after the last complete document)."""
-    with open(path, "rb") as f:
-        data = f.read(int(mb * 2**20) if mb else -1)
-    if mb:
-        cut = data.rfind(EOT.encode())
-        data = data[: cut + len(EOT)] if cut > 0 else data
-    return data.decode("utf-8", errors="ignore")
+# ------------------------------------------------------------------ one cold run (child process)
+
+def gpt2_hf_json(shared: Path, path: Path) -> None:
+    """GPT-2 as a HuggingFace tokenizer.json in its standard form (ByteLevel pre-tokenizer with
+    GPT-2's regex), written from the same files lmforge reads."""
+    from lmforge.tokenizer import Tokenizer, export_hf_tokenizer_json
+
+    fx = shared / "fixtures" / "cs336-a1"
+    tok = Tokenizer.from_files(fx / "gpt2_vocab.json", fx / "gpt2_merges.txt", [EOT])
+    export_hf_tokenizer_json(tok, path)
+    spec = json.loads(path.read_text())
+    spec["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False,
+                             "trim_offsets": True, "use_regex": True}
+    path.write_text(json.dumps(spec))
 
 
-def best_of(repeat: int, make, check) -> float:
-    """Best wall seconds of ``repeat`` runs of ``make()()`` (setup in ``make`` is not timed);
-    ``check`` asserts the first run's result."""
-    best = float("inf")
-    for r in range(repeat):
-        fn = make()
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-        if r == 0:
-            check(out)
-        del out
-    return best
+def save_joined(out: Path, doc_ids) -> None:
+    """``out`` = the ids of each document, the EOT id between two documents (uint16 .npy)."""
+    parts = []
+    for i, ids in enumerate(doc_ids):
+        if i:
+            parts.append(np.array([EOT_ID], np.uint16))
+        parts.append(np.asarray(ids, np.uint16))
+    np.save(out, np.concatenate(parts) if parts else np.zeros(0, np.uint16))
 
 
-def flat(lists) -> np.ndarray:
-    return np.fromiter(itertools.chain.from_iterable(lists), dtype=np.uint32)
+def run_child(args: argparse.Namespace) -> None:
+    """Load the engine (untimed), then time reading + encoding + writing; print JSON seconds."""
+    t_proc = time.perf_counter()
+    engine, T, corpus, out = args.child, args.threads, str(args.corpus), args.out
+    fx = args.shared / "fixtures" / "cs336-a1"
+    encode_s = None
+    if engine.startswith("lmforge"):
+        from lmforge.tokenizer import Tokenizer
+
+        tok = Tokenizer.from_files(fx / "gpt2_vocab.json", fx / "gpt2_merges.txt", [EOT])
+        assert tok.has_native_encoder, "benchmark the C encoder: build it (pip install -e .)"
+        if engine == "lmforge encode_file":
+            t0 = time.perf_counter()
+            tok.encode_file(corpus, out, T, progress=False)
+            file_s = encode_s = time.perf_counter() - t0
+            print(json.dumps({"file_s": file_s, "encode_s": encode_s,
+                              "process_s": time.perf_counter() - t_proc}))
+            return
+
+        def encode(docs):
+            return tok.encode_batch(docs, num_threads=T, special="plain")
+    elif engine.startswith("fastokens"):
+        import fastokens
+
+        ft = fastokens.Tokenizer.from_file(str(args.hf_json))
+
+        def encode(docs):
+            ids, offsets = ft.encode_batch_flat(docs)
+            ids, offsets = np.frombuffer(ids, np.uint32), np.frombuffer(offsets, np.uint64)
+            return [ids[a:b] for a, b in itertools.pairwise(offsets)]
+    elif engine.startswith("tokie"):
+        import tokie
+
+        tk = tokie.Tokenizer.from_json(str(args.hf_json))
+
+        def encode(docs):
+            return [e.ids for e in tk.encode_batch(docs, add_special_tokens=False)]
+    else:
+        import tiktoken
+
+        tik = tiktoken.get_encoding("gpt2")
+
+        def encode(docs):
+            return tik.encode_ordinary_batch(docs, num_threads=T)
+    t0 = time.perf_counter()
+    with open(corpus, encoding="utf-8") as f:
+        docs = f.read().split(EOT)
+    t1 = time.perf_counter()
+    doc_ids = encode(docs)
+    encode_s = time.perf_counter() - t1
+    save_joined(out, doc_ids)
+    file_s = time.perf_counter() - t0
+    print(json.dumps({"file_s": file_s, "encode_s": encode_s,
+                      "process_s": time.perf_counter() - t_proc}))
 
 
-def with_separators(doc_ids: list[list[int]], eot: int) -> np.ndarray:
-    """Ids of ``EOT.join(docs)``: each document's ids followed by the EOT id (except the last)."""
-    parts = [x for ids in doc_ids[:-1] for x in (ids, [eot])] + [doc_ids[-1]]
-    return flat(parts)
+# ---------------------------------------------------------------- the comparison (parent)
 
+def cold_run(args, engine: str, threads: int, out: Path, hf_json: Path) -> dict | None:
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads),
+               TIKTOKEN_CACHE_DIR=str(args.shared / "tiktoken-cache"))
+    cmd = [sys.executable, __file__, "--child", engine, "--threads", str(threads),
+           "--corpus", str(args.corpus), "--out", str(out), "--shared", str(args.shared),
+           "--hf-json", str(hf_json)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode:
+        if "ModuleNotFoundError" in r.stderr:
+            return None  # engine not installed (pip install -e .[bench])
+        raise RuntimeError(f"{engine} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def mismatches(path: Path, ref: Path) -> str:
+    """'' if the two id arrays are equal, else a description of how they differ."""
+    a, b = np.load(path, mmap_mode="r"), np.load(ref, mmap_mode="r")
+    if len(a) != len(b):
+        return f"{len(a):,} ids vs {len(b):,}"
+    step, bad = 1 << 24, 0
+    for i in range(0, len(a), step):
+        bad += int(np.count_nonzero(a[i:i + step] != b[i:i + step]))
+    return f"{bad:,} of {len(a):,} ids differ" if bad else ""
 
 
 def main() -> None:
     args = parse_args()
-    W = args.workers
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(args.shared / "tiktoken-cache")
-    os.environ["RAYON_NUM_THREADS"] = str(W)
-    import tiktoken
-    import tokenizers
+    if args.child:
+        return run_child(args)
+    from lmforge.bench.harness import machine_description
 
-    from lmforge.tokenizer.bpe import Tokenizer
-    from lmforge.tokenizer.formats import read_gpt2_vocab_merges
-
-    fx = args.shared / "fixtures" / "cs336-a1"
-    vocab, merges = read_gpt2_vocab_merges(fx / "gpt2_vocab.json", fx / "gpt2_merges.txt", [EOT])
-    tik = tiktoken.get_encoding("gpt2")
-    hf = tokenizers.ByteLevelBPETokenizer(
-        str(fx / "gpt2_vocab.json"), str(fx / "gpt2_merges.txt"), add_prefix_space=False
-    )
-    text = load_text(args.corpus, args.mb)
-    docs = text.split(EOT)
-    nbytes = len(text.encode("utf-8"))
-    eot = tik.eot_token
-    print(f"corpus {args.corpus} ({nbytes / 1e6:.1f} MB, {len(docs)} documents), workers {W}")
-    has_c = Tokenizer(vocab, merges, [EOT]).has_native_encoder
-    print(f"C encoder: {'yes' if has_c else 'NO (Python reference)'}; best of {args.repeat} runs")
-
-    if args.large:
-        return main_large(args, tik, fresh_tokenizer(vocab, merges), docs, nbytes)
-    expected = with_separators(tik.encode_ordinary_batch(docs, num_threads=W), eot)
-
-    def same(ids, what: str) -> None:
-        assert np.array_equal(np.asarray(ids, dtype=np.uint32), expected), f"{what} ids differ"
-
-    def fresh() -> Tokenizer:
-        return fresh_tokenizer(vocab, merges)
-
-    R = args.repeat
-    results: dict[str, float] = {}
-    results[f"tiktoken encode_ordinary_batch ({W} threads)"] = best_of(
-        R,
-        lambda: lambda: tik.encode_ordinary_batch(docs, num_threads=W),
-        lambda out: same(with_separators(out, eot), "tiktoken batch"),
-    )
-    results["tiktoken encode_ordinary (1 thread)"] = best_of(
-        R,
-        lambda: lambda: [tik.encode_ordinary(d) for d in docs],
-        lambda out: same(with_separators(out, eot), "tiktoken single"),
-    )
+    engines = [e for e in args.engines.split(",") if e]
+    if REFERENCE not in engines:
+        engines.append(REFERENCE)
+    threads = [args.workers] + ([] if args.no_single or args.workers == 1 else [1])
+    nbytes = args.corpus.stat().st_size
+    best: dict[tuple[str, int], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "corpus.txt", Path(tmp) / "ids.npy"
-        src.write_text(text, encoding="utf-8")
-        results[f"lmforge encode_file ({W} workers)"] = best_of(
-            R,
-            lambda: functools.partial(fresh().encode_file, src, out, W, progress=False),
-            lambda res: same(np.load(out), "encode_file"),
-        )
-    results["lmforge encode (1 thread, in memory)"] = best_of(
-        R, lambda: functools.partial(fresh().encode, text), lambda ids: same(ids, "encode")
-    )
-    results[f"HF tokenizers encode_batch ({W} threads)"] = best_of(
-        R,
-        lambda: lambda: hf.encode_batch(docs),
-        lambda enc: same(with_separators([e.ids for e in enc], eot), "HF encode_batch"),
-    )
-    report(results, nbytes, len(expected), args)
+        hf_json = Path(tmp) / "gpt2-tokenizer.json"
+        gpt2_hf_json(args.shared, hf_json)
+        outs = {}
+        for _ in range(args.repeat):
+            for T in threads:
+                for e in engines:
+                    if (e, T) in best and best[(e, T)].get("missing"):
+                        continue
+                    out = Path(tmp) / f"{e.split()[0]}-{T}.npy"
+                    res = cold_run(args, e, T, out, hf_json)
+                    if res is None:
+                        best[(e, T)] = {"missing": True}
+                        continue
+                    outs[(e, T)] = out
+                    old = best.get((e, T), {})
+                    best[(e, T)] = {k: min(v, old.get(k, v)) for k, v in res.items()}
+        ref = outs[(REFERENCE, args.workers)]
+        diffs = {k: mismatches(p, ref) for k, p in outs.items()}
+    report(args, best, diffs, nbytes, threads, machine_description())
 
 
-def fresh_tokenizer(vocab, merges):
-    """A GPT-2 Tokenizer with its C encoder built (untimed) but cold caches, like a new run."""
-    from lmforge.tokenizer.bpe import Tokenizer
+def report(args, best: dict, diffs: dict, nbytes: int, threads: list[int], desc: str) -> None:
+    mb = nbytes / 1e6
+    print(f"corpus {args.corpus} ({mb:.1f} MB); best of {args.repeat} cold runs; {desc}\n")
+    print(f"{'engine':<32} {'thr':>3} {'file->array MB/s':>17} {'encode MB/s':>12} "
+          f"{'process s':>10}  ids")
+    for (e, T), r in best.items():
+        if r.get("missing"):
+            print(f"{e:<32} {T:>3} {'not installed (pip install -e .[bench])':>42}")
+            continue
+        d = diffs.get((e, T), "")
+        print(f"{e:<32} {T:>3} {mb / r['file_s']:17.1f} {mb / r['encode_s']:12.1f} "
+              f"{r['process_s']:10.2f}  {'identical' if not d else 'DIFFER: ' + d}")
+    print()
 
-    tok = Tokenizer(vocab, merges, [EOT])
-    assert tok.has_native_encoder is not None  # builds the C encoder (untimed)
-    return tok
+    def rate(e, T, key):
+        r = best.get((e, T))
+        ok = r and not r.get("missing") and not diffs.get((e, T))
+        return mb / r[key] if ok else None
 
-
-def main_large(args, tik, tok, docs: list[str], nbytes: int) -> None:
-    """encode_file on the corpus file vs tiktoken encode_ordinary_batch over batches of 2,000
-    documents (only the encode calls timed), each batch's ids compared with the .npy slice."""
-    W, eot = args.workers, tik.eot_token
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "ids.npy"
-        t0 = time.perf_counter()
-        fresh = tok.encode_file(args.corpus, out, W, progress=False)
-        ours = time.perf_counter() - t0
-        ids, pos, tik_s = np.load(out, mmap_mode="r"), 0, 0.0
-        for i in range(0, len(docs), 2000):
-            batch = docs[i : i + 2000]
-            t0 = time.perf_counter()
-            enc = tik.encode_ordinary_batch(batch, num_threads=W)
-            tik_s += time.perf_counter() - t0
-            want = with_separators(enc + ([[]] if i + 2000 < len(docs) else []), eot)
-            assert np.array_equal(ids[pos : pos + len(want)], want), f"ids differ in batch {i}"
-            pos += len(want)
-        assert pos == fresh.num_tokens == len(ids)
-    results = {
-        f"tiktoken encode_ordinary_batch ({W} threads)": tik_s,
-        f"lmforge encode_file ({W} workers)": ours,
-    }
-    report(results, nbytes, pos, args)
-
-
-def report(results: dict[str, float], nbytes: int, ntokens: int, args) -> None:
-    mbs = {k: nbytes / 1e6 / s for k, s in results.items()}
-    print(f"\nall ids identical to tiktoken ({ntokens:,} tokens)\n")
-    print(f"{'mode':<45} {'seconds':>8} {'MB/s':>8}")
-    for k, s in results.items():
-        print(f"{k:<45} {s:8.2f} {mbs[k]:8.1f}")
-    ours = next(v for k, v in mbs.items() if "encode_file" in k)
-    best_key = max((k for k in mbs if k.startswith("tiktoken")), key=mbs.get)
-    ratio = ours / mbs[best_key]
-    print(f"\nratio encode_file / tiktoken best ({best_key}): {ratio:.2f}x")
-    desc = machine_description()
-    print(f"machine: {desc}\n")
-    cmd = f"python benchmarks/bpe_encode.py --corpus {args.corpus} --workers {args.workers}"
-    cmd += f" --mb {args.mb}" if args.mb else ""
-    cmd += " --large" if args.large else f" --repeat {args.repeat}"
-    print(
-        "| date | benchmark | corpus | ours MB/s | tiktoken best MB/s | ratio | machine | command |"
-    )
-    print(
-        f"| {datetime.date.today()} | bpe_encode (encode_file, {args.workers} workers) "
-        f"| {args.corpus.name}, {nbytes / 1e6:.1f} MB | {ours:.1f} | {mbs[best_key]:.1f} "
-        f"| {ratio:.2f} | {desc} | `{cmd}` |"
-    )
+    rows = [("encode_file vs fastokens, file->array", "lmforge encode_file", "file_s"),
+            ("encode_batch vs fastokens, in memory", "lmforge encode_batch", "encode_s")]
+    for label, ours, key in rows:
+        for T in threads:
+            a, b = rate(ours, T, key), rate("fastokens encode_batch_flat", T, key)
+            if a and b:
+                print(f"{label} ({T} thread{'s' * (T > 1)}): {a / b:.2f}x")
+    if len(threads) == 2:
+        for ours, key in (("lmforge encode_file", "file_s"), ("lmforge encode_batch", "encode_s")):
+            a, b = rate(ours, threads[0], key), rate(ours, 1, key)
+            if a and b:
+                print(f"{ours}: {threads[0]} threads / 1 thread = {a / b:.2f}x")
+    cmd = (f"python benchmarks/bpe_encode.py --corpus {args.corpus} --workers {args.workers} "
+           f"--repeat {args.repeat}")
+    print(f"\n{datetime.date.today()} `{cmd}`")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-/* _bpe_train.c -- the byte-level BPE merge loop in C (module lmforge.tokenizer._bpe_train).
+/* _bpe_train.c -- the byte-level BPE trainer in C (module lmforge.tokenizer._bpe_train).
  *
- * Input: the pre-token table (distinct pre-tokens as UTF-8 bytes with their counts) and the
- * initial vocabulary; output: the merges, as (left id, right id) pairs in creation order. The
- * readable Python reference lives in lmforge/tokenizer/train.py; tests prove both agree.
+ * Two entry points, one merge loop (bpe_trainer.h):
+ * - train_merges: input the pre-token table (distinct pre-tokens as UTF-8 bytes with their
+ *   counts) and the initial vocabulary; output the merges, as (left id, right id) pairs in
+ *   creation order. The readable Python reference is lmforge/tokenizer/train.py; tests prove
+ *   both agree.
+ * - train_files: counts the pre-tokens of files itself, in threads without the GIL
+ *   (bpe_count.h), and hands the table straight to the merge loop: no Python dict in between.
  *
  * Key idea (Sennrich et al., 2016; the incremental form HuggingFace tokenizers also uses):
  * never recount. Each distinct pair (a, b) keeps its weighted count and the list of words that
@@ -32,338 +36,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    int32_t a, b;      /* token ids */
-    int64_t count;     /* sum over words of count[w] * occurrences */
-    int32_t *words;    /* words that contain (or once contained) the pair; no duplicates */
-    int32_t nwords, cap;
-} Pair;
-
-typedef struct { int64_t count; int32_t pair; } Entry;   /* heap entry, count may be stale */
-typedef struct { uint32_t tag; int32_t pair; } Slot;     /* hash slot, pair == -1 when empty */
-
-typedef struct {
-    int32_t *toks;     /* all words' token ids, word w at toks[start[w] .. start[w] + len[w]) */
-    int64_t *start, *wcount;
-    int32_t *len;
-    uint8_t *tbuf;     /* token bytes: token t is tbuf[toff[t] .. toff[t] + tlen[t]) */
-    int64_t *toff, tbuf_len, tbuf_cap, tok_cap;
-    int32_t *tlen, ntok;
-    Pair *pairs;
-    int32_t npairs, pairs_cap;
-    Slot *slots;       /* open addressing, linear probing, power-of-two size */
-    uint64_t mask;
-    Entry *heap;
-    int64_t nheap, heap_cap;
-    int32_t *fresh;    /* pairs created since the last flush_fresh */
-    int32_t nfresh, fresh_cap;
-} Trainer;
-
-static void trainer_free(Trainer *T)
-{
-    for (int32_t i = 0; i < T->npairs; i++)
-        free(T->pairs[i].words);
-    free(T->toks); free(T->start); free(T->wcount); free(T->len);
-    free(T->tbuf); free(T->toff); free(T->tlen);
-    free(T->pairs); free(T->slots); free(T->heap); free(T->fresh);
-}
-
-/* Grow *buf (elements of size `size`) to hold at least `need`; 0 on success, -1 + MemoryError. */
-static int grow(void **buf, int64_t *cap, int64_t need, size_t size)
-{
-    if (need <= *cap)
-        return 0;
-    int64_t c = *cap ? *cap : 2;
-    while (c < need)
-        c *= 2;
-    void *p = realloc(*buf, (size_t)c * size);
-    if (!p) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    *buf = p;
-    *cap = c;
-    return 0;
-}
-
-static int grow32(void **buf, int32_t *cap, int64_t need, size_t size)
-{
-    int64_t c = *cap;
-    if (need > INT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "BPE trainer: more than 2^31 pairs or entries");
-        return -1;
-    }
-    int r = grow(buf, &c, need, size);
-    *cap = (int32_t)c;
-    return r;
-}
-
-/* ---- token bytes and the tie-break order ---- */
-
-/* memcmp on the common prefix, then the shorter is smaller (Python's bytes order). */
-static int cmp_tokens(const Trainer *T, int32_t x, int32_t y)
-{
-    if (x == y)
-        return 0;
-    int32_t lx = T->tlen[x], ly = T->tlen[y];
-    int c = memcmp(T->tbuf + T->toff[x], T->tbuf + T->toff[y], (size_t)(lx < ly ? lx : ly));
-    return c ? c : (lx > ly) - (lx < ly);
-}
-
-/* Does heap entry e rank above f? Greater count, then greater bytes(a), bytes(b); if even the
- * bytes are equal (two tokens can share bytes, e.g. "aaa" as (aa, a) and (a, aa)), the smaller
- * ids (a, b), as in train.py's heap of (-count, bytes, (a, b)). */
-static int ranks_above(const Trainer *T, Entry e, Entry f)
-{
-    if (e.count != f.count)
-        return e.count > f.count;
-    const Pair *p = &T->pairs[e.pair], *q = &T->pairs[f.pair];
-    int c = cmp_tokens(T, p->a, q->a);
-    if (!c)
-        c = cmp_tokens(T, p->b, q->b);
-    if (!c)
-        c = p->a != q->a ? (p->a < q->a ? 1 : -1) : (p->b < q->b) - (p->b > q->b);
-    return c > 0;
-}
-
-/* Room for one more token id and `n` more bytes. */
-static int reserve_token(Trainer *T, int64_t n)
-{
-    int64_t cap = T->tok_cap;
-    if (T->ntok == INT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "BPE trainer: more than 2^31 - 1 tokens");
-        return -1;
-    }
-    if (grow((void **)&T->toff, &cap, T->ntok + 1, sizeof(int64_t)) < 0 ||
-        grow((void **)&T->tlen, &T->tok_cap, T->ntok + 1, sizeof(int32_t)) < 0)
-        return -1;
-    return grow((void **)&T->tbuf, &T->tbuf_cap, T->tbuf_len + n + 1, 1);
-}
-
-static int add_token(Trainer *T, const uint8_t *bytes, int32_t n)
-{
-    if (reserve_token(T, n) < 0)
-        return -1;
-    memcpy(T->tbuf + T->tbuf_len, bytes, (size_t)n);
-    T->toff[T->ntok] = T->tbuf_len;
-    T->tlen[T->ntok++] = n;
-    T->tbuf_len += n;
-    return 0;
-}
-
-/* New token = bytes(a) + bytes(b); its id is the next one (ntok). */
-static int add_merged_token(Trainer *T, int32_t a, int32_t b)
-{
-    int32_t la = T->tlen[a], lb = T->tlen[b];
-    if (reserve_token(T, (int64_t)la + lb) < 0)
-        return -1;
-    uint8_t *dst = T->tbuf + T->tbuf_len;   /* tbuf may have moved: copy after growing */
-    memcpy(dst, T->tbuf + T->toff[a], (size_t)la);
-    memcpy(dst + la, T->tbuf + T->toff[b], (size_t)lb);
-    T->toff[T->ntok] = T->tbuf_len;
-    T->tlen[T->ntok++] = la + lb;
-    T->tbuf_len += la + lb;
-    return 0;
-}
-
-/* ---- the max-heap of pairs ---- */
-
-static void sift_up(Trainer *T, int64_t i)
-{
-    Entry e = T->heap[i];
-    while (i > 0 && ranks_above(T, e, T->heap[(i - 1) / 2])) {
-        T->heap[i] = T->heap[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    T->heap[i] = e;
-}
-
-static void sift_down(Trainer *T, int64_t i)
-{
-    Entry e = T->heap[i];
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= T->nheap)
-            break;
-        if (c + 1 < T->nheap && ranks_above(T, T->heap[c + 1], T->heap[c]))
-            c++;
-        if (!ranks_above(T, T->heap[c], e))
-            break;
-        T->heap[i] = T->heap[c];
-        i = c;
-    }
-    T->heap[i] = e;
-}
-
-static int heap_push(Trainer *T, int32_t pair)
-{
-    if (grow((void **)&T->heap, &T->heap_cap, T->nheap + 1, sizeof(Entry)) < 0)
-        return -1;
-    T->heap[T->nheap] = (Entry){T->pairs[pair].count, pair};
-    sift_up(T, T->nheap++);
-    return 0;
-}
-
-/* Index of the best pair with a positive count, or -1 when none is left. */
-static int32_t pop_best(Trainer *T)
-{
-    while (T->nheap > 0) {
-        Entry e = T->heap[0];
-        T->heap[0] = T->heap[--T->nheap];
-        if (T->nheap > 0)
-            sift_down(T, 0);
-        int64_t now = T->pairs[e.pair].count;
-        if (now == e.count)
-            return e.pair;
-        if (now > 0) {   /* stale: the count fell since the push (it never rises) */
-            T->heap[T->nheap] = (Entry){now, e.pair};
-            sift_up(T, T->nheap++);
-        }
-    }
-    return -1;
-}
-
-/* ---- the pair table ---- */
-
-/* Fibonacci hashing of the pair; the low bits pick the slot, the high 32 are the slot's tag. */
-static inline uint64_t pair_hash(int32_t a, int32_t b)
-{
-    uint64_t h = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) * 0x9E3779B97F4A7C15ull;
-    return h ^ (h >> 29);
-}
-
-static void slot_put(Trainer *T, uint64_t h, int32_t pair)
-{
-    uint64_t s = h & T->mask;
-    while (T->slots[s].pair >= 0)
-        s = (s + 1) & T->mask;
-    T->slots[s] = (Slot){(uint32_t)(h >> 32), pair};
-}
-
-static int32_t pair_find(const Trainer *T, int32_t a, int32_t b)
-{
-    uint64_t h = pair_hash(a, b);
-    uint32_t tag = (uint32_t)(h >> 32);
-    for (uint64_t s = h & T->mask;; s = (s + 1) & T->mask) {
-        const Slot *q = &T->slots[s];
-        if (q->pair < 0)
-            return -1;
-        if (q->tag == tag && T->pairs[q->pair].a == a && T->pairs[q->pair].b == b)
-            return q->pair;
-    }
-}
-
-static int resize_slots(Trainer *T, uint64_t n)
-{
-    free(T->slots);
-    T->slots = malloc(n * sizeof(Slot));
-    if (!T->slots) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memset(T->slots, 0xff, n * sizeof(Slot));   /* pair = -1 everywhere */
-    T->mask = n - 1;
-    for (int32_t i = 0; i < T->npairs; i++)
-        slot_put(T, pair_hash(T->pairs[i].a, T->pairs[i].b), i);
-    return 0;
-}
-
-/* Index of pair (a, b), created (count 0, recorded in `fresh`) if absent; -1 on error. */
-static int32_t pair_get(Trainer *T, int32_t a, int32_t b)
-{
-    int32_t i = pair_find(T, a, b);
-    if (i >= 0)
-        return i;
-    if ((uint64_t)T->npairs * 2 >= T->mask && resize_slots(T, 2 * (T->mask + 1)) < 0)
-        return -1;
-    if (grow32((void **)&T->pairs, &T->pairs_cap, T->npairs + 1, sizeof(Pair)) < 0 ||
-        grow32((void **)&T->fresh, &T->fresh_cap, T->nfresh + 1, sizeof(int32_t)) < 0)
-        return -1;
-    i = T->npairs++;
-    T->pairs[i] = (Pair){a, b, 0, NULL, 0, 0};
-    T->fresh[T->nfresh++] = i;
-    slot_put(T, pair_hash(a, b), i);
-    return i;
-}
-
-/* Add `c` to the count of (a, b) and note that word w contains it. */
-static int pair_inc(Trainer *T, int32_t a, int32_t b, int64_t c, int32_t w)
-{
-    int32_t i = pair_get(T, a, b);
-    if (i < 0)
-        return -1;
-    Pair *p = &T->pairs[i];
-    p->count += c;
-    if (p->nwords > 0 && p->words[p->nwords - 1] == w)
-        return 0;
-    if (grow32((void **)&p->words, &p->cap, p->nwords + 1, sizeof(int32_t)) < 0)
-        return -1;
-    p->words[p->nwords++] = w;
-    return 0;
-}
-
-static void pair_dec(Trainer *T, int32_t a, int32_t b, int64_t c)
-{
-    int32_t i = pair_find(T, a, b);
-    if (i >= 0)   /* always true: every pair in a word was counted */
-        T->pairs[i].count -= c;
-}
-
-/* Push every pair created since the last call that has a positive count. */
-static int flush_fresh(Trainer *T)
-{
-    for (int32_t k = 0; k < T->nfresh; k++)
-        if (T->pairs[T->fresh[k]].count > 0 && heap_push(T, T->fresh[k]) < 0)
-            return -1;
-    T->nfresh = 0;
-    return 0;
-}
-
-/* ---- merging ---- */
-
-/* Replace (a, b) by z in word w, left to right, non-overlapping, updating neighbour pairs. */
-static int merge_word(Trainer *T, int32_t w, int32_t a, int32_t b, int32_t z)
-{
-    int32_t *t = T->toks + T->start[w];
-    int32_t n = T->len[w], i = 0, j = 0;
-    int64_t c = T->wcount[w];
-    while (i < n) {
-        if (i + 1 < n && t[i] == a && t[i + 1] == b) {
-            if (j > 0) {   /* x = t[j - 1], possibly a z written by this very scan */
-                pair_dec(T, t[j - 1], a, c);
-                if (pair_inc(T, t[j - 1], z, c, w) < 0)
-                    return -1;
-            }
-            if (i + 2 < n) {
-                pair_dec(T, b, t[i + 2], c);
-                if (pair_inc(T, z, t[i + 2], c, w) < 0)
-                    return -1;
-            }
-            t[j++] = z;
-            i += 2;
-        } else {
-            t[j++] = t[i++];
-        }
-    }
-    T->len[w] = j;
-    return 0;
-}
-
-static int apply_merge(Trainer *T, int32_t p)
-{
-    int32_t a = T->pairs[p].a, b = T->pairs[p].b, z = T->ntok;
-    int32_t *words = T->pairs[p].words, n = T->pairs[p].nwords;
-    if (add_merged_token(T, a, b) < 0)
-        return -1;
-    T->pairs[p].words = NULL;   /* never appended to below: (a, b) does not contain z */
-    T->pairs[p].nwords = T->pairs[p].cap = 0;
-    int r = 0;
-    for (int32_t k = 0; k < n && r == 0; k++)
-        r = merge_word(T, words[k], a, b, z);
-    free(words);
-    T->pairs[p].count = 0;
-    return r < 0 ? -1 : flush_fresh(T);
-}
+#include "bpe_count.h"
+#include "bpe_trainer.h"
 
 /* ---- loading the arguments ---- */
 
@@ -400,11 +74,59 @@ static int load_tokens(Trainer *T, PyObject *seq, int32_t byte_id[256])
     return 0;
 }
 
-static int load_counts(Trainer *T, PyObject *counts)
+/* Room for n words of `total` tokens in the arena; 0, or -1 with an exception. */
+static int alloc_words(Trainer *T, int64_t n, int64_t total)
 {
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(counts);
+    int64_t len = n * W_HEAD + total;
+    if (len > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "BPE trainer: the distinct pre-tokens take more "
+                        "than 2^31 - 1 slots (about 2 G bytes of distinct text)");
+        return -1;
+    }
+    if (!(T->toks = malloc(((size_t)len + 1) * sizeof(int32_t)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    T->toks_len = len;
+    return 0;
+}
+
+/* Append a word (its bytes' ids) to the arena at *pos. */
+static inline void put_word(Trainer *T, int64_t *pos, const uint8_t *s, int32_t len, int64_t c,
+                            const int32_t byte_id[256])
+{
+    int32_t *r = T->toks + *pos;
+    r[0] = len;
+    memcpy(r + 1, &c, 8);
+    for (int32_t i = 0; i < len; i++)
+        r[W_HEAD + i] = byte_id[s[i]];
+    *pos += W_HEAD + len;
+}
+
+/* Words and their counts into the arena; total pair positions in *positions. */
+static int load_words(Trainer *T, PyObject *words, PyObject *counts, const int32_t byte_id[256],
+                      int64_t *positions)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(words);
+    int64_t total = 0, pos = 0;
     for (Py_ssize_t w = 0; w < n; w++) {
-        PyObject *o = PySequence_Fast_GET_ITEM(counts, w);
+        PyObject *o = PySequence_Fast_GET_ITEM(words, w);
+        if (!PyBytes_Check(o)) {
+            PyErr_Format(PyExc_TypeError, "words[%zd] must be bytes, not %.100s", w,
+                         Py_TYPE(o)->tp_name);
+            return -1;
+        }
+        if (PyBytes_GET_SIZE(o) > INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "words[%zd] is longer than 2^31 bytes", w);
+            return -1;
+        }
+        total += PyBytes_GET_SIZE(o);
+        *positions += PyBytes_GET_SIZE(o) > 1 ? PyBytes_GET_SIZE(o) - 1 : 0;
+    }
+    if (alloc_words(T, n, total) < 0)
+        return -1;
+    for (Py_ssize_t w = 0; w < n; w++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(counts, w), *b = PySequence_Fast_GET_ITEM(words, w);
         if (!PyLong_Check(o)) {
             PyErr_Format(PyExc_TypeError, "counts[%zd] must be an int, not %.100s", w,
                          Py_TYPE(o)->tp_name);
@@ -418,99 +140,13 @@ static int load_counts(Trainer *T, PyObject *counts)
                              "and below 2^63", w, o);
             return -1;
         }
-        T->wcount[w] = c;
+        put_word(T, &pos, (const uint8_t *)PyBytes_AS_STRING(b), (int32_t)PyBytes_GET_SIZE(b), c,
+                 byte_id);
     }
     return 0;
-}
-
-/* Words as token-id arrays (their bytes' ids); total pair positions in *positions. */
-static int load_words(Trainer *T, PyObject *words, const int32_t byte_id[256], int64_t *positions)
-{
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(words);
-    int64_t total = 0;
-    T->start = malloc(((size_t)n + 1) * sizeof(int64_t));
-    T->len = malloc(((size_t)n + 1) * sizeof(int32_t));
-    T->wcount = malloc(((size_t)n + 1) * sizeof(int64_t));
-    if (!T->start || !T->len || !T->wcount) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (Py_ssize_t w = 0; w < n; w++) {
-        PyObject *o = PySequence_Fast_GET_ITEM(words, w);
-        if (!PyBytes_Check(o)) {
-            PyErr_Format(PyExc_TypeError, "words[%zd] must be bytes, not %.100s", w,
-                         Py_TYPE(o)->tp_name);
-            return -1;
-        }
-        if (PyBytes_GET_SIZE(o) > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "words[%zd] is longer than 2^31 bytes", w);
-            return -1;
-        }
-        T->start[w] = total;
-        T->len[w] = (int32_t)PyBytes_GET_SIZE(o);
-        total += T->len[w];
-        *positions += T->len[w] > 1 ? T->len[w] - 1 : 0;
-    }
-    T->toks = malloc(((size_t)total + 1) * sizeof(int32_t));
-    if (!T->toks) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (Py_ssize_t w = 0; w < n; w++) {
-        const uint8_t *s = (const uint8_t *)PyBytes_AS_STRING(PySequence_Fast_GET_ITEM(words, w));
-        int32_t *t = T->toks + T->start[w];
-        for (int32_t i = 0; i < T->len[w]; i++)
-            t[i] = byte_id[s[i]];
-    }
-    return 0;
-}
-
-/* Count every adjacent pair of every word once, then heap all of them. */
-static int count_pairs(Trainer *T, Py_ssize_t nwords)
-{
-    if (resize_slots(T, 1024) < 0)   /* grows as pairs appear; text has few distinct ones */
-        return -1;
-    for (Py_ssize_t w = 0; w < nwords; w++) {
-        const int32_t *t = T->toks + T->start[w];
-        for (int32_t i = 0; i + 1 < T->len[w]; i++)
-            if (pair_inc(T, t[i], t[i + 1], T->wcount[w], (int32_t)w) < 0)
-                return -1;
-        if ((w & 0xffff) == 0 && PyErr_CheckSignals() < 0)
-            return -1;
-    }
-    return flush_fresh(T);
 }
 
 /* ---- the Python entry point ---- */
-
-static int report(PyObject *progress, int64_t done)
-{
-    PyObject *r = PyObject_CallFunction(progress, "L", (long long)done);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
-}
-
-/* The merge loop proper; merged (a, b) ids go to out[0..2n), returns n or -1. */
-static int64_t run_merges(Trainer *T, int64_t num_merges, int32_t *out, PyObject *progress,
-                          int64_t every)
-{
-    int64_t done = 0;
-    while (done < num_merges) {
-        int32_t p = pop_best(T);
-        if (p < 0)
-            break;
-        out[2 * done] = T->pairs[p].a;
-        out[2 * done + 1] = T->pairs[p].b;
-        if (apply_merge(T, p) < 0 || PyErr_CheckSignals() < 0)
-            return -1;
-        done++;
-        if (progress != Py_None && done % every == 0 && report(progress, done) < 0)
-            return -1;
-    }
-    if (progress != Py_None && (done == 0 || done % every != 0) && report(progress, done) < 0)
-        return -1;
-    return done;
-}
 
 static PyObject *merges_to_list(const int32_t *out, int64_t n)
 {
@@ -526,30 +162,74 @@ static PyObject *merges_to_list(const int32_t *out, int64_t n)
     return list;
 }
 
+/* Words (with len > 1) from the count tables, as token-id arrays; as load_words. */
+static int load_words_map(Trainer *T, BytesMap *const *maps, int nmaps,
+                          const int32_t byte_id[256], int64_t *positions)
+{
+    int64_t n = 0, total = 0, pos = 0;
+    for (int k = 0; k < nmaps; k++)
+        for (size_t off = 0; off < maps[k]->len; off += rec_words(maps[k]->arena[off + 2], 2))
+            if (maps[k]->arena[off + 2] > 1)
+                n++, total += maps[k]->arena[off + 2];
+    if (alloc_words(T, n, total) < 0)
+        return -1;
+    for (int k = 0; k < nmaps; k++) {
+        const BytesMap *m = maps[k];
+        for (size_t off = 0; off < m->len; off += rec_words(m->arena[off + 2], 2)) {
+            uint32_t *r = m->arena + off, len = r[2];
+            uint64_t c;
+            if (len < 2)
+                continue;
+            memcpy(&c, rec_vals(r), 8);
+            if (c > INT64_MAX) {
+                PyErr_SetString(PyExc_OverflowError, "a pre-token occurs 2^63 times or more");
+                return -1;
+            }
+            put_word(T, &pos, (const uint8_t *)(r + REC_HEAD), (int32_t)len, (int64_t)c,
+                     byte_id);
+            *positions += len - 1;
+        }
+    }
+    return 0;
+}
+
+/* Words are loaded: count the pairs, run the merges, free T; the merges as a list or NULL. */
+static PyObject *train_loaded(Trainer *T, int64_t positions,
+                              Py_ssize_t num_merges, PyObject *progress, Py_ssize_t every)
+{
+    int32_t *out = NULL;
+    int64_t done = -1;
+    if (num_merges > positions)   /* each merge removes at least one position */
+        num_merges = (Py_ssize_t)positions;
+    out = malloc(((size_t)num_merges + 1) * 2 * sizeof(int32_t));
+    if (!out)
+        PyErr_NoMemory();
+    else if (alloc_scratch(T, (int64_t)T->ntok + num_merges + 1) == 0) {
+        PROF_START(2);
+        int r = count_pairs(T);
+        PROF_END(2);
+        if (r == 0)
+            done = run_merges(T, num_merges, out, progress, every);
+        PROF_REPORT();
+    }
+    trainer_free(T);
+    PyObject *result = done < 0 ? NULL : merges_to_list(out, done);
+    free(out);
+    return result;
+}
+
 static PyObject *train(PyObject *words, PyObject *counts, PyObject *tokens, Py_ssize_t num_merges,
                        PyObject *progress, Py_ssize_t every)
 {
     Trainer T = {0};
-    int32_t byte_id[256], *out = NULL;
-    int64_t positions = 0, done = -1;
-    Py_ssize_t nwords = PySequence_Fast_GET_SIZE(words);
-    if (load_tokens(&T, tokens, byte_id) < 0 || load_words(&T, words, byte_id, &positions) < 0 ||
-        load_counts(&T, counts) < 0)
-        goto done;
-    if (num_merges > positions)   /* each merge removes at least one position */
-        num_merges = (Py_ssize_t)positions;
-    out = malloc(((size_t)num_merges + 1) * 2 * sizeof(int32_t));
-    if (!out) {
-        PyErr_NoMemory();
-        goto done;
+    int32_t byte_id[256];
+    int64_t positions = 0;
+    if (load_tokens(&T, tokens, byte_id) < 0 ||
+        load_words(&T, words, counts, byte_id, &positions) < 0) {
+        trainer_free(&T);
+        return NULL;
     }
-    if (count_pairs(&T, nwords) == 0)
-        done = run_merges(&T, num_merges, out, progress, every);
-done:
-    trainer_free(&T);
-    PyObject *result = done < 0 ? NULL : merges_to_list(out, done);
-    free(out);
-    return result;
+    return train_loaded(&T, positions, num_merges, progress, every);
 }
 
 static PyObject *train_merges(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -598,7 +278,179 @@ PyDoc_STRVAR(train_merges_doc,
 "    >>> train_merges([b'aaa'], [1], [bytes([i]) for i in range(256)], 5)\n"
 "    [(97, 97), (256, 97)]\n");
 
+/* ---- counting files, then training: train_files ---- */
+
+static int parse_chunks(PyObject *chunks, Py_ssize_t nfiles, int64_t **out, int64_t *max_chunk)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(chunks);
+    int64_t *c = malloc(((size_t)n + 1) * 3 * sizeof(int64_t));
+    if (!c)
+        return PyErr_NoMemory(), -1;
+    *out = c, *max_chunk = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        long long f, a, b;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(chunks, k), "LLL", &f, &a, &b))
+            return -1;
+        if (f < 0 || f >= nfiles || a < 0 || b <= a) {
+            PyErr_Format(PyExc_ValueError, "chunks[%zd] = (%lld, %lld, %lld): want (file index, "
+                         "start, end) with 0 <= start < end", k, f, a, b);
+            return -1;
+        }
+        c[3 * k] = f, c[3 * k + 1] = a, c[3 * k + 2] = b;
+        if (b - a > *max_chunk)
+            *max_chunk = b - a;
+    }
+    return 0;
+}
+
+/* The count tables as one {bytes: count}. */
+static PyObject *map_to_dict(BytesMap *const *maps, int nmaps)
+{
+    PyObject *d = PyDict_New();
+    for (int k = 0; d && k < nmaps; k++) {
+        const BytesMap *m = maps[k];
+        for (size_t off = 0; d && off < m->len; off += rec_words(m->arena[off + 2], 2)) {
+            uint32_t *r = m->arena + off;
+            uint64_t c;
+            memcpy(&c, rec_vals(r), 8);
+            PyObject *key = PyBytes_FromStringAndSize((const char *)(r + REC_HEAD), r[2]);
+            PyObject *v = key ? PyLong_FromUnsignedLongLong(c) : NULL;
+            if (!v || PyDict_SetItem(d, key, v) < 0)
+                Py_CLEAR(d);
+            Py_XDECREF(key);
+            Py_XDECREF(v);
+        }
+    }
+    return d;
+}
+
+static PyObject *train_files(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"paths", "chunks", "special_tokens", "token_bytes", "num_merges",
+                             "threads", "char_class_page", "progress", "progress_every",
+                             "count_progress", NULL};
+    PyObject *paths, *chunks, *specials, *tokens, *page_fn, *progress = Py_None;
+    PyObject *count_progress = Py_None, *result = NULL;
+    Py_ssize_t num_merges, every = 100;
+    int threads;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!niO|OnO:train_files", kwlist,
+                                     &PyList_Type, &paths, &PyList_Type, &chunks, &PyList_Type,
+                                     &specials, &PyList_Type, &tokens, &num_merges, &threads,
+                                     &page_fn, &progress, &every, &count_progress))
+        return NULL;
+    int count_only = num_merges == -1;   /* count_pretokens_native: return the counts */
+    if (num_merges < -1 || every < 1 || threads < 1 || threads > 1024)
+        return PyErr_Format(PyExc_ValueError, "need num_merges >= 0, progress_every >= 1 and "
+                            "1 <= threads <= 1024 (got %zd, %zd, %d)", num_merges, every, threads);
+    Py_ssize_t nfiles = PyList_GET_SIZE(paths), nsp = PyList_GET_SIZE(specials);
+    CountJob J = {0};
+    Trainer T = {0};
+    BytesMap **maps = calloc((size_t)threads, sizeof(BytesMap *));
+    int64_t *chunk = NULL, bad = -1, positions = 0;
+    int32_t byte_id[256];
+    int *fds = calloc((size_t)nfiles + 1, sizeof(int));
+    const uint8_t **sp = calloc((size_t)nsp + 1, sizeof *sp);
+    size_t *sp_len = calloc((size_t)nsp + 1, sizeof *sp_len);
+    Py_ssize_t nopen = 0;
+    if (!fds || !sp || !sp_len || !maps) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < nsp; k++) {
+        PyObject *o = PyList_GET_ITEM(specials, k);
+        if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) == 0) {
+            PyErr_Format(PyExc_TypeError, "special_tokens[%zd] must be non-empty bytes", k);
+            goto done;
+        }
+        sp[k] = (const uint8_t *)PyBytes_AS_STRING(o), sp_len[k] = (size_t)PyBytes_GET_SIZE(o);
+    }
+    if (parse_chunks(chunks, nfiles, &chunk, &J.max_chunk) < 0 ||
+        load_tokens(&T, tokens, byte_id) < 0)
+        goto done;
+    for (; nopen < nfiles; nopen++) {
+        PyObject *b = NULL;
+        if (!PyUnicode_FSConverter(PyList_GET_ITEM(paths, nopen), &b))
+            goto done;
+        fds[nopen] = open(PyBytes_AS_STRING(b), O_RDONLY | O_CLOEXEC);
+        if (fds[nopen] < 0) {
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyList_GET_ITEM(paths, nopen));
+            Py_DECREF(b);
+            goto done;
+        }
+        Py_DECREF(b);
+    }
+    J.fds = fds, J.chunk = chunk, J.nchunks = PyList_GET_SIZE(chunks);
+    J.sp = sp, J.sp_len = sp_len, J.nsp = (int)nsp, J.page_fn = page_fn;
+    pthread_mutex_init(&J.err_mu, NULL);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS /* fill_page takes page_mu before the GIL: never hold the GIL here */
+    rc = fill_page(&J, 0);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_Restore(J.exc_type, J.exc_val, J.exc_tb);
+        J.exc_type = J.exc_val = J.exc_tb = NULL;
+        goto destroy;
+    }
+    PROF_START(0);
+    rc = run_count(&J, threads, count_progress, maps, &bad);
+    PROF_END(0);
+    if (rc < 0)
+        goto destroy;
+    if (bad >= 0) {
+        result = Py_BuildValue("(OLn)", Py_None, (long long)bad, (Py_ssize_t)0);
+        goto destroy;
+    }
+    Py_ssize_t distinct = 0;
+    for (int k = 0; k < threads; k++)
+        distinct += (Py_ssize_t)maps[k]->n;
+    if (count_only) {
+        PyObject *d = map_to_dict(maps, threads);
+        result = d ? Py_BuildValue("(Onn)", d, (Py_ssize_t)-1, distinct) : NULL;
+        Py_XDECREF(d);
+        goto destroy;
+    }
+    PROF_START(1);
+    rc = load_words_map(&T, maps, threads, byte_id, &positions);
+    PROF_END(1);
+    for (int k = 0; k < threads; k++) { /* the trainer holds the words now */
+        bm_free(maps[k]);
+        maps[k] = NULL;
+    }
+    if (rc == 0) {
+        PyObject *merges = train_loaded(&T, positions, num_merges, progress, every);
+        if (merges) {
+            result = Py_BuildValue("(Onn)", merges, (Py_ssize_t)-1, distinct);
+            Py_DECREF(merges);
+        }
+    }
+destroy:
+    pthread_mutex_destroy(&J.err_mu);
+done:
+    trainer_free(&T); /* idempotent: train_loaded leaves it freed and zeroed */
+    for (int k = 0; maps && k < threads; k++)
+        bm_free(maps[k]);
+    free(maps);
+    for (Py_ssize_t k = 0; k < nopen; k++)
+        close(fds[k]);
+    free(fds), free(sp), free(sp_len), free(chunk);
+    return result;
+}
+
+PyDoc_STRVAR(train_files_doc,
+"train_files($module, /, paths, chunks, special_tokens, token_bytes, num_merges, threads,\n"
+"            char_class_page, progress=None, progress_every=100, count_progress=None)\n--\n\n"
+"Count the GPT-2 pre-tokens of files with `threads` threads, then train as train_merges.\n\n"
+"chunks: [(file index, start, end), ...] byte ranges of paths, cut at safe boundaries\n"
+"(pretokenize.find_chunk_boundaries). special_tokens (bytes) are split on and dropped.\n"
+"char_class_page(page) -> 256 bytes: the class codes of code points 256*page ... +255.\n"
+"count_progress(bytes_done) is called about every 50 ms while counting.\n"
+"Returns (merges, -1, n_distinct), or (None, k, _) when chunk k is not valid UTF-8 (the\n"
+"first such chunk). num_merges=-1 only counts: ({pre-token bytes: count}, -1, n_distinct).\n");
+
 static PyMethodDef methods[] = {
+    {"train_files", (PyCFunction)(void (*)(void))train_files, METH_VARARGS | METH_KEYWORDS,
+     train_files_doc},
     {"train_merges", (PyCFunction)(void (*)(void))train_merges, METH_VARARGS | METH_KEYWORDS,
      train_merges_doc},
     {NULL, NULL, 0, NULL},

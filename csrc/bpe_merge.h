@@ -6,7 +6,11 @@
 /* ------------------------------------------------------------------------- BPE merging */
 
 typedef struct {
-    uint64_t *key, *val; /* key = left << 32 | right (EMPTY if free); val = rank << 32 | merged */
+    uint64_t key, val; /* key = left << 32 | right (EMPTY if free); val = rank << 32 | merged */
+} PairSlot;            /* key and value side by side: a lookup touches one cache line */
+
+typedef struct {
+    PairSlot *slot;
     size_t mask;
 } PairMap;
 
@@ -22,9 +26,9 @@ static inline uint64_t pair_get(const PairMap *p, uint32_t a, uint32_t b)
 {
     uint64_t key = (uint64_t)a << 32 | b;
     for (size_t i = pair_slot(p, key);; i = (i + 1) & p->mask) {
-        if (p->key[i] == key)
-            return p->val[i];
-        if (p->key[i] == EMPTY)
+        if (p->slot[i].key == key)
+            return p->slot[i].val;
+        if (p->slot[i].key == EMPTY)
             return NO_MERGE;
     }
 }
@@ -33,6 +37,8 @@ static inline uint64_t pair_get(const PairMap *p, uint32_t a, uint32_t b)
 static size_t bpe_small(const PairMap *pm, uint32_t *ids, size_t n)
 {
     uint64_t pv[SMALL_PIECE]; /* pv[i] = packed merge of (ids[i], ids[i+1]) */
+    for (size_t i = 0; i + 1 < n; i++) /* independent lookups: let their cache misses overlap */
+        __builtin_prefetch(&pm->slot[pair_slot(pm, (uint64_t)ids[i] << 32 | ids[i + 1])]);
     for (size_t i = 0; i + 1 < n; i++)
         pv[i] = pair_get(pm, ids[i], ids[i + 1]);
     while (n > 1) {

@@ -17,7 +17,10 @@ Encoding (Sennrich et al., 2016; GPT-2, Radford et al., 2019) works on one *pre-
 
 Step 3 exists twice: the readable reference below (``_bpe``, with a bounded cache of pre-token ->
 ids) and the C encoder from ``native.encode_module()`` (built lazily on first use, released GIL),
-used automatically when it is built. Tests prove both equal tiktoken's GPT-2 ids.
+used automatically when it is built; the C encoder also does steps 1-2 itself (it is handed the
+specials, longest first). Tests prove both equal tiktoken's GPT-2 ids. ``encode_batch`` encodes
+many documents on C threads; ``encode_utf8_to_bytes`` encodes UTF-8 bytes (e.g. a memoryview of
+an mmap'd file) without making a str.
 
 Streaming (``encode_iterable``) keeps a text buffer and emits everything before the last *safe
 cut*: a position where the pre-token split and the special-token split of the whole text are
@@ -46,6 +49,7 @@ from lmforge.tokenizer.pretokenize import (
     GPT2_REGEX,
     TokenizerInputError,
     check_special_tokens,
+    default_num_workers,
     input_files,
     special_token_regex,
     split_on_special_tokens,
@@ -90,6 +94,11 @@ class Tokenizer:
         self._byte_ids = _single_byte_ids(self._bytes_to_id)
         self._ranks = _merge_ranks(self.merges, self._bytes_to_id)
         self._special_re = special_token_regex(self.special_tokens)
+        # (bytes, id) of each special, longest first: the C encoder splits on them itself
+        self._special_pairs = tuple(
+            (t.encode("utf-8"), self._special_ids[t])
+            for t in sorted(set(self.special_tokens), key=lambda t: (-len(t), t))
+        )
         self._cache: dict[str, list[int]] = {}
         self._fingerprint: str | None = None
         self._native = None  # C encoder, built on first use (see _encoder)
@@ -153,6 +162,9 @@ class Tokenizer:
         ``"raise"`` raises TokenizerInputError.
         """
         _check_policy(special)
+        enc = self._encoder()
+        if enc is not None:
+            return enc.encode(text, self._c_specials(text, special))
         if special == "plain" or self._special_re is None:
             return self.encode_ordinary(text)
         ids: list[int] = []
@@ -164,6 +176,45 @@ class Tokenizer:
             else:
                 raise _special_found(piece)
         return ids
+
+    def encode_batch(
+        self, texts: Sequence[str], *, special: str = "special", num_threads: int | None = None
+    ) -> list[list[int]]:
+        """``[encode(t, special=special) for t in texts]``, on ``num_threads`` threads (default:
+        the usable cores, at most 64) with the GIL released: the C encoder splits the documents
+        among the threads, each with its own caches, and the lists are built at the end.
+
+        >>> tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: b"ab"}, [(b"a", b"b")])
+        >>> tok.encode_batch(["ab", "", "cab"])
+        [[256], [], [99, 256]]
+        """
+        _check_policy(special)
+        texts = list(texts)
+        enc = self._encoder()
+        if enc is None:
+            return [self.encode(t, special=special) for t in texts]
+        threads = min(64, num_threads or default_num_workers())
+        if threads < 1:
+            raise TokenizerInputError(f"num_threads={num_threads!r}: give at least 1 thread.")
+        specials = None
+        for t in texts if special == "raise" else ():
+            self._c_specials(t, special)  # raises on the first special found
+        if special == "special" and self._special_pairs:
+            specials = self._special_pairs
+        return enc.encode_batch(texts, threads, specials)
+
+    def _c_specials(self, text: str, special: str) -> tuple[tuple[bytes, int], ...] | None:
+        """The ``specials`` argument of the C encoder for ``text`` under the policy ``special``
+        (None: encode it all as ordinary text); raises TokenizerInputError for "raise" when
+        ``text`` holds a special."""
+        if special == "plain" or not self._special_pairs:
+            return None
+        if special == "raise":
+            if any(t in text for t in self.special_tokens):
+                m = self._special_re.search(text) if self._special_re else None
+                raise _special_found(m.group() if m else self.special_tokens[0])
+            return None
+        return self._special_pairs
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of ``text`` with special-token text treated as plain text."""
@@ -183,17 +234,25 @@ class Tokenizer:
         enc = self._encoder()
         if enc is None:
             return np.asarray(self.encode(text, special=special), f"<u{itemsize}").tobytes()
-        if special == "plain" or self._special_re is None:
-            return enc.encode_to_bytes(text, itemsize)
-        parts = []
-        for piece, is_special in split_on_special_tokens(text, self._special_re):
-            if not is_special:
-                parts.append(enc.encode_to_bytes(piece, itemsize))
-            elif special == "special":
-                parts.append(self._special_ids[piece].to_bytes(itemsize, "little"))
-            else:
-                raise _special_found(piece)
-        return b"".join(parts)
+        return enc.encode_to_bytes(text, itemsize, self._c_specials(text, special))
+
+    def encode_utf8_to_bytes(
+        self, data: bytes | bytearray | memoryview, itemsize: int = 2, *, special: str = "special"
+    ) -> bytes:
+        """``encode_to_bytes(bytes(data).decode("utf-8"), itemsize, special=special)`` without
+        making the str: the C encoder reads the UTF-8 bytes in place (e.g. a ``memoryview`` of
+        an ``mmap``'d file) with the GIL released. Invalid UTF-8 raises the
+        ``UnicodeDecodeError`` that ``decode`` raises.
+
+        >>> Tokenizer({i: bytes([i]) for i in range(256)}, []).encode_utf8_to_bytes(b"hi")
+        b'h\\x00i\\x00'
+        """
+        _check_policy(special)
+        enc = self._encoder()
+        if enc is None or special == "raise":
+            return self.encode_to_bytes(bytes(data).decode("utf-8"), itemsize, special=special)
+        specials = self._special_pairs if special == "special" and self._special_pairs else None
+        return enc.encode_utf8_to_bytes(data, itemsize, specials)
 
     def encode_reference(self, text: str) -> list[int]:
         """``encode_ordinary`` by the pure-Python reference (regex + cached merge loop)."""

@@ -27,13 +27,14 @@ import regex
 # Class codes in the table handed to the C pre-tokenizer.
 CLASS_OTHER, CLASS_LETTER, CLASS_NUMBER, CLASS_SPACE = 0, 1, 2, 3
 _N_CODEPOINTS = 0x110000
+_CLASS_PATTERNS = ((r"\p{L}+", CLASS_LETTER), (r"\p{N}+", CLASS_NUMBER), (r"\s+", CLASS_SPACE))
 
 
 @functools.cache
 def char_class_table() -> bytes:
     """``table[cp]`` = class code of code point ``cp`` (0x110000 bytes), as ``regex`` sees it."""
     table = bytearray(_N_CODEPOINTS)
-    classes = ((r"\p{L}+", CLASS_LETTER), (r"\p{N}+", CLASS_NUMBER), (r"\s+", CLASS_SPACE))
+    classes = _CLASS_PATTERNS
     block = 1 << 16  # code points per regex pass: keeps the peak at a few MB, not ~100 MB
     for start in range(0, _N_CODEPOINTS, block):
         chars = "".join(map(chr, range(start, start + block)))  # index + start == code point
@@ -41,6 +42,25 @@ def char_class_table() -> bytes:
             for m in regex.finditer(pattern, chars):
                 table[start + m.start() : start + m.end()] = bytes([code]) * (m.end() - m.start())
     return bytes(table)
+
+
+@functools.cache
+def char_class_page(page: int) -> bytes:
+    """Class codes of the 256 code points ``256 * page ... 256 * page + 255``; the same values
+    as ``char_class_table()[256 * page : 256 * (page + 1)]``, computed for that page alone (the
+    C trainer asks for the few pages its text uses instead of building the whole table).
+
+    >>> char_class_page(0)[ord("a")], char_class_page(0)[ord("1")], char_class_page(0)[ord(" ")]
+    (1, 2, 3)
+    """
+    if not 0 <= page < _N_CODEPOINTS // 256:
+        raise ValueError(f"page must be in [0, {_N_CODEPOINTS // 256}), got {page}")
+    out = bytearray(256)
+    chars = "".join(map(chr, range(256 * page, 256 * page + 256)))
+    for pattern, code in _CLASS_PATTERNS:
+        for m in regex.finditer(pattern, chars):
+            out[m.start() : m.end()] = bytes([code]) * (m.end() - m.start())
+    return bytes(out)
 
 
 def _load(name: str) -> ModuleType | None:

@@ -10,10 +10,12 @@ corpus: their counts add up, as if they were joined with a special token between
 
 Two stages:
 
-1. **Counting** (``pretokenize.count_pretokens_in_file``): the file is split on the special tokens
-   and pre-tokenized with GPT-2's regex in parallel worker processes; only the table
-   ``{pre-token bytes: count}`` is kept. Merges never cross a pre-token or a special token, so the
-   table is all the merge loop needs, and no learned token can contain a special token's text.
+1. **Counting**: the file is split on the special tokens and pre-tokenized with GPT-2's regex;
+   only the table ``{pre-token bytes: count}`` is kept. With the C module, threads inside it do
+   this and hand the table straight to the C merge loop (``train_files.count_and_merge_native``);
+   without it, worker processes (``pretokenize.count_pretokens_in_files``). Merges never cross
+   a pre-token or a special token, so the table is all the merge loop needs, and no learned
+   token can contain a special token's text.
 2. **Merging**: each step merges the most frequent adjacent pair of tokens, counted over all
    pre-tokens weighted by their counts; overlapping occurrences count (``"aaa"`` gives
    ``(a, a)`` twice). **Ties go to the lexicographically greatest pair compared as bytes** (Python
@@ -46,6 +48,7 @@ from lmforge.tokenizer.pretokenize import (
     count_pretokens_in_files,
     input_files,
 )
+from lmforge.tokenizer.train_files import count_and_merge_native
 
 Backend = Literal["auto", "python", "native"]
 Pair = tuple[int, int]
@@ -66,15 +69,28 @@ def train_bpe(
     >>> vocab[0], vocab[1], len(vocab), merges[0]                         # doctest: +SKIP
     (b'<|endoftext|>', b'\\x00', 300, (b' ', b't'))
 
+    With the C module built, counting runs in ``num_workers`` threads inside the C trainer
+    (``train_files``, see ``count_and_merge_native``) and the pre-token table never becomes a
+    Python dict; otherwise worker processes count and ``train_bpe_from_counts`` merges.
+
     Raises TokenizerInputError for a missing/empty/non-UTF-8 file or impossible settings; warns
     (and returns a smaller vocabulary) when the corpus runs out of pairs to merge.
     """
     special_tokens = check_special_tokens(special_tokens)
     check_vocab_size(vocab_size, special_tokens)
-    counts = count_pretokens_in_files(
-        input_files(input_path), special_tokens, num_workers=num_workers, progress=progress
+    files = input_files(input_path)
+    mod = native.train_module()
+    if mod is None or not hasattr(mod, "train_files"):
+        counts = count_pretokens_in_files(
+            files, special_tokens, num_workers=num_workers, progress=progress
+        )
+        return train_bpe_from_counts(counts, vocab_size, special_tokens, progress=progress)
+    token_bytes = initial_vocab(special_tokens)
+    id_merges = count_and_merge_native(
+        mod, files, special_tokens, token_bytes, vocab_size - len(token_bytes),
+        num_workers=num_workers, progress=progress,
     )
-    return train_bpe_from_counts(counts, vocab_size, special_tokens, progress=progress)
+    return vocab_and_merges(token_bytes, id_merges, vocab_size)
 
 
 def train_tokenizer(
@@ -132,12 +148,30 @@ def train_bpe_from_counts(
     """
     special_tokens = check_special_tokens(special_tokens)
     check_vocab_size(vocab_size, special_tokens)
-    token_bytes = [t.encode("utf-8") for t in special_tokens] + [bytes([i]) for i in range(256)]
+    token_bytes = initial_vocab(special_tokens)
     words = [w for w in pretoken_counts if len(w) > 1]
     counts = [pretoken_counts[w] for w in words]
     id_merges = _run_merge_loop(
         words, counts, token_bytes, vocab_size - len(token_bytes), backend, progress
     )
+    return vocab_and_merges(token_bytes, id_merges, vocab_size, stacklevel=3)
+
+
+def initial_vocab(special_tokens: Sequence[str]) -> list[bytes]:
+    """The vocabulary before any merge: the special tokens' UTF-8, then the 256 single bytes."""
+    return [t.encode("utf-8") for t in special_tokens] + [bytes([i]) for i in range(256)]
+
+
+def vocab_and_merges(
+    token_bytes: list[bytes], id_merges: list[Pair], vocab_size: int, stacklevel: int = 3
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """``(vocab, merges)`` from the initial vocabulary and the merged id pairs (extends
+    ``token_bytes`` in place); warns when there are fewer tokens than ``vocab_size``.
+
+    >>> vocab, merges = vocab_and_merges([b"a", b"b"], [(0, 1), (2, 0)], 4)
+    >>> merges, vocab[3]
+    ([(b'a', b'b'), (b'ab', b'a')], b'aba')
+    """
     merges = []
     for a, b in id_merges:
         merges.append((token_bytes[a], token_bytes[b]))
@@ -146,7 +180,7 @@ def train_bpe_from_counts(
         warnings.warn(
             f"the corpus ran out of pairs to merge: vocabulary stopped at {len(token_bytes)} "
             f"tokens instead of {vocab_size}. Use a larger corpus or a smaller vocab_size.",
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return dict(enumerate(token_bytes)), merges
 

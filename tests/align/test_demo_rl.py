@@ -116,4 +116,7 @@ def test_default_cli_path_scales_every_stage_to_its_budget(tmp_path):
         assert needle in result.output
     for plot in ("stages.png", "grpo.png"):
         assert (out / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sum(summary["seconds"].values()) <= 1.3 * minutes * 60
+    # A sanity bound, not the budget's precision (tests/train/test_plan.py pins the planner):
+    # held-out scoring is outside the training budgets, and a stage always trains its first
+    # PROBE_STEPS steps, which at 30 s can outlast a share (a quiet 2-core run: 23 s).
+    assert sum(summary["seconds"].values()) <= 3 * minutes * 60

@@ -159,7 +159,8 @@ def test_interrupt_leaves_no_partial_output(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return b"\0\0"
 
-    monkeypatch.setattr(tok, "encode_to_bytes", interrupted)
+    for name in ("encode_to_bytes", "encode_utf8_to_bytes"):  # Python / C path
+        monkeypatch.setattr(tok, name, interrupted)
     with pytest.raises(KeyboardInterrupt):
         tok.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 1, chunk_bytes=2048)
     assert leftovers(tmp_path) == ["in.txt"]

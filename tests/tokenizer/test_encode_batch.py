@@ -1,0 +1,127 @@
+"""``Tokenizer.encode_batch`` and ``encode_utf8_to_bytes`` (the threaded C paths) against tiktoken.
+
+- ``encode_batch`` == ``[encode(d) for d in docs]`` == tiktoken's GPT-2 ids on real text, for
+  every special-token policy and any thread count (documents are spread over the threads, so a
+  bug in the hand-out or the gathering shows up as a shuffled or missing document);
+- ``encode_utf8_to_bytes`` (UTF-8 read in place, split on the specials in C) == ``encode_to_bytes``
+  of the decoded text, and raises the very ``UnicodeDecodeError`` of ``bytes.decode``;
+- overlapping specials split longest-first, as the Python reference does.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmforge import ENDOFTEXT
+from lmforge.tokenizer import Tokenizer, TokenizerInputError
+from lmforge.tokenizer.pretokenize import special_token_regex, split_on_special_tokens
+from tests.conftest import shared_path
+from tests.tokenizer.test_bpe import c_encoder_or_skip, gpt2_tokenizer, tiktoken_gpt2
+
+REAL_TEXTS = ("tinystories_sample.txt", "corpus.en", "german.txt", "address.txt")
+
+
+def real_documents() -> list[str]:
+    """Documents of real text: the CS336 samples cut into paragraphs, plus edge cases."""
+    docs = []
+    for name in REAL_TEXTS:
+        text = shared_path("fixtures", "cs336-a1", name).read_text(encoding="utf-8")
+        docs += [p for p in text.replace(ENDOFTEXT, "").split("\n\n") if p][:400]
+    docs += ["", " ", "\n\n\n", "don't  stop 'til 2024!!", "日本語のテキスト 😀 ok", "x" * 5000]
+    return docs
+
+
+def reference(tok: Tokenizer, text: str, special: str = "special") -> list[int]:
+    """The pure-Python path: split on the specials with the regex, then ``encode_reference``."""
+    pattern = None if special == "plain" else special_token_regex(tok.special_tokens)
+    ids: list[int] = []
+    for piece, is_special in split_on_special_tokens(text, pattern):
+        ids += [tok.id_of(piece.encode())] if is_special else tok.encode_reference(piece)
+    return ids
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_encode_batch_equals_encode_and_tiktoken(threads):
+    tok, tik = gpt2_tokenizer(), tiktoken_gpt2()
+    c_encoder_or_skip(tok)
+    docs = real_documents()
+    got = tok.encode_batch(docs, num_threads=threads)
+    assert got == tik.encode_ordinary_batch(docs)
+    assert got == [tok.encode(d) for d in docs]
+
+
+def test_encode_batch_specials_policies():
+    tok, tik = gpt2_tokenizer(), tiktoken_gpt2()
+    c_encoder_or_skip(tok)
+    rng = random.Random(0)
+    docs = real_documents()[:300]
+    joined = [ENDOFTEXT.join(rng.sample(docs, 3)) + ENDOFTEXT * rng.randint(0, 2)
+              for _ in range(50)]
+    got = tok.encode_batch(joined, num_threads=3)
+    assert got == [tik.encode(d, allowed_special="all") for d in joined]
+    assert got == [reference(tok, d) for d in joined]
+    plain = tok.encode_batch(joined, special="plain", num_threads=2)
+    assert plain == tik.encode_ordinary_batch(joined)
+    with pytest.raises(TokenizerInputError, match="found in the input"):
+        tok.encode_batch(["fine", joined[0]], special="raise")
+    assert tok.encode_batch(docs[:5], special="raise") == tik.encode_ordinary_batch(docs[:5])
+
+
+def test_encode_batch_surrogate_raises_like_encode():
+    tok = gpt2_tokenizer()
+    c_encoder_or_skip(tok)
+    bad = "ok then \ud800 more"
+    with pytest.raises(UnicodeEncodeError) as single:
+        tok.encode(bad)
+    with pytest.raises(UnicodeEncodeError) as batch:
+        tok.encode_batch(["fine text " * 100, bad, "also fine " * 100], num_threads=2)
+    assert str(batch.value) == str(single.value)
+    assert tok.encode_batch(["fine"]) == [tok.encode("fine")]  # the pool is still usable
+
+
+def test_encode_batch_bad_thread_count():
+    tok = gpt2_tokenizer()
+    c_encoder_or_skip(tok)
+    with pytest.raises(TokenizerInputError, match="num_threads"):
+        tok.encode_batch(["a"], num_threads=-1)
+
+
+def test_overlapping_specials_longest_first():
+    vocab = {i: bytes([i]) for i in range(256)}
+    tok = Tokenizer(vocab, [], ["<|a|>", "<|a|><|a|>", "<|b"])
+    c_encoder_or_skip(tok)
+    texts = ["x<|a|><|a|><|a|>y", "<|b<|a|>", "<|<|a|", "<|a|><|a|>", "no specials"]
+    assert tok.encode_batch(texts) == [reference(tok, t) for t in texts]
+    for t in texts:
+        want = np.asarray(reference(tok, t), "<u2").tobytes()
+        assert tok.encode_utf8_to_bytes(t.encode(), 2) == want
+
+
+def test_utf8_to_bytes_equals_encode_to_bytes_on_real_text():
+    tok = gpt2_tokenizer()
+    c_encoder_or_skip(tok)
+    text = ENDOFTEXT.join(real_documents())
+    data = text.encode()
+    assert tok.encode_utf8_to_bytes(memoryview(data)[:], 2) == tok.encode_to_bytes(text, 2)
+    assert tok.encode_utf8_to_bytes(data, 4, special="plain") == np.asarray(
+        tiktoken_gpt2().encode_ordinary(text), "<u4").tobytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40) | st.text(max_size=30).map(lambda t: t.encode("utf-8", "replace")))
+def test_utf8_to_bytes_invalid_utf8_matches_decode(data):
+    tok = gpt2_tokenizer()
+    c_encoder_or_skip(tok)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        with pytest.raises(UnicodeDecodeError) as got:
+            tok.encode_utf8_to_bytes(data, 2)
+        assert (got.value.start, got.value.end, got.value.reason) == (e.start, e.end, e.reason)
+        return
+    assert tok.encode_utf8_to_bytes(data, 2) == tok.encode_to_bytes(text, 2)
