@@ -93,8 +93,12 @@ def _print_analysis(a: Any) -> None:
 @_seed
 @click.option("--json", "as_json", is_flag=True, help="Print the fits as JSON only.")
 @click.option("--plots", type=PATH, default=None, help="Write the figures (PNG) to this dir.")
+@click.option("--hparam", default=None, metavar="NAME",
+              help="Instead: fit the best value of this hyperparameter (e.g. lr, batch_size; "
+              "records' hparams) per size as a power law in N, with its interval.")
 def fit(records: Path, approach: str, target: float | None, flops: str, minimum: str,
-        bootstrap: int, seed: int, as_json: bool, plots: Path | None) -> None:
+        bootstrap: int, seed: int, as_json: bool, plots: Path | None,
+        hparam: str | None) -> None:
     """Fit scaling laws to RECORDS and predict the compute-optimal model at --target.
 
     RECORDS: the CS336 IsoFLOP JSON, a records JSON, an experiment-service export, a run dir,
@@ -107,8 +111,13 @@ def fit(records: Path, approach: str, target: float | None, flops: str, minimum:
       lmforge scaling fit ../shared/fixtures/scaling/isoflops_curves.json --target 1e23
       lmforge scaling fit isoflops_curves.json --approach 2 --minimum lowest --target 1e23
       lmforge scaling fit runs/sweep --approach all --json --plots runs/sweep/fit-plots
+      lmforge scaling fit runs/lr-sweep --hparam lr
     """
     from lmforge.scaling.report import analyse, approach_names, load_for_report, write_plots
+
+    if hparam is not None:
+        _fit_hparam(load_for_report(records, flops=flops), hparam, bootstrap, seed, as_json)
+        return
 
     a = analyse(load_for_report(records, flops=flops), target,
                 approaches=approach_names(approach, minimum), bootstrap=bootstrap, seed=seed)
@@ -120,6 +129,28 @@ def fit(records: Path, approach: str, target: float | None, flops: str, minimum:
     _print_analysis(a)
     for path in figures.values():
         console.print(f"wrote {path}")
+
+
+def _fit_hparam(records: Any, name: str, bootstrap: int | None, seed: int,
+               as_json: bool) -> None:
+    """Print the best-`name`-vs-N law (`lmforge.scaling.fits.hparams`)."""
+    from rich.table import Table
+
+    from lmforge.scaling.fits.hparams import fit_hparam_law
+
+    law = fit_hparam_law(records, name, bootstrap=200 if bootstrap is None else bootstrap,
+                         seed=seed)
+    if as_json:
+        click.echo(json.dumps(law.to_dict(), indent=2))
+        return
+    table = Table("N", "compute", f"best {name}", "loss", "tried", "flags")
+    for b in law.best:
+        table.add_row(f"{b.parameters:.3g}", f"{b.compute:.3g}", f"{b.value:.3g}",
+                      f"{b.loss:.4f}", ", ".join(f"{v:g}" for v in b.tried), "; ".join(b.flags))
+    console.print(table)
+    p = law.law
+    console.print(f"best {name} = {p.k:.4g} · N^{p.a:.4f}   (a: {_interval(p.a_interval)}, "
+                  f"k: {_interval(p.k_interval)}; bootstrap over sizes)")
 
 
 @click.command("sweep")
