@@ -317,12 +317,9 @@ static int32_t pair_get(Trainer *T, int32_t a, int32_t b)
     return i >= 0 ? i : pair_new(T, a, b);
 }
 
-/* Add `c` to the count of (a, b) and note that word w contains it. */
-static int pair_inc(Trainer *T, int32_t a, int32_t b, int64_t c, int32_t w)
+/* Add `c` to pair i's count and note that word w contains it (once per word). */
+static inline int pair_add(Trainer *T, int32_t i, int64_t c, int32_t w)
 {
-    int32_t i = pair_get(T, a, b);
-    if (i < 0)
-        return -1;
     Pair *p = &T->pairs[i];
     p->count += c;
     if (p->nwords > 0 && p->words[p->nwords - 1] == w)
@@ -331,6 +328,13 @@ static int pair_inc(Trainer *T, int32_t a, int32_t b, int64_t c, int32_t w)
         return -1;
     p->words[p->nwords++] = w;
     return 0;
+}
+
+/* Add `c` to the count of (a, b) and note that word w contains it. */
+static int pair_inc(Trainer *T, int32_t a, int32_t b, int64_t c, int32_t w)
+{
+    int32_t i = pair_get(T, a, b);
+    return i < 0 ? -1 : pair_add(T, i, c, w);
 }
 
 /* Push every pair created since the last call that has a positive count. */
@@ -371,14 +375,7 @@ static inline int add_new(Trainer *T, int32_t *slot, int32_t a, int32_t b, int64
     int32_t i = *slot;
     if (i < 0 && (i = *slot = pair_new(T, a, b)) < 0)
         return -1;
-    Pair *p = &T->pairs[i];
-    p->count += c;
-    if (p->nwords > 0 && p->words[p->nwords - 1] == w)
-        return 0;
-    if (grow32((void **)&p->words, &p->cap, p->nwords + 1, sizeof(int32_t)) < 0)
-        return -1;
-    p->words[p->nwords++] = w;
-    return 0;
+    return pair_add(T, i, c, w);
 }
 
 /* Replace (a, b) by z in word w, left to right, non-overlapping, recording the neighbour pairs'

@@ -117,6 +117,16 @@ def power_law(compute: np.ndarray, values: np.ndarray, samples: np.ndarray) -> P
                     samples)
 
 
+def optimum_laws(points: Sequence[Any], samples: Sequence[Any]) -> tuple[list[PowerLaw], int]:
+    """The power laws of `points`' n_opt, d_opt and loss in their compute (each point has those
+    four attributes), with bootstrap `samples` of shape (B, 3, 2); also B."""
+    s = np.array(samples).reshape(-1, 3, 2)
+    c = np.array([p.compute for p in points])
+    laws = [power_law(c, np.array([getattr(p, f) for p in points]), s[:, j])
+            for j, f in enumerate(("n_opt", "d_opt", "loss"))]
+    return laws, len(s)
+
+
 def _opt(x: Any) -> Any:
     return None if x is None else x.to_dict()
 

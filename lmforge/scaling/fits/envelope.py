@@ -39,7 +39,7 @@ from lmforge.scaling.fits.common import (
     Prediction,
     check_bootstrap,
     fit_power_law,
-    power_law,
+    optimum_laws,
     single_threaded,
     target_warnings,
 )
@@ -155,8 +155,5 @@ def fit_envelope(records: Sequence[Record], *, bootstrap: int = 200, seed: int =
     if dropped:
         diagnostics.append(f"bootstrap: {dropped} of {bootstrap} resamples dropped (fewer than "
                            "2 sizes on the envelope)")
-    s = np.array(samples).reshape(-1, 3, 2)
-    c = np.array([p.compute for p in points])
-    laws = [power_law(c, np.array([getattr(p, f) for p in points]), s[:, j])
-            for j, f in enumerate(("n_opt", "d_opt", "loss"))]
-    return EnvelopeFit(points, laws[0], laws[1], laws[2], diagnostics, len(s))
+    laws, n = optimum_laws(points, samples)
+    return EnvelopeFit(points, laws[0], laws[1], laws[2], diagnostics, n)

@@ -39,7 +39,7 @@ from lmforge.scaling.fits.common import (
     check_bootstrap,
     check_records,
     fit_power_law,
-    power_law,
+    optimum_laws,
     single_threaded,
     target_warnings,
 )
@@ -192,8 +192,5 @@ def fit_isoflop(records: Sequence[Record], *, minimum: str = "parabola", bootstr
     if dropped:
         diagnostics.append(f"bootstrap: {dropped} of {bootstrap} resamples dropped (fewer than "
                            "3 distinct sizes in a budget, or no valley)")
-    s = np.array(samples).reshape(-1, 3, 2)
-    c = np.array([m.compute for m in minima])
-    laws = [power_law(c, np.array([getattr(m, f) for m in minima]), s[:, j])
-            for j, f in enumerate(("n_opt", "d_opt", "loss"))]
-    return IsoFlopFit(minimum, minima, laws[0], laws[1], laws[2], diagnostics, len(s))
+    laws, n = optimum_laws(minima, samples)
+    return IsoFlopFit(minimum, minima, laws[0], laws[1], laws[2], diagnostics, n)
