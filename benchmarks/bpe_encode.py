@@ -13,7 +13,8 @@ Throughput = UTF-8 bytes of the corpus / seconds; each row is the best of ``--re
 interleaved across engines. Every engine's ids are compared with tiktoken's; ``tokie`` is
 known to differ from GPT-2 on some text: its mismatches are reported, and it is left out of
 the ratios. Threads: ``--workers`` (and 1 for the per-core rows); Rust engines get
-``RAYON_NUM_THREADS``.
+``RAYON_NUM_THREADS``, and fastokens its own ``FASTOKENS_BPE_THREADS`` (it ignores rayon's
+setting and would otherwise use every core in the "1 thread" rows).
 
     python benchmarks/bpe_encode.py --corpus /tmp/slice40.txt --workers 2 --repeat 3
 
@@ -144,7 +145,7 @@ def run_child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- the comparison (parent)
 
 def cold_run(args, engine: str, threads: int, out: Path, hf_json: Path) -> dict | None:
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads),
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), FASTOKENS_BPE_THREADS=str(threads),
                TIKTOKEN_CACHE_DIR=str(args.shared / "tiktoken-cache"))
     cmd = [sys.executable, __file__, "--child", engine, "--threads", str(threads),
            "--corpus", str(args.corpus), "--out", str(out), "--shared", str(args.shared),

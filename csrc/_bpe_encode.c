@@ -192,6 +192,10 @@ static int encoder_build(EncoderObject *self, PyObject *vocab, PyObject *merges)
         memset(p->slot, 0xFF, cap * sizeof(PairSlot));
     for (Py_ssize_t i = 0; !rc && i < n; i++)
         rc = add_merge(self, inv, i, PySequence_Fast_GET_ITEM(seq, i));
+    if (!rc && bpe_init_byte_pairs(&self->bpe) < 0) {
+        PyErr_NoMemory();
+        rc = -1;
+    }
     Py_XDECREF(seq);
     Py_DECREF(inv);
     return rc;
@@ -218,6 +222,7 @@ static void Encoder_dealloc(EncoderObject *self)
         Py_XDECREF(self->id_obj[i]);
     PyMem_Free(self->id_obj);
     PyMem_Free(self->bpe.pairs.slot);
+    free(self->bpe.byte_pair);
     for (int i = 0; i < self->pool_n; i++)
         worker_free(self->pool[i]);
     Py_XDECREF(self->args);
@@ -585,6 +590,11 @@ static PyObject *init_char_classes(PyObject *mod, PyObject *arg)
     if (ok) {
         memcpy(char_class, view.buf, N_CODEPOINTS);
         char_class_ready = 1;
+        swar_ok = 1; /* the SWAR scan's ASCII letters and digits must be the table's */
+        for (int c = 0; c < 0x80; c++) {
+            int letter = (c | 0x20) >= 'a' && (c | 0x20) <= 'z', digit = c >= '0' && c <= '9';
+            swar_ok &= (char_class[c] == C_LETTER) == letter && (char_class[c] == C_NUMBER) == digit;
+        }
     } else {
         PyErr_Format(PyExc_ValueError, "char class table must be 0x110000 bytes with values 0..3 "
                      "(got %zd bytes); use lmforge.tokenizer.native.char_class_table()", view.len);

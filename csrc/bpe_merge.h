@@ -33,14 +33,34 @@ static inline uint64_t pair_get(const PairMap *p, uint32_t a, uint32_t b)
     }
 }
 
-/* Array scan for short pieces: ids[0:n] hold the byte ids on entry; returns the merged count. */
-static size_t bpe_small(const PairMap *pm, uint32_t *ids, size_t n)
+/* What BPE needs: the id of each byte, the merges, and the merges of every byte pair as a dense
+ * table (byte_pair[a << 8 | b] = pair_get of the ids of bytes a and b; 512 KiB), so the first
+ * round of lookups of a piece - one per byte pair - needs no hashing. */
+typedef struct {
+    uint32_t byte_id[256];
+    PairMap pairs;
+    uint64_t *byte_pair;
+} Bpe;
+
+/* Fill bpe->byte_pair from byte_id and pairs; 0, or -1 if out of memory. */
+static int bpe_init_byte_pairs(Bpe *m)
 {
+    if (!(m->byte_pair = malloc(65536 * sizeof(uint64_t))))
+        return -1;
+    for (int a = 0; a < 256; a++)
+        for (int b = 0; b < 256; b++)
+            m->byte_pair[a << 8 | b] = pair_get(&m->pairs, m->byte_id[a], m->byte_id[b]);
+    return 0;
+}
+
+/* Array scan for short pieces: s[0:n] are the piece's bytes, ids[0:n] their ids on entry;
+ * returns the merged count. */
+static size_t bpe_small(const Bpe *m, const uint8_t *s, uint32_t *ids, size_t n)
+{
+    const PairMap *pm = &m->pairs;
     uint64_t pv[SMALL_PIECE]; /* pv[i] = packed merge of (ids[i], ids[i+1]) */
-    for (size_t i = 0; i + 1 < n; i++) /* independent lookups: let their cache misses overlap */
-        __builtin_prefetch(&pm->slot[pair_slot(pm, (uint64_t)ids[i] << 32 | ids[i + 1])]);
     for (size_t i = 0; i + 1 < n; i++)
-        pv[i] = pair_get(pm, ids[i], ids[i + 1]);
+        pv[i] = m->byte_pair[(size_t)s[i] << 8 | s[i + 1]];
     while (n > 1) {
         size_t b = 0;
         for (size_t i = 1; i + 1 < n; i++)
@@ -134,12 +154,11 @@ static Py_ssize_t bpe_large(const PairMap *pm, uint32_t *ids, size_t n)
 }
 
 /* BPE-encode the piece s[0:n] into out[0:n]; returns the number of ids, -1 if out of memory. */
-static Py_ssize_t bpe(const PairMap *pm, const uint32_t *byte_id, const uint8_t *s, size_t n,
-                      uint32_t *out)
+static Py_ssize_t bpe(const Bpe *m, const uint8_t *s, size_t n, uint32_t *out)
 {
     for (size_t i = 0; i < n; i++)
-        out[i] = byte_id[s[i]];
-    return n <= SMALL_PIECE ? (Py_ssize_t)bpe_small(pm, out, n) : bpe_large(pm, out, n);
+        out[i] = m->byte_id[s[i]];
+    return n <= SMALL_PIECE ? (Py_ssize_t)bpe_small(m, s, out, n) : bpe_large(&m->pairs, out, n);
 }
 
 

@@ -5,6 +5,20 @@
 
 /* ------------------------------------------------------------------- growable C arrays */
 
+/* memset through a pointer the compiler cannot see through: GCC turns malloc + memset(0) into
+ * calloc, which leaves fresh pages unwritten. Pages of a fresh mapping that are read first map the
+ * shared zero page, and the first write to such a page then costs a copy fault that interrupts
+ * every core running this process (a TLB shootdown; 17% of the time of two threads encoding
+ * 40 MB). Zeroing by writing makes every page an ordinary first-touch write. */
+static void *(*volatile memset_written)(void *, int, size_t) = memset;
+
+/* A zeroed block of n bytes, its pages written (see memset_written); NULL if out of memory. */
+static void *zalloc_written(size_t n)
+{
+    void *p = malloc(n);
+    return p ? memset_written(p, 0, n) : NULL;
+}
+
 /* Make room for `need` items in *p (capacity *cap, item size `size`). 0 on success. */
 static int reserve(void **p, size_t *cap, size_t need, size_t size)
 {
@@ -134,7 +148,7 @@ static inline uint32_t *bm_find(const BytesMap *m, const uint8_t *s, size_t n, u
 static int bm_grow(BytesMap *m)
 {
     size_t cap = (m->mask + 1) * 2;
-    uint64_t *slot = calloc(cap, sizeof(uint64_t));
+    uint64_t *slot = zalloc_written(cap * sizeof(uint64_t));
     if (!slot)
         return -1;
     for (size_t off = 0; off < m->len; off += rec_words(m->arena[off + 2], m->arena[off + 3])) {

@@ -84,11 +84,64 @@ INLINE size_t u8_run_end(const uint8_t *d, size_t i, size_t n, int cls)
     return i;
 }
 
+/* ASCII letters and digits eight bytes at a time (SWAR). Only used when the class table agrees
+ * that the ASCII letters are exactly [A-Za-z] and the ASCII numbers [0-9] (swar_ok, checked when
+ * the table is set), which is what \p{L} and \p{N} say. */
+static int swar_ok = 0;
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+/* High bit of byte k set iff byte k of w is an ASCII letter (cls C_LETTER) or digit (C_NUMBER).
+ * Each byte is reduced to 7 bits first, so the additions never carry into the next byte. */
+INLINE uint64_t swar_class(uint64_t w, int cls)
+{
+    uint64_t y, ge_lo, ge_hi;
+    if (cls == C_LETTER) {
+        y = (w | 0x2020202020202020ull) & ~HIGHS; /* fold case: A-Z -> a-z */
+        ge_lo = y + (0x80 - 'a') * ONES, ge_hi = y + (0x80 - 'z' - 1) * ONES;
+    } else {
+        y = w & ~HIGHS;
+        ge_lo = y + (0x80 - '0') * ONES, ge_hi = y + (0x80 - '9' - 1) * ONES;
+    }
+    return ge_lo & ~ge_hi & ~w & HIGHS;
+}
+
+/* End of the run of ASCII letters or digits (cls) that starts at i, stopping at n; words may be
+ * read up to `limit` (the end of the buffer). A run that ends on a non-ASCII byte is finished
+ * by the caller (that character may still be in the class). */
+INLINE size_t swar_run_end(const uint8_t *d, size_t i, size_t n, const uint8_t *limit, int cls)
+{
+    while (d + i + 8 <= limit) {
+        uint64_t w;
+        memcpy(&w, d + i, 8);
+        uint64_t stop = ~swar_class(w, cls) & HIGHS;
+        if (stop) {
+            i += (size_t)__builtin_ctzll(stop) >> 3;
+            return i < n ? i : n;
+        }
+        if ((i += 8) >= n)
+            return n;
+    }
+    while (i < n && d[i] < 0x80 && char_class[d[i]] == cls)
+        i++;
+    return i;
+}
+
 /* End of the pre-token that starts at i (< n): contractions, ` ?` + a letter / number / other
- * run, else a whitespace run that leaves its last char to the next token (\s+(?!\S)). */
-INLINE size_t u8_next_end(const uint8_t *d, size_t i, size_t n)
+ * run, else a whitespace run that leaves its last char to the next token (\s+(?!\S)). Bytes up to
+ * `limit` (>= d + n) may be read. */
+INLINE size_t u8_next_end(const uint8_t *d, size_t i, size_t n, const uint8_t *limit)
 {
     uint8_t c = d[i];
+    if (swar_ok) { /* fast path: ` ?` + an ASCII letter or digit run (most English pre-tokens) */
+        size_t s = i + (c == ' ' && i + 1 < n);
+        uint8_t c1 = d[s];
+        int k = c1 < 0x80 ? char_class[c1] : C_OTHER;
+        if (k == C_LETTER || k == C_NUMBER) {
+            size_t j = swar_run_end(d, s + 1, n, limit, k);
+            return j < n && d[j] >= 0x80 ? u8_run_end(d, j, n, k) : j;
+        }
+    }
     if (c == '\'' && i + 1 < n) {
         uint8_t a = d[i + 1], b = i + 2 < n ? d[i + 2] : 0;
         if (a == 's' || a == 'd' || a == 'm' || a == 't')

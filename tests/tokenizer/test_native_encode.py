@@ -198,6 +198,32 @@ def test_gpt2_hypothesis_equal_tiktoken(gpt2_encoder, tiktoken_gpt2, text):
     assert gpt2_encoder.encode(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
+def test_caches_grow_and_spill_equal_tiktoken(gpt2_encoder, tiktoken_gpt2):
+    """A fresh encoder (its per-thread caches start small and grow 4x as pieces arrive) on tens of
+    thousands of distinct pieces of 1..40 bytes - ASCII runs that cross the 8-byte scan words and
+    run on into non-ASCII letters and digits - plus pieces of 2..16 bytes with more ids than a
+    cache entry holds inline (whitespace runs, rare symbols), Zipf-repeated so that entries are
+    hit, promoted and evicted: cold, warm, and over two threads, equal to tiktoken."""
+    rng = random.Random(0)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCXYZ0123456789éü中٣"
+    words = ["".join(rng.choices(alphabet, k=rng.randint(1, 20))) for _ in range(30_000)]
+    odd = ["\n" + " " * k for k in range(1, 16)] + ["¤" * k for k in range(1, 9)]
+    odd += ["🤖" * k for k in range(1, 5)] + ["\u0301" * k for k in range(1, 8)]
+    parts = []
+    for w in rng.choices(words, weights=[1 / (i + 1) for i in range(len(words))], k=120_000):
+        parts.append(" " + w if rng.random() < 0.8 else w)
+        if rng.random() < 0.05:
+            parts.append(rng.choice(odd))
+    text = "".join(parts)
+    want = tiktoken_gpt2.encode_ordinary(text)
+    fresh = pickle.loads(pickle.dumps(gpt2_encoder))
+    assert fresh.encode(text) == want
+    assert fresh.encode(text) == want
+    docs = [text[i : i + 50_000] for i in range(0, len(text), 50_000)]
+    fresh = pickle.loads(pickle.dumps(gpt2_encoder))
+    assert fresh.encode_batch(docs, 2) == [tiktoken_gpt2.encode_ordinary(d) for d in docs]
+
+
 @pytest.fixture(scope="module")
 def hf_bpe():
     """A 600-token byte-level BPE trained by HuggingFace tokenizers, and our Encoder for it."""
