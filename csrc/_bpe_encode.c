@@ -486,6 +486,128 @@ static PyObject *Encoder_encode_batch_to_bytes(EncoderObject *self, PyObject *ar
     return encode_common(self, texts, nthreads, itemsize, specials, 0);
 }
 
+/* ------------------------------------------------------ flat output: one array, offsets */
+
+/* One thread's share of the flat result: texts [a, b) copied from the workers' buffers to
+ * out + dest[i] * itemsize (uint16 or uint32, little-endian). */
+typedef struct {
+    Worker **ws;
+    const size_t *off, *end;
+    const uint16_t *thr;
+    const int64_t *dest;
+    uint8_t *out;
+    int itemsize;
+    Py_ssize_t a, b;
+    uint32_t bad; /* an id over 0xFFFF for itemsize 2 (0: none) */
+} FlatCopy;
+
+static void *flat_copy(void *arg)
+{
+    FlatCopy *c = arg;
+    for (Py_ssize_t i = c->a; i < c->b; i++) {
+        const uint32_t *src = c->ws[c->thr[i]]->out.p + c->off[i];
+        size_t k = c->end[i] - c->off[i];
+        uint8_t *o = c->out + (size_t)c->dest[i] * c->itemsize;
+        if (c->itemsize == 4 && little_endian()) {
+            memcpy(o, src, k * sizeof(uint32_t));
+            continue;
+        }
+        for (size_t j = 0; j < k; j++, o += c->itemsize) {
+            uint32_t id = src[j];
+            if (c->itemsize == 2 && id > 0xFFFF) {
+                c->bad = id;
+                return NULL;
+            }
+            for (int byte = 0; byte < c->itemsize; byte++)
+                o[byte] = (uint8_t)(id >> (8 * byte));
+        }
+    }
+    return NULL;
+}
+
+/* Copy every text's ids into `out` on nthreads threads (call without the GIL), each thread
+ * taking a run of texts with about the same number of ids. 0, or the first too-large id. */
+static uint32_t flat_copy_all(FlatCopy *base, Py_ssize_t n, int nthreads)
+{
+    FlatCopy job[MAX_THREADS];
+    pthread_t tid[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    int64_t total = base->dest[n];
+    Py_ssize_t a = 0;
+    for (int t = 0; t < nthreads; t++) {
+        Py_ssize_t b = a;
+        int64_t goal = total / nthreads * (t + 1);
+        while (b < n && (t == nthreads - 1 || base->dest[b] < goal))
+            b++;
+        job[t] = *base, job[t].a = a, job[t].b = b, job[t].bad = 0;
+        a = b;
+    }
+    for (int t = 1; t < nthreads; t++)
+        started[t] = pthread_create(&tid[t], NULL, flat_copy, &job[t]) == 0;
+    flat_copy(&job[0]);
+    for (int t = 1; t < nthreads; t++) {
+        if (started[t])
+            pthread_join(tid[t], NULL);
+        else
+            flat_copy(&job[t]);
+    }
+    for (int t = 0; t < nthreads; t++)
+        if (job[t].bad)
+            return job[t].bad;
+    return 0;
+}
+
+static PyObject *Encoder_encode_batch_flat(EncoderObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"texts", "itemsize", "num_threads", "specials", NULL};
+    PyObject *texts, *specials = NULL, *ids = NULL, *offsets = NULL, *res = NULL;
+    int itemsize, nthreads = 1;
+    Worker *ws[MAX_THREADS];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|iO:encode_batch_flat", kwlist, &texts,
+                                     &itemsize, &nthreads, &specials) ||
+        check_itemsize(itemsize) < 0)
+        return NULL;
+    if (nthreads < 1 || nthreads > MAX_THREADS)
+        return PyErr_Format(PyExc_ValueError, "num_threads must be in 1..%d, got %d",
+                            MAX_THREADS, nthreads);
+    PyObject *tup = PySequence_Tuple(texts); /* holds the strs */
+    if (!tup)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(tup);
+    size_t *off = PyMem_Calloc(2 * n + 1, sizeof(size_t)), *end = off + n;
+    uint16_t *thr = PyMem_Calloc(n + 1, sizeof(uint16_t));
+    int used = off && thr ? encode_texts(self, PySequence_Fast_ITEMS(tup), n, nthreads, specials,
+                                         ws, off, end, thr)
+                          : (PyErr_NoMemory(), -1);
+    if (used > 0 && (offsets = PyByteArray_FromStringAndSize(NULL, (n + 1) * 8))) {
+        int64_t *dest = (int64_t *)PyByteArray_AS_STRING(offsets);
+        dest[0] = 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            dest[i + 1] = dest[i] + (int64_t)(end[i] - off[i]);
+        ids = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)dest[n] * itemsize);
+    }
+    if (ids) {
+        FlatCopy base = {ws, off, end, thr, (const int64_t *)PyByteArray_AS_STRING(offsets),
+                         (uint8_t *)PyByteArray_AS_STRING(ids), itemsize, 0, 0, 0};
+        int copiers = used; /* pages of the result are faulted in by several threads too */
+        PyThreadState *ts = PyByteArray_GET_SIZE(ids) >= (1 << 20) ? PyEval_SaveThread() : NULL;
+        uint32_t bad = flat_copy_all(&base, n, ts ? copiers : 1);
+        if (ts)
+            PyEval_RestoreThread(ts);
+        if (bad)
+            PyErr_Format(PyExc_OverflowError, "token id %u does not fit in uint16; use "
+                         "itemsize=4 (uint32) for vocabularies over 65536 tokens", bad);
+        else
+            res = PyTuple_Pack(2, ids, offsets);
+    }
+    Py_XDECREF(ids), Py_XDECREF(offsets);
+    if (used > 0)
+        give_workers(self, ws, used);
+    PyMem_Free(off), PyMem_Free(thr);
+    Py_DECREF(tup);
+    return res;
+}
+
 /* UTF-8 bytes (any buffer: bytes, a memoryview of an mmap'd file) -> packed ids, GIL released,
  * no str made. Invalid UTF-8 raises the UnicodeDecodeError that bytes.decode() would. */
 static PyObject *Encoder_encode_utf8_to_bytes(EncoderObject *self, PyObject *args, PyObject *kw)
@@ -556,6 +678,13 @@ static PyMethodDef Encoder_methods[] = {
      "encode_batch_to_bytes(texts: Sequence[str], itemsize: int, num_threads: int = 1, "
      "specials=None) -> list[bytes]\n\n[encode_to_bytes(t, itemsize) for t in texts], the GIL "
      "released once for the batch." SPECIALS_DOC},
+    {"encode_batch_flat", (PyCFunction)(void (*)(void))Encoder_encode_batch_flat,
+     METH_VARARGS | METH_KEYWORDS,
+     "encode_batch_flat(texts: Sequence[str], itemsize: int, num_threads: int = 1, "
+     "specials=None) -> tuple[bytearray, bytearray]\n\n(ids, offsets): the ids of every text, "
+     "packed as uint16/uint32 (itemsize 2/4) one after the other, and len(texts) + 1 int64 "
+     "offsets, text i's ids being ids[offsets[i]:offsets[i + 1]] (in items). Encoded as "
+     "encode_batch does, then copied into the result by the same threads." SPECIALS_DOC},
     {"encode_utf8_to_bytes", (PyCFunction)(void (*)(void))Encoder_encode_utf8_to_bytes,
      METH_VARARGS | METH_KEYWORDS,
      "encode_utf8_to_bytes(data: Buffer, itemsize: int, specials=None) -> bytes\n\n"

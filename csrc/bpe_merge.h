@@ -63,20 +63,28 @@ static size_t bpe_small(const Bpe *m, const uint8_t *s, uint32_t *ids, size_t n)
         pv[i] = m->byte_pair[(size_t)s[i] << 8 | s[i + 1]];
     while (n > 1) {
         size_t b = 0;
-        for (size_t i = 1; i + 1 < n; i++)
-            if (pv[i] < pv[b]) /* strict: leftmost of equal ranks */
-                b = i;
-        if (pv[b] == NO_MERGE)
+        uint64_t best = pv[0];
+        for (size_t i = 1; i + 1 < n; i++) { /* branch-free: the minimum's place is random */
+            int lower = pv[i] < best; /* strict: leftmost of equal ranks */
+            best = lower ? pv[i] : best, b = lower ? i : b;
+        }
+        if (best == NO_MERGE)
             break;
-        ids[b] = (uint32_t)pv[b];
-        memmove(ids + b + 1, ids + b + 2, (n - b - 2) * sizeof *ids);
-        if (n - b >= 3)
-            memmove(pv + b + 1, pv + b + 2, (n - b - 3) * sizeof *pv);
+        uint32_t merged = ids[b] = (uint32_t)best;
+        /* the two new pairs' slots start loading while the arrays close the gap */
+        if (b > 0)
+            __builtin_prefetch(&pm->slot[pair_slot(pm, (uint64_t)ids[b - 1] << 32 | merged)]);
+        if (b + 2 < n)
+            __builtin_prefetch(&pm->slot[pair_slot(pm, (uint64_t)merged << 32 | ids[b + 2])]);
+        for (size_t i = b + 1; i + 1 < n; i++)
+            ids[i] = ids[i + 1];
+        for (size_t i = b + 1; i + 2 < n; i++)
+            pv[i] = pv[i + 1];
         n--;
         if (b > 0)
-            pv[b - 1] = pair_get(pm, ids[b - 1], ids[b]);
+            pv[b - 1] = pair_get(pm, ids[b - 1], merged);
         if (b + 1 < n)
-            pv[b] = pair_get(pm, ids[b], ids[b + 1]);
+            pv[b] = pair_get(pm, merged, ids[b + 1]);
     }
     return n;
 }

@@ -148,8 +148,17 @@ class Tokenizer:
         """SHA-256 (hex) of ``repr((sorted(vocab.items()), merges, special_tokens))``: equal
         fingerprints, equal tokenizers. Computed once (a Tokenizer is not meant to be mutated)."""
         if self._fingerprint is None:
-            canon = repr((sorted(self.vocab.items()), self.merges, self.special_tokens))
-            self._fingerprint = hashlib.sha256(canon.encode()).hexdigest()
+            # The repr is hashed in blocks: one repr of the whole tuple is a single ~30 ms call
+            # that holds the GIL, and encode_file computes this while its threads encode.
+            h = hashlib.sha256(b"(")
+            for seq in (sorted(self.vocab.items()), self.merges):
+                h.update(b"[")
+                for i in range(0, len(seq), 2048):
+                    h.update(((", " if i else "") + ", ".join(map(repr, seq[i:i + 2048])))
+                             .encode())
+                h.update(b"], ")
+            h.update(f"{self.special_tokens!r})".encode())
+            self._fingerprint = h.hexdigest()
         return self._fingerprint
 
     # -------------------------------------------------------------------------- encoding
@@ -182,26 +191,59 @@ class Tokenizer:
     ) -> list[list[int]]:
         """``[encode(t, special=special) for t in texts]``, on ``num_threads`` threads (default:
         the usable cores, at most 64) with the GIL released: the C encoder splits the documents
-        among the threads, each with its own caches, and the lists are built at the end.
+        among the threads, each with its own caches, and the lists are built at the end. For
+        bulk encoding, ``encode_batch_flat`` skips the Python int per id.
 
         >>> tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: b"ab"}, [(b"a", b"b")])
         >>> tok.encode_batch(["ab", "", "cab"])
         [[256], [], [99, 256]]
         """
+        texts, enc, threads, specials = self._batch_args(texts, special, num_threads)
+        if enc is None:
+            return [self.encode(t, special=special) for t in texts]
+        return enc.encode_batch(texts, threads, specials)
+
+    def encode_batch_flat(
+        self, texts: Sequence[str], *, special: str = "special", num_threads: int | None = None,
+        dtype: str | np.dtype | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every text's ids in one flat array: ``(ids, offsets)``, the ids of ``texts[i]`` being
+        ``ids[offsets[i]:offsets[i + 1]]`` (``offsets``: int64, ``len(texts) + 1`` of them).
+        ``ids`` is uint16 when the vocabulary fits (as ``encode_file`` writes), else uint32, or
+        ``dtype``. Encoded as ``encode_batch`` does, then copied straight into the array by the
+        same threads: no Python int per id, which is what bulk encoding in memory needs (the
+        same contract as ``fastokens``' ``encode_batch_flat``).
+
+        >>> tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: b"ab"}, [(b"a", b"b")])
+        >>> ids, offsets = tok.encode_batch_flat(["ab", "", "cab"])
+        >>> ids.tolist(), offsets.tolist(), ids.dtype.name
+        ([256, 99, 256], [0, 1, 1, 3], 'uint16')
+        """
+        dt = np.dtype(dtype or ("<u2" if self.vocab_size <= 65536 else "<u4")).newbyteorder("<")
+        if dt.kind != "u" or dt.itemsize not in (2, 4):
+            raise TokenizerInputError(f"dtype={dtype!r}: ids are uint16 or uint32.")
+        texts, enc, threads, specials = self._batch_args(texts, special, num_threads)
+        if enc is None:
+            parts = [np.asarray(self.encode(t, special=special), dt) for t in texts]
+            lengths = np.array([0] + [len(p) for p in parts], np.int64)
+            return np.concatenate([np.zeros(0, dt), *parts]), np.cumsum(lengths)
+        ids, offsets = enc.encode_batch_flat(texts, dt.itemsize, threads, specials)
+        return np.frombuffer(ids, dt), np.frombuffer(offsets, np.int64)
+
+    def _batch_args(self, texts: Sequence[str], special: str, num_threads: int | None) -> tuple:
+        """``(texts as a list, C encoder or None, threads, C specials)`` for a batch call;
+        checks the policy and the thread count, and raises for "raise" if a text holds a
+        special token."""
         _check_policy(special)
         texts = list(texts)
         enc = self._encoder()
-        if enc is None:
-            return [self.encode(t, special=special) for t in texts]
         threads = min(64, num_threads or default_num_workers())
         if threads < 1:
             raise TokenizerInputError(f"num_threads={num_threads!r}: give at least 1 thread.")
-        specials = None
-        for t in texts if special == "raise" else ():
+        for t in texts if special == "raise" and enc is not None else ():
             self._c_specials(t, special)  # raises on the first special found
-        if special == "special" and self._special_pairs:
-            specials = self._special_pairs
-        return enc.encode_batch(texts, threads, specials)
+        specials = self._special_pairs if special == "special" and self._special_pairs else None
+        return texts, enc, threads, specials
 
     def _c_specials(self, text: str, special: str) -> tuple[tuple[bytes, int], ...] | None:
         """The ``specials`` argument of the C encoder for ``text`` under the policy ``special``

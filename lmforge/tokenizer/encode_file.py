@@ -273,9 +273,6 @@ def write_token_file(
     t0 = time.perf_counter()
     out_path = Path(output_path)
     sizes = [check_input_file(p) for p in inputs]
-    # The sidecar's fingerprint (a hash of the whole vocabulary, ~30 ms for GPT-2) is computed
-    # while the chunks encode rather than after them; fingerprint() caches it on the tokenizer.
-    threading.Thread(target=tok.fingerprint, daemon=True).start()
     sep_id = _separator_id(tok)
     if val_fraction:
         val_document_mask(2, val_fraction)  # a bad fraction is refused before any work
@@ -321,7 +318,8 @@ def write_token_file(
 
     sep = (sep_id or 0).to_bytes(dtype.itemsize, "little")
     with tqdm(total=sum(sizes), unit="B", unit_scale=True, disable=not progress) as bar:
-        chunks = _corpus_bytes(tok, jobs, separator_after, sep, workers, bar)
+        chunks = _fingerprint_meanwhile(
+            tok, _corpus_bytes(tok, jobs, separator_after, sep, workers, bar))
         if val_path is None:
             with _token_array(out_path, dtype) as sink:
                 for data in chunks:
@@ -355,6 +353,17 @@ def write_token_file(
                                    sum(sizes), seconds, meta)
                   for path, sink, meta in zip((out_path, val_path), sinks, metas, strict=True))
     return dataclasses.replace(train, val=val)
+
+
+def _fingerprint_meanwhile(tok: TokenEncoder, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks``, with the sidecar's fingerprint (a hash of the whole vocabulary, ~30 ms of
+    Python for GPT-2; ``fingerprint()`` caches it) computed on a thread once the first chunk is
+    out: by then the pool is encoding without the GIL, while before it the hash would hold up
+    the main thread's setup (~40 ms of a 0.3 s run on 40 MB)."""
+    for k, data in enumerate(chunks):
+        if k == 0:
+            threading.Thread(target=tok.fingerprint, daemon=True).start()
+        yield data
 
 
 def _copy_runs(ids: np.ndarray, runs: np.ndarray, sep: bytes, sink: _TokenSink) -> None:

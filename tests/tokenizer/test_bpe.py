@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import functools
+import hashlib
 import io
 import json
 import os
@@ -276,6 +277,14 @@ def test_tokenizer_pickles_and_still_encodes():
     clone = pickle.loads(pickle.dumps(tok))
     assert clone.encode("Hello" + EOT) == tok.encode("Hello" + EOT)
     assert clone.fingerprint() == tok.fingerprint()
+
+
+@pytest.mark.parametrize("make", [gpt2_tokenizer, lambda: byte_tokenizer(merges=[(b"a", b"b")])])
+def test_fingerprint_is_sha256_of_the_canonical_repr(make):
+    """Hashed block by block (so it never holds the GIL for long), still the documented digest."""
+    tok = make()
+    canon = repr((sorted(tok.vocab.items()), tok.merges, tok.special_tokens))
+    assert tok.fingerprint() == hashlib.sha256(canon.encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------ encode_iterable

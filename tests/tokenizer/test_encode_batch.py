@@ -5,6 +5,8 @@
   bug in the hand-out or the gathering shows up as a shuffled or missing document);
 - ``encode_utf8_to_bytes`` (UTF-8 read in place, split on the specials in C) == ``encode_to_bytes``
   of the decoded text, and raises the very ``UnicodeDecodeError`` of ``bytes.decode``;
+- ``encode_batch_flat`` (threads copy straight into one array) == tiktoken's ids at the offsets,
+  for each dtype, thread count and policy, in C and in the pure-Python fallback;
 - overlapping specials split longest-first, as the Python reference does.
 """
 
@@ -89,6 +91,46 @@ def test_encode_batch_bad_thread_count():
     c_encoder_or_skip(tok)
     with pytest.raises(TokenizerInputError, match="num_threads"):
         tok.encode_batch(["a"], num_threads=-1)
+
+
+@pytest.mark.parametrize(("threads", "dtype"), [(1, None), (2, "uint32"), (5, None)])
+def test_encode_batch_flat_equals_tiktoken_at_the_offsets(threads, dtype):
+    tok, tik = gpt2_tokenizer(), tiktoken_gpt2()
+    c_encoder_or_skip(tok)
+    docs = real_documents()
+    joined = [ENDOFTEXT.join(docs[i : i + 3]) for i in range(0, 60, 3)]
+    for texts, special, want in [(docs, "special", tik.encode_ordinary_batch(docs)),
+                                 (joined, "special", [tik.encode(d, allowed_special="all")
+                                                      for d in joined]),
+                                 (joined, "plain", tik.encode_ordinary_batch(joined))]:
+        ids, offsets = tok.encode_batch_flat(texts, special=special, num_threads=threads,
+                                             dtype=dtype)
+        assert ids.dtype == np.dtype(dtype or "uint16") and offsets.dtype == np.int64
+        assert offsets.tolist() == np.cumsum([0] + [len(w) for w in want]).tolist()
+        assert ids.tolist() == [i for w in want for i in w]
+    ids, offsets = tok.encode_batch_flat([])
+    assert ids.size == 0 and offsets.tolist() == [0]
+    ids[:] = 0  # writable, like an array the caller owns
+
+
+def test_encode_batch_flat_fallback_and_errors(monkeypatch):
+    tok, tik = gpt2_tokenizer(), tiktoken_gpt2()
+    c_encoder_or_skip(tok)
+    docs = real_documents()[:50]
+    want = tok.encode_batch_flat(docs, dtype="uint32")
+    monkeypatch.setattr(tok, "_encoder", lambda: None)  # the pure-Python path
+    got = tok.encode_batch_flat(docs, dtype="uint32")
+    assert [a.tolist() for a in got] == [a.tolist() for a in want]
+    assert got[0].tolist() == [i for d in tik.encode_ordinary_batch(docs) for i in d]
+    monkeypatch.undo()
+    with pytest.raises(TokenizerInputError, match="uint16 or uint32"):
+        tok.encode_batch_flat(docs, dtype="int8")
+    with pytest.raises(TokenizerInputError, match="found in the input"):
+        tok.encode_batch_flat(["fine", ENDOFTEXT], special="raise")
+    big = Tokenizer({i: bytes([i]) for i in range(256)} | {70000: b"ab"}, [(b"a", b"b")])
+    assert big.encode_batch_flat(["ab"])[0].dtype == np.uint32
+    with pytest.raises(OverflowError, match="uint16"):
+        big.encode_batch_flat(["xab"], dtype="uint16")
 
 
 def test_overlapping_specials_longest_first():
