@@ -33,7 +33,7 @@
 #define WAYS 2 /* entries per set of the short and medium caches */
 #endif
 #define OUT_SLACK 16 /* >= MID_IDS: a hit copies a whole entry's ids */
-#define PIPELINE 16 /* pieces whose cache slots are loaded ahead of their lookups */
+#define PIPELINE 32 /* pieces whose cache slots are loaded ahead of their lookups */
 #define KEEP_BUF_BYTES (64u << 20) /* larger scratch buffers are freed before pooling */
 
 typedef struct {
