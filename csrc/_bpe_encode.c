@@ -66,6 +66,7 @@ typedef struct {
     Worker *pool[POOL_SIZE];
     int pool_n;
     PyObject *args; /* (vocab, merges), for pickling */
+    uint32_t max_id; /* the largest id in vocab */
 } EncoderObject;
 
 /* inv[b] as a uint32 id: 1 if found, 0 if absent, -1 on error. */
@@ -113,6 +114,7 @@ static PyObject *invert_vocab(EncoderObject *self, PyObject *vocab)
         }
         max_id = id > max_id ? id : max_id;
     }
+    self->max_id = (uint32_t)max_id;
     for (int b = 0; inv && b < 256; b++) {
         char c = (char)b;
         PyObject *key = PyBytes_FromStringAndSize(&c, 1);
@@ -156,13 +158,7 @@ static int add_merge(EncoderObject *self, PyObject *inv, Py_ssize_t rank, PyObje
         return -1;
     if (rl == 0 || rr == 0) /* a part missing from vocab: this pair can never occur */
         return 0;
-    uint64_t key = (uint64_t)l << 32 | r;
-    PairMap *p = &self->bpe.pairs;
-    size_t i = pair_slot(p, key);
-    while (p->slot[i].key != EMPTY && p->slot[i].key != key)
-        i = (i + 1) & p->mask;
-    if (p->slot[i].key == EMPTY)
-        p->slot[i].key = key, p->slot[i].val = (uint64_t)rank << 32 | m;
+    pair_map_add(&self->bpe.pairs, l, r, (uint32_t)rank, m);
     return 0;
 }
 
@@ -178,18 +174,10 @@ static int encoder_build(EncoderObject *self, PyObject *vocab, PyObject *merges)
         PyErr_SetString(PyExc_ValueError, "too many merges (at most 2**32 - 2)");
         rc = -1;
     }
-    size_t cap = 1024;
-    while (cap < 2 * (size_t)n + 2)
-        cap *= 2;
-    PairMap *p = &self->bpe.pairs;
-    p->mask = cap - 1;
-    p->slot = PyMem_Malloc(cap * sizeof(PairSlot));
-    if (!rc && !p->slot) {
+    if (!rc && pair_map_init(&self->bpe.pairs, (size_t)n, self->max_id) < 0) {
         PyErr_NoMemory();
         rc = -1;
     }
-    if (!rc)
-        memset(p->slot, 0xFF, cap * sizeof(PairSlot));
     for (Py_ssize_t i = 0; !rc && i < n; i++)
         rc = add_merge(self, inv, i, PySequence_Fast_GET_ITEM(seq, i));
     if (!rc && bpe_init_byte_pairs(&self->bpe) < 0) {
@@ -221,7 +209,7 @@ static void Encoder_dealloc(EncoderObject *self)
     for (size_t i = 0; i < self->n_id_obj; i++)
         Py_XDECREF(self->id_obj[i]);
     PyMem_Free(self->id_obj);
-    PyMem_Free(self->bpe.pairs.slot);
+    pair_map_free(&self->bpe.pairs);
     free(self->bpe.byte_pair);
     for (int i = 0; i < self->pool_n; i++)
         worker_free(self->pool[i]);

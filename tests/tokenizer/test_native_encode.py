@@ -282,6 +282,20 @@ def test_arbitrary_merge_order_equals_textbook_bpe(seeds):
             assert enc.encode(text) == want, (seed, text)
 
 
+def test_wide_merge_table_for_large_ids_equals_compact():
+    """Ids from 2**20 - 1 up do not fit the one-word merge slots: the two-word ("wide") table
+    must give the same merges, the ids shifted."""
+    shift = 3_000_000
+    for seed in range(20):
+        vocab, merges = random_bpe(seed, 60)
+        big = C.Encoder({i if i < 256 else i + shift: b for i, b in vocab.items()}, merges)
+        small = C.Encoder(vocab, merges)
+        rng = random.Random(seed)
+        for n in (2, 9, 30, 70, 200):
+            text = "".join(rng.choice("aab1 ") for _ in range(n))
+            assert big.encode(text) == [i if i < 256 else i + shift for i in small.encode(text)]
+
+
 # --------------------------------------------------------------- packing, threads, errors
 
 
