@@ -54,6 +54,7 @@ static int char_class_ready = 0;
 #include "bytes_map.h"
 #include "bpe_merge.h"
 #include "utf8_scan.h"
+#include "ascii_scan.h"
 #include "encode_worker.h"
 
 /* ------------------------------------------------------------------------- Encoder */
@@ -717,6 +718,7 @@ static PyObject *init_char_classes(PyObject *mod, PyObject *arg)
             int letter = (c | 0x20) >= 'a' && (c | 0x20) <= 'z', digit = c >= '0' && c <= '9';
             swar_ok &= (char_class[c] == C_LETTER) == letter && (char_class[c] == C_NUMBER) == digit;
         }
+        ascii_scan_ok = ascii_scan_check();
     } else {
         PyErr_Format(PyExc_ValueError, "char class table must be 0x110000 bytes with values 0..3 "
                      "(got %zd bytes); use lmforge.tokenizer.native.char_class_table()", view.len);
@@ -738,6 +740,33 @@ static PyObject *pretokenize(PyObject *mod, PyObject *text)
             Py_CLEAR(list);
         Py_XDECREF(piece);
     }
+    return list;
+}
+
+/* The pieces the encoder's scanner (ascii_scan.h / utf8_scan.h) cuts valid UTF-8 into. */
+static PyObject *pretokenize_utf8(PyObject *mod, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *d = view.buf;
+    size_t n = (size_t)view.len;
+    PyObject *list = NULL;
+    Py_ssize_t bad = utf8_check(d, n);
+    if (bad >= 0) {
+        PyErr_Format(PyExc_ValueError, "invalid UTF-8 at byte %zd", bad);
+    } else if ((list = PyList_New(0))) {
+        PieceIter it;
+        piece_iter_init(&it, d, 0, n, d + n);
+        for (size_t t; list && it.pos < n; it.pos = t) {
+            t = piece_iter_next(&it);
+            PyObject *piece = PyBytes_FromStringAndSize((const char *)d + it.pos, t - it.pos);
+            if (!piece || PyList_Append(list, piece) < 0)
+                Py_CLEAR(list);
+            Py_XDECREF(piece);
+        }
+    }
+    PyBuffer_Release(&view);
     return list;
 }
 
@@ -806,6 +835,10 @@ static PyMethodDef module_methods[] = {
      "0 other, 1 letter, 2 number, 3 whitespace) used by the pre-tokenizer."},
     {"pretokenize", pretokenize, METH_O,
      "pretokenize(text: str) -> list[str]\n\nSame as GPT2_REGEX.findall(text)."},
+    {"pretokenize_utf8", pretokenize_utf8, METH_O,
+     "pretokenize_utf8(data: Buffer) -> list[bytes]\n\n[p.encode() for p in "
+     "GPT2_REGEX.findall(bytes(data).decode())], cut by the encoder's own scanner (the one "
+     "encode_utf8_to_bytes and encode_batch use); ValueError on invalid UTF-8."},
     {"count_pretokens", count_pretokens, METH_VARARGS,
      "count_pretokens(text: str, counts: dict) -> None\n\nFor every pre-token p of text: "
      "counts[p.encode()] = counts.get(p.encode(), 0) + 1."},

@@ -361,12 +361,14 @@ static int encode_utf8(const Bpe *m, Worker *w, const uint8_t *d, size_t n, cons
         if (reserve((void **)&w->out.p, &w->out.cap, w->out.n + (e - i) + 1 + OUT_SLACK,
                     sizeof(uint32_t)) < 0)
             return -1;
-        for (size_t j = i; j < e;) {
+        PieceIter it;
+        piece_iter_init(&it, d, i, e, limit);
+        while (it.pos < e) {
             Piece q[PIPELINE];
             int k = 0;
-            for (size_t t; k < PIPELINE && j < e; k++, j = t) {
-                t = u8_next_end(d, j, e, limit);
-                q[k].s = d + j, q[k].n = t - j;
+            for (size_t t; k < PIPELINE && it.pos < e; k++, it.pos = t) {
+                t = piece_iter_next(&it);
+                q[k].s = d + it.pos, q[k].n = t - it.pos;
                 piece_prepare(w, &q[k], limit);
             }
             for (int a = 0; a < k; a++)

@@ -136,6 +136,39 @@ def test_pretokenize_equals_regex_findall(text):
     assert C.pretokenize(text) == GPT2_REGEX.findall(text)
 
 
+# Pieces that meet every rule of the 64-byte ASCII scan (ascii_scan.h): class changes, spaces
+# joining the next run, whitespace runs giving their last byte away, contractions (also cut by a
+# window edge), plus non-ASCII characters that send a window back to the scalar scanner.
+SCAN_PIECES = [
+    *"abstmdlvreAZ019 '\n\t.,!?-",
+    "  ", "   ", "'s", "'ll", "'ve", "'re", "'d", " '", "\r\n", "\x0b", "\x1c", "\x7f",
+    "é", "中", "\u00a0", "😀",
+]  # fmt: skip
+long_scan_text = st.lists(st.sampled_from(SCAN_PIECES), min_size=30, max_size=300).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(long_scan_text, st.booleans())
+def test_pretokenize_utf8_equals_regex_findall(text, ascii_only):
+    if ascii_only:
+        text = "".join(ch for ch in text if ord(ch) < 128)
+    assert C.pretokenize_utf8(text.encode()) == [p.encode() for p in GPT2_REGEX.findall(text)]
+
+
+def test_pretokenize_utf8_random_long_texts_and_fixtures():
+    rng = random.Random(1)
+    for _ in range(3000):
+        text = "".join(rng.choices(SCAN_PIECES, k=rng.randint(20, 200)))
+        if rng.random() < 0.5:
+            text = "".join(ch for ch in text if ord(ch) < 128)
+        assert C.pretokenize_utf8(text.encode()) == [p.encode() for p in GPT2_REGEX.findall(text)]
+    for name in FIXTURES:
+        text = fixture_text(name)
+        assert C.pretokenize_utf8(text.encode()) == [p.encode() for p in GPT2_REGEX.findall(text)]
+    with pytest.raises(ValueError, match="invalid UTF-8 at byte 1"):
+        C.pretokenize_utf8(b"a\xff")
+
+
 @pytest.mark.parametrize("name", FIXTURES)
 def test_pretokenize_fixtures_equal_regex(name):
     text = fixture_text(name)
