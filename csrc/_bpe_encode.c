@@ -4,31 +4,29 @@
  * in tests/tokenizer/test_native_encode.py and test_encode_batch.py prove this module equal to
  * them, to tiktoken (GPT-2) and to HuggingFace tokenizers (an arbitrary trained vocabulary).
  *
- * Design (issue 17; profiles in docs/benchmarks.md):
- * - Everything is encoded from UTF-8 (utf8_scan.h): bytes and mmap'd files in place, ASCII strs
+ * Design (issue 17; profiles in docs/benchmarks.md), one header per part:
+ * - utf8_scan.h: everything is encoded from UTF-8 - bytes and mmap'd files in place, ASCII strs
  *   in place (their storage is UTF-8), other strs after one conversion per text into a reused
  *   worker buffer. Special tokens are split off in the same pass (memchr on their first byte),
- *   so a whole chunk of a file is one call with the GIL released.
- * - Pre-tokenizer: a hand-written scanner for the GPT-2 pattern
+ *   so a whole chunk of a file is one call with the GIL released. Its scalar scanner follows the
+ *   GPT-2 pattern
  *       '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
- *   ASCII bytes are classified by the first 128 entries of a 0x110000-byte class table (other /
- *   letter / number / space) that native.py computes with the `regex` module itself, so both
- *   agree on every code point; other characters are decoded and looked up in the same table.
- *   pretok_scan.h keeps the code-unit scanner of strs for pretokenize/count_pretokens.
- * - Cache (encode_worker.h): pieces of 2..8 bytes hit a direct-mapped table keyed by the bytes as
- *   one uint64 (8 MiB per worker); all pieces up to 256 bytes are kept in a BytesMap behind it.
- *   The lookups are memory-latency bound, so pieces are scanned 16 at a time and their cache
- *   slots prefetched before any is looked up (the misses overlap).
- * - BPE (bpe_merge.h): within a pre-token, repeatedly merge the adjacent pair of lowest merge
- *   rank, leftmost first. Pairs live in an open-addressing table of (left, right) -> rank << 32 |
- *   merged id, key and value in one 16-byte slot. Pieces of up to SMALL_PIECE bytes use an array
- *   scan; longer ones a linked list plus a min-heap, O(n log n).
- * - Threads: a Worker (caches + output buffer) belongs to one call at a time (a pool per Encoder,
- *   handed out under the GIL), so no lock is taken while encoding. encode_batch starts pthreads
- *   that take documents from an atomic counter and write ids into their worker's buffer; the
- *   lists are built once at the end (with the cyclic GC paused: ids lists form no cycles).
- * - Ids come out as uint32 in the worker's buffer, packed in place to uint16/uint32 bytes for the
- *   *_to_bytes methods, or turned into lists of preallocated int objects.
+ *   with a 0x110000-byte class table (other / letter / number / space) that native.py computes
+ *   with the `regex` module itself, so both agree on every code point.
+ * - ascii_scan.h: on ASCII the same boundaries, 64 bytes at a time as a bit mask (SSE2), read
+ *   off with count-trailing-zeros; windows with other bytes go to the scalar scanner.
+ * - encode_worker.h: per-thread caches of piece -> ids (2-way direct-mapped tables for 2..8 and
+ *   9..16-byte pieces that grow with the text, a BytesMap for longer ones); pieces are cut 32 at
+ *   a time and their cache slots prefetched before any lookup, so the misses overlap.
+ * - bpe_merge.h: BPE within a piece - repeatedly merge the adjacent pair of lowest rank,
+ *   leftmost first - over a one-word-per-slot merge table and a dense byte-pair rank table;
+ *   an array scan for pieces of up to SMALL_PIECE bytes, a heap beyond.
+ * - batch_threads.h: encode_batch's pthreads (texts from an atomic counter, a Worker each), and
+ *   the flat output (every text's ids copied into one array by the same threads).
+ * - Workers (caches + output buffer) belong to one call at a time (a pool per Encoder, handed
+ *   out under the GIL), so no lock is taken while encoding. Ids come out as uint32 in the
+ *   worker's buffer, packed to uint16/uint32 bytes for the *_to_bytes and flat methods, or
+ *   turned into lists of preallocated int objects (with the cyclic GC paused).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,6 +54,7 @@ static int char_class_ready = 0;
 #include "utf8_scan.h"
 #include "ascii_scan.h"
 #include "encode_worker.h"
+#include "batch_threads.h"
 
 /* ------------------------------------------------------------------------- Encoder */
 
@@ -70,125 +69,7 @@ typedef struct {
     uint32_t max_id; /* the largest id in vocab */
 } EncoderObject;
 
-/* inv[b] as a uint32 id: 1 if found, 0 if absent, -1 on error. */
-static int inv_get(PyObject *inv, PyObject *b, uint32_t *id)
-{
-    PyObject *v = PyDict_GetItemWithError(inv, b);
-    if (!v)
-        return PyErr_Occurred() ? -1 : 0;
-    *id = (uint32_t)PyLong_AsUnsignedLong(v);
-    return 1;
-}
-
-/* int objects for ids 0..max_id, so that encode() allocates no ints. */
-static int make_int_table(EncoderObject *self, size_t max_id)
-{
-    if (!(self->id_obj = PyMem_Calloc(max_id + 1, sizeof(PyObject *)))) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (; self->n_id_obj <= max_id; self->n_id_obj++)
-        if (!(self->id_obj[self->n_id_obj] = PyLong_FromSize_t(self->n_id_obj)))
-            return -1;
-    return 0;
-}
-
-/* bytes -> id (the last id wins if bytes repeat); fills byte_id and the id -> int table. */
-static PyObject *invert_vocab(EncoderObject *self, PyObject *vocab)
-{
-    if (!PyDict_Check(vocab))
-        return PyErr_Format(PyExc_TypeError, "vocab must be a dict[int, bytes], not %.100s",
-                            Py_TYPE(vocab)->tp_name);
-    PyObject *inv = PyDict_New(), *k, *v;
-    Py_ssize_t pos = 0;
-    unsigned long max_id = 0;
-    while (inv && PyDict_Next(vocab, &pos, &k, &v)) {
-        unsigned long id = PyLong_Check(k) ? PyLong_AsUnsignedLong(k) : 0;
-        if (!PyLong_Check(k) || !PyBytes_Check(v) || (id == (unsigned long)-1 && PyErr_Occurred())
-            || id >= DEAD) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "vocab entries must be int id (0 <= id < 2**32 - 1) "
-                         "-> bytes; got %R: %R", k, v);
-            Py_CLEAR(inv);
-        } else if (PyDict_SetItem(inv, v, k) < 0) {
-            Py_CLEAR(inv);
-        }
-        max_id = id > max_id ? id : max_id;
-    }
-    self->max_id = (uint32_t)max_id;
-    for (int b = 0; inv && b < 256; b++) {
-        char c = (char)b;
-        PyObject *key = PyBytes_FromStringAndSize(&c, 1);
-        int r = key ? inv_get(inv, key, &self->bpe.byte_id[b]) : -1;
-        Py_XDECREF(key);
-        if (r == 0)
-            PyErr_Format(PyExc_ValueError, "vocab has no token for the single byte 0x%02x; "
-                         "byte-level BPE needs all 256 single-byte tokens", b);
-        if (r <= 0)
-            Py_CLEAR(inv);
-    }
-    if (inv && max_id < (1ul << 24) && max_id <= 2 * (size_t)PyDict_GET_SIZE(vocab) + 1024 &&
-        make_int_table(self, max_id) < 0)
-        Py_CLEAR(inv);
-    return inv;
-}
-
-/* Insert merge `rank` (a, b) into the pair table; a pair already present keeps its lower rank. */
-static int add_merge(EncoderObject *self, PyObject *inv, Py_ssize_t rank, PyObject *item)
-{
-    PyObject *a, *b;
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
-        !PyBytes_Check(a = PyTuple_GET_ITEM(item, 0)) || !PyBytes_Check(b = PyTuple_GET_ITEM(item, 1))) {
-        PyErr_Format(PyExc_TypeError, "merges[%zd] must be a (bytes, bytes) tuple, got %R", rank,
-                     item);
-        return -1;
-    }
-    PyObject *ab = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(a) + PyBytes_GET_SIZE(b));
-    if (!ab)
-        return -1;
-    memcpy(PyBytes_AS_STRING(ab), PyBytes_AS_STRING(a), PyBytes_GET_SIZE(a));
-    memcpy(PyBytes_AS_STRING(ab) + PyBytes_GET_SIZE(a), PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
-    uint32_t l = 0, r = 0, m = 0;
-    int rm = inv_get(inv, ab, &m), rl = rm > 0 ? inv_get(inv, a, &l) : 0;
-    int rr = rl > 0 ? inv_get(inv, b, &r) : 0;
-    if (rm == 0)
-        PyErr_Format(PyExc_ValueError, "merges[%zd] = %R: the merged token %R is not in vocab",
-                     rank, item, ab);
-    Py_DECREF(ab);
-    if (rm <= 0 || rl < 0 || rr < 0)
-        return -1;
-    if (rl == 0 || rr == 0) /* a part missing from vocab: this pair can never occur */
-        return 0;
-    pair_map_add(&self->bpe.pairs, l, r, (uint32_t)rank, m);
-    return 0;
-}
-
-static int encoder_build(EncoderObject *self, PyObject *vocab, PyObject *merges)
-{
-    PyObject *inv = invert_vocab(self, vocab);
-    if (!inv)
-        return -1;
-    PyObject *seq = PySequence_Fast(merges, "merges must be a list of (bytes, bytes) tuples");
-    int rc = seq ? 0 : -1;
-    Py_ssize_t n = seq ? PySequence_Fast_GET_SIZE(seq) : 0;
-    if (n >= (Py_ssize_t)DEAD) {
-        PyErr_SetString(PyExc_ValueError, "too many merges (at most 2**32 - 2)");
-        rc = -1;
-    }
-    if (!rc && pair_map_init(&self->bpe.pairs, (size_t)n, self->max_id) < 0) {
-        PyErr_NoMemory();
-        rc = -1;
-    }
-    for (Py_ssize_t i = 0; !rc && i < n; i++)
-        rc = add_merge(self, inv, i, PySequence_Fast_GET_ITEM(seq, i));
-    if (!rc && bpe_init_byte_pairs(&self->bpe) < 0) {
-        PyErr_NoMemory();
-        rc = -1;
-    }
-    Py_XDECREF(seq);
-    Py_DECREF(inv);
-    return rc;
-}
+#include "encoder_build.h"
 
 static PyObject *Encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -216,39 +97,6 @@ static void Encoder_dealloc(EncoderObject *self)
         worker_free(self->pool[i]);
     Py_XDECREF(self->args);
     Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* Pack n ids from src to dst as little-endian uint16/uint32 (itemsize 2/4); dst may be src
- * itself (in place, the writes never overtake the reads). 0, or -1 with *bad = the first id that
- * does not fit. Eight ids at a time, so the compiler turns the narrowing into vector code. */
-static int pack_ids_to(uint8_t *dst, const uint32_t *src, size_t n, int itemsize, uint32_t *bad)
-{
-    size_t i = 0;
-    if (little_endian() && itemsize == 4) {
-        if (dst != (const uint8_t *)src)
-            memmove(dst, src, n * sizeof(uint32_t));
-        return 0;
-    }
-    if (little_endian()) {
-        for (; i + 8 <= n; i += 8) {
-            uint32_t v[8], hi = 0;
-            uint16_t h[8];
-            memcpy(v, src + i, sizeof v);
-            for (int j = 0; j < 8; j++)
-                hi |= v[j], h[j] = (uint16_t)v[j];
-            if (hi > 0xFFFF)
-                break; /* the loop below finds which */
-            memcpy(dst + 2 * i, h, sizeof h);
-        }
-    }
-    for (; i < n; i++) {
-        uint32_t id = src[i];
-        if (itemsize == 2 && id > 0xFFFF)
-            return *bad = id, -1;
-        for (int b = 0; b < itemsize; b++)
-            dst[i * itemsize + b] = (uint8_t)(id >> (8 * b));
-    }
-    return 0;
 }
 
 static int check_itemsize(int itemsize)
@@ -494,62 +342,6 @@ static PyObject *Encoder_encode_batch_to_bytes(EncoderObject *self, PyObject *ar
 }
 
 /* ------------------------------------------------------ flat output: one array, offsets */
-
-/* One thread's share of the flat result: texts [a, b) copied from the workers' buffers to
- * out + dest[i] * itemsize (uint16 or uint32, little-endian). */
-typedef struct {
-    Worker **ws;
-    const size_t *off, *end;
-    const uint16_t *thr;
-    const int64_t *dest;
-    uint8_t *out;
-    int itemsize;
-    Py_ssize_t a, b;
-    uint32_t bad; /* an id over 0xFFFF for itemsize 2 (0: none) */
-} FlatCopy;
-
-static void *flat_copy(void *arg)
-{
-    FlatCopy *c = arg;
-    for (Py_ssize_t i = c->a; i < c->b; i++)
-        if (pack_ids_to(c->out + (size_t)c->dest[i] * c->itemsize,
-                        c->ws[c->thr[i]]->out.p + c->off[i], c->end[i] - c->off[i], c->itemsize,
-                        &c->bad) < 0)
-            break;
-    return NULL;
-}
-
-/* Copy every text's ids into `out` on nthreads threads (call without the GIL), each thread
- * taking a run of texts with about the same number of ids. 0, or the first too-large id. */
-static uint32_t flat_copy_all(FlatCopy *base, Py_ssize_t n, int nthreads)
-{
-    FlatCopy job[MAX_THREADS];
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    int64_t total = base->dest[n];
-    Py_ssize_t a = 0;
-    for (int t = 0; t < nthreads; t++) {
-        Py_ssize_t b = a;
-        int64_t goal = total / nthreads * (t + 1);
-        while (b < n && (t == nthreads - 1 || base->dest[b] < goal))
-            b++;
-        job[t] = *base, job[t].a = a, job[t].b = b, job[t].bad = 0;
-        a = b;
-    }
-    for (int t = 1; t < nthreads; t++)
-        started[t] = pthread_create(&tid[t], NULL, flat_copy, &job[t]) == 0;
-    flat_copy(&job[0]);
-    for (int t = 1; t < nthreads; t++) {
-        if (started[t])
-            pthread_join(tid[t], NULL);
-        else
-            flat_copy(&job[t]);
-    }
-    for (int t = 0; t < nthreads; t++)
-        if (job[t].bad)
-            return job[t].bad;
-    return 0;
-}
 
 static PyObject *Encoder_encode_batch_flat(EncoderObject *self, PyObject *args, PyObject *kw)
 {
