@@ -104,55 +104,58 @@ INLINE size_t mid_index(uint64_t k0, uint64_t k1, size_t n, int bits)
     return (size_t)((x * 0xBF58476D1CE4E5B9ull) >> (64 - bits));
 }
 
-/* Grow a full cache 4x with its entries (hot ones, in the low ways, first). If memory is short
- * the old table simply stays. */
-static void grow_short(Worker *w)
+static size_t short_entry_index(const void *e, int bits)
 {
-    int bits = w->short_bits + 2;
-    ShortEntry *t = table_new(bits, sizeof *t);
-    w->short_added = 0;
-    if (!t)
-        return;
-    for (size_t i = 0; i < (size_t)1 << w->short_bits; i++) {
-        const ShortEntry *e = &w->shortc[i];
-        ShortEntry *set = e->meta ? &t[short_index(e->key, e->meta & 0xFF, bits) & ~(size_t)(WAYS - 1)] : NULL;
-        for (int way = 0; set && way < WAYS; way++)
-            if (!set[way].meta) {
-                set[way] = *e;
-                break;
-            }
-    }
-    free(w->shortc);
-    w->shortc = t, w->short_bits = bits;
+    const ShortEntry *x = e;
+    return short_index(x->key, x->meta & 0xFF, bits);
 }
 
-static void grow_mid(Worker *w)
+static size_t mid_entry_index(const void *e, int bits)
 {
-    int bits = w->mid_bits + 2;
-    MidEntry *t = table_new(bits, sizeof *t);
-    w->mid_added = 0;
-    if (!t)
-        return;
-    for (size_t i = 0; i < (size_t)1 << w->mid_bits; i++) {
-        const MidEntry *e = &w->midc[i];
-        MidEntry *set = e->meta ? &t[mid_index(e->k0, e->k1, e->meta & 0xFF, bits) & ~(size_t)(WAYS - 1)] : NULL;
-        for (int way = 0; set && way < WAYS; way++)
-            if (!set[way].meta) {
-                set[way] = *e;
+    const MidEntry *x = e;
+    return mid_index(x->k0, x->k1, x->meta & 0xFF, bits);
+}
+
+/* A cache of 2**bits entries of `size` bytes (their meta word at `meta_at`, 0 = empty) grown 4x
+ * with its entries, hot ones (in the low ways) first; NULL if memory is short (the old one then
+ * simply stays). `index`: an entry's index in a table of 2**bits entries. */
+static void *grow_table(const void *old, int bits, size_t size, size_t meta_at,
+                        size_t (*index)(const void *, int))
+{
+    char *t = table_new(bits + 2, size);
+    for (size_t i = 0; t && i < (size_t)1 << bits; i++) {
+        const char *e = (const char *)old + i * size;
+        uint32_t meta;
+        memcpy(&meta, e + meta_at, sizeof meta);
+        char *set = t + (index(e, bits + 2) & ~(size_t)(WAYS - 1)) * size;
+        for (int way = 0; meta && way < WAYS; way++) {
+            memcpy(&meta, set + way * size + meta_at, sizeof meta);
+            if (!meta) {
+                memcpy(set + way * size, e, size);
                 break;
             }
+        }
     }
-    free(w->midc);
-    w->midc = t, w->mid_bits = bits;
+    return t;
 }
 
 /* Grow the caches that have taken as many new pieces as they have entries. */
-INLINE void maybe_grow_caches(Worker *w)
+static void maybe_grow_caches(Worker *w)
 {
-    if (w->short_added > (size_t)1 << w->short_bits && w->short_bits + 2 <= SHORT_BITS)
-        grow_short(w);
-    if (w->mid_added > (size_t)1 << w->mid_bits && w->mid_bits + 2 <= MID_BITS)
-        grow_mid(w);
+    if (w->short_added > (size_t)1 << w->short_bits && w->short_bits + 2 <= SHORT_BITS) {
+        ShortEntry *t = grow_table(w->shortc, w->short_bits, sizeof *t,
+                                   offsetof(ShortEntry, meta), short_entry_index);
+        w->short_added = 0;
+        if (t)
+            free(w->shortc), w->shortc = t, w->short_bits += 2;
+    }
+    if (w->mid_added > (size_t)1 << w->mid_bits && w->mid_bits + 2 <= MID_BITS) {
+        MidEntry *t = grow_table(w->midc, w->mid_bits, sizeof *t, offsetof(MidEntry, meta),
+                                 mid_entry_index);
+        w->mid_added = 0;
+        if (t)
+            free(w->midc), w->midc = t, w->mid_bits += 2;
+    }
 }
 
 /* Ready for the pool: output emptied, oversized scratch released. */
