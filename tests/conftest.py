@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,22 @@ def shared_path(*parts: str) -> Path:
 def cs336_a1() -> Path:
     """The CS336 assignment 1 fixtures directory (GPT-2 vocab/merges, corpus.en, reference BPE)."""
     return shared_path("fixtures", "cs336-a1")
+
+
+# ------------------------------------------------------------------ nothing left behind
+
+_WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    """A test that leaves a SIGINT/SIGTERM handler installed fails: later tests (and CI's own
+    SIGTERM on a timeout) would meet a handler that is not Python's default. Run a library that
+    leaves one (Ray) with ``tests.fresh_process.in_fresh_process``."""
+    before = {s: signal.getsignal(s) for s in _WATCHED_SIGNALS}
+    yield
+    left = {s: h for s in _WATCHED_SIGNALS if (h := signal.getsignal(s)) is not before[s]}
+    for s in left:
+        signal.signal(s, before[s])
+    if left:
+        pytest.fail(f"the test left signal handlers installed: {left}", pytrace=False)

@@ -311,15 +311,16 @@ def write_token_file(
 
     def metadata(n: int, split: dict | None = None) -> dict:
         return token_file_metadata(
-            vocab_size=tok.vocab_size, fingerprint=tok.fingerprint(),
+            vocab_size=tok.vocab_size, fingerprint=fingerprint.result(),
             tokenizer_dir=tok.directory, special_tokens=tok.special_tokens, dtype=dtype.name,
             num_tokens=n, sources=list(zip(inputs, sizes, strict=True)), special=special,
             split=split)
 
     sep = (sep_id or 0).to_bytes(dtype.itemsize, "little")
     with tqdm(total=sum(sizes), unit="B", unit_scale=True, disable=not progress) as bar:
-        chunks = _fingerprint_meanwhile(
-            tok, _corpus_bytes(tok, jobs, separator_after, sep, workers, bar))
+        fingerprint = _FingerprintMeanwhile(tok)
+        chunks = fingerprint.after_first(_corpus_bytes(tok, jobs, separator_after, sep, workers,
+                                                       bar))
         if val_path is None:
             with _token_array(out_path, dtype) as sink:
                 for data in chunks:
@@ -355,15 +356,27 @@ def write_token_file(
     return dataclasses.replace(train, val=val)
 
 
-def _fingerprint_meanwhile(tok: TokenEncoder, chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """``chunks``, with the sidecar's fingerprint (a hash of the whole vocabulary, ~30 ms of
-    Python for GPT-2; ``fingerprint()`` caches it) computed on a thread once the first chunk is
-    out: by then the pool is encoding without the GIL, while before it the hash would hold up
-    the main thread's setup (~40 ms of a 0.3 s run on 40 MB)."""
-    for k, data in enumerate(chunks):
-        if k == 0:
-            threading.Thread(target=tok.fingerprint, daemon=True).start()
-        yield data
+class _FingerprintMeanwhile:
+    """The sidecar's fingerprint (a hash of the whole vocabulary, ~30 ms of Python for GPT-2;
+    ``fingerprint()`` caches it), computed on a thread once the first chunk is out: by then the
+    pool is encoding without the GIL, while before it the hash would hold up the main thread's
+    setup (~40 ms of a 0.3 s run on 40 MB). ``result()`` joins the thread, so none outlives the
+    command (a thread alive at a later ``fork()`` is a hazard)."""
+
+    def __init__(self, tok: TokenEncoder):
+        self.tok, self.thread = tok, threading.Thread(target=tok.fingerprint, daemon=True)
+
+    def after_first(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks``, starting the thread once the first one is out."""
+        for k, data in enumerate(chunks):
+            if k == 0:
+                self.thread.start()
+            yield data
+
+    def result(self) -> str:
+        if self.thread.is_alive():
+            self.thread.join()
+        return self.tok.fingerprint()
 
 
 def _copy_runs(ids: np.ndarray, runs: np.ndarray, sep: bytes, sink: _TokenSink) -> None:

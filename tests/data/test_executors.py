@@ -25,6 +25,7 @@ from lmforge.data.executors import (
 from lmforge.data.pipeline import parse_pipeline, run_pipeline
 from lmforge.data.writers import check_formats
 from lmforge.fsutil import temp_prefix
+from tests.fresh_process import in_fresh_process
 from tests.test_procutil import assert_all_gone, wait_for_children
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,16 +140,6 @@ def test_missing_ray_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> N
         make_executor("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    signal.signal(signal.SIGTERM, sigterm)  # Ray leaves its handler; later tests fork workers
-
-
 def _pipeline(tmp_path: Path, out: str, kind: str) -> dict:
     return {"input": {"paths": [str(tmp_path / "*.txt")]},
             "output": {"dir": str(tmp_path / out), "format": ["text", "jsonl"]},
@@ -157,19 +148,34 @@ def _pipeline(tmp_path: Path, out: str, kind: str) -> dict:
                       {"name": "exact_line_dedup"}, {"name": "minhash_dedup"}]}
 
 
-def test_ray_executor_gives_the_local_executor_outputs(tmp_path: Path, local_ray) -> None:
+def _ray_and_local_runs(tmp: str) -> list[tuple[list[tuple[str, bytes]], dict]]:
+    """The pipeline run on a local Ray and with the local executor: (files, step counts) each."""
+    import ray
+
+    tmp_path = Path(tmp)
     chapters = (REPO / "data" / "small_en.txt").read_text(encoding="utf-8").split(
         "\n<|endoftext|>\n")[:12]
     for i in range(3):
         (tmp_path / f"part{i}.txt").write_text("\n<|endoftext|>\n".join(chapters[i::3]),
                                                encoding="utf-8")
-    on_ray = run_pipeline(parse_pipeline(_pipeline(tmp_path, "ray", "ray")), progress=False)
-    assert isinstance(make_executor("ray"), RayExecutor) and local_ray.is_initialized()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = run_pipeline(parse_pipeline(_pipeline(tmp_path, "ray", "ray")), progress=False)
+        assert isinstance(make_executor("ray"), RayExecutor) and ray.is_initialized()
+    finally:
+        ray.shutdown()
     local = run_pipeline(parse_pipeline(_pipeline(tmp_path, "local", "local")), progress=False)
-    assert [p.name for p in on_ray.files] == [p.name for p in local.files]
-    for a, b in zip(on_ray.files, local.files, strict=True):
-        assert a.read_bytes() == b.read_bytes()
-    counts = [{k: (v["docs_in"], v["kept"], v["removed"], v["modified"])
-               for k, v in r.stats.to_dict()["steps"].items()} for r in (on_ray, local)]
+    return [([(p.name, p.read_bytes()) for p in r.files],
+             {k: (v["docs_in"], v["kept"], v["removed"], v["modified"])
+              for k, v in r.stats.to_dict()["steps"].items()}) for r in (on_ray, local)]
+
+
+def test_ray_executor_gives_the_local_executor_outputs(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    # In its own process: Ray leaves threads and a SIGTERM handler behind (tests/fresh_process.py).
+    (ray_files, ray_counts), (local_files, local_counts) = in_fresh_process(
+        _ray_and_local_runs, str(tmp_path))
+    assert ray_files == local_files
+    counts = [ray_counts, local_counts]
     assert counts[0] == counts[1]
     assert counts[0]["exact_line_dedup"][0] == 12
