@@ -202,11 +202,17 @@ static void raise_text_error(Scan *sc, PyObject *text)
 }
 
 /* Encode texts[0:n] with nthreads threads (GIL released when worth it). On success the ids of
- * text i are ws[thr[i]]->out.p[off[i]:end[i]]; the caller gives the workers back. */
+ * text i are ws[thr[i]]->out.p[off[i]:end[i]] (uint32; with pack 2 or 4, little-endian uint16 or
+ * uint32 items [off[i], end[i]) of the buffer's bytes), texts [0, *head) being thread 0's, in
+ * order from the start of its buffer; the caller gives the workers back. An id over 0xFFFF with
+ * pack 2 raises OverflowError. */
 static int encode_texts(EncoderObject *self, PyObject *const *texts, Py_ssize_t n, int nthreads,
-                        PyObject *specials, Worker **ws, size_t *off, size_t *end,
-                        uint16_t *thr)
+                        PyObject *specials, int pack, Worker **ws, size_t *off, size_t *end,
+                        uint16_t *thr, Py_ssize_t *head)
 {
+    if ((size_t)n > MAX_BATCH_TEXTS)
+        return PyErr_Format(PyExc_ValueError, "a batch holds at most %u texts, got %zd",
+                            MAX_BATCH_TEXTS, n), -1;
     Specials sp = {0};
     PyObject *keep;
     Scan *docs = PyMem_Calloc(n + 1, sizeof(Scan));
@@ -223,13 +229,19 @@ static int encode_texts(EncoderObject *self, PyObject *const *texts, Py_ssize_t 
     if (!rc && take_workers(self, ws, nthreads) < 0)
         rc = -1, nthreads = 0;
     if (!rc) {
-        Batch b = {&self->bpe, sp.n ? &sp : NULL, docs, n, 0, 0, off, end, thr, ws};
+        Batch b = {.bpe = &self->bpe, .sp = sp.n ? &sp : NULL, .docs = docs, .n = n,
+                   .pack = pack, .off = off, .end = end, .thr = thr, .workers = ws};
         PyThreadState *ts = total >= NOGIL_MIN_LEN ? PyEval_SaveThread() : NULL;
         run_batch(&b, nthreads);
         if (ts)
             PyEval_RestoreThread(ts);
-        if (b.failed < n) {
+        *head = (Py_ssize_t)(b.claim & 0xFFFFFFFFu);
+        if (b.failed < n)
             raise_text_error(&docs[b.failed], texts[b.failed]);
+        else if (b.too_big)
+            PyErr_Format(PyExc_OverflowError, "token id %u does not fit in uint16; use "
+                         "itemsize=4 (uint32) for vocabularies over 65536 tokens", b.too_big);
+        if (b.failed < n || b.too_big) {
             give_workers(self, ws, nthreads);
             rc = -1;
         }
@@ -271,8 +283,9 @@ static PyObject *encode_common(EncoderObject *self, PyObject *texts, int nthread
     size_t *off = PyMem_Calloc(2 * n + 1, sizeof(size_t)), *end = off + n;
     uint16_t *thr = PyMem_Calloc(n + 1, sizeof(uint16_t));
     PyObject *res = NULL;
+    Py_ssize_t head;
     int used = off && thr ? encode_texts(self, PySequence_Fast_ITEMS(tup), n, nthreads, specials,
-                                         ws, off, end, thr)
+                                         0, ws, off, end, thr, &head)
                           : (PyErr_NoMemory(), -1);
     int ok = used > 0 && (single || (res = PyList_New(n)));
     /* Many new lists would trigger the cyclic GC over and over, each pass walking every id
@@ -360,33 +373,40 @@ static PyObject *Encoder_encode_batch_flat(EncoderObject *self, PyObject *args, 
     PyObject *tup = PySequence_Tuple(texts); /* holds the strs */
     if (!tup)
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(tup);
+    Py_ssize_t n = PyTuple_GET_SIZE(tup), head = 0;
     size_t *off = PyMem_Calloc(2 * n + 1, sizeof(size_t)), *end = off + n;
     uint16_t *thr = PyMem_Calloc(n + 1, sizeof(uint16_t));
     int used = off && thr ? encode_texts(self, PySequence_Fast_ITEMS(tup), n, nthreads, specials,
-                                         ws, off, end, thr)
+                                         itemsize, ws, off, end, thr, &head)
                           : (PyErr_NoMemory(), -1);
+    int64_t *dest = NULL;
     if (used > 0 && (offsets = PyByteArray_FromStringAndSize(NULL, (n + 1) * 8))) {
-        int64_t *dest = (int64_t *)PyByteArray_AS_STRING(offsets);
+        dest = (int64_t *)PyByteArray_AS_STRING(offsets);
         dest[0] = 0;
         for (Py_ssize_t i = 0; i < n; i++)
             dest[i + 1] = dest[i] + (int64_t)(end[i] - off[i]);
-        ids = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)dest[n] * itemsize);
     }
-    if (ids) {
-        FlatCopy base = {ws, off, end, thr, (const int64_t *)PyByteArray_AS_STRING(offsets),
-                         (uint8_t *)PyByteArray_AS_STRING(ids), itemsize, 0, 0, 0};
-        int copiers = used; /* pages of the result are faulted in by several threads too */
-        PyThreadState *ts = PyByteArray_GET_SIZE(ids) >= (1 << 20) ? PyEval_SaveThread() : NULL;
-        uint32_t bad = flat_copy_all(&base, n, ts ? copiers : 1);
-        if (ts)
-            PyEval_RestoreThread(ts);
-        if (bad)
-            PyErr_Format(PyExc_OverflowError, "token id %u does not fit in uint16; use "
-                         "itemsize=4 (uint32) for vocabularies over 65536 tokens", bad);
-        else
-            res = PyTuple_Pack(2, ids, offsets);
+    if (dest) {
+        /* The result is thread 0's buffer, which starts with texts [0, head) packed in order;
+         * grown (or shrunk) to the whole result, and the other texts copied after them. */
+        size_t bytes = (size_t)dest[n] * itemsize;
+        uint8_t *buf = realloc(ws[0]->out.p, bytes ? bytes : 1);
+        if (buf) {
+            ws[0]->out.p = NULL, ws[0]->out.cap = ws[0]->out.n = 0;
+            FlatCopy base = {ws, off, end, thr, dest, buf, itemsize, 0, 0};
+            int copiers = used; /* pages of the result are faulted in by several threads too */
+            size_t rest = (size_t)(dest[n] - dest[head]) * itemsize;
+            PyThreadState *ts = rest >= (1 << 20) ? PyEval_SaveThread() : NULL;
+            flat_copy_all(&base, head, n, ts ? copiers : 1);
+            if (ts)
+                PyEval_RestoreThread(ts);
+            ids = id_buffer_new(buf, (Py_ssize_t)bytes);
+        } else {
+            PyErr_NoMemory();
+        }
     }
+    if (ids)
+        res = PyTuple_Pack(2, ids, offsets);
     Py_XDECREF(ids), Py_XDECREF(offsets);
     if (used > 0)
         give_workers(self, ws, used);
@@ -468,10 +488,11 @@ static PyMethodDef Encoder_methods[] = {
     {"encode_batch_flat", (PyCFunction)(void (*)(void))Encoder_encode_batch_flat,
      METH_VARARGS | METH_KEYWORDS,
      "encode_batch_flat(texts: Sequence[str], itemsize: int, num_threads: int = 1, "
-     "specials=None) -> tuple[bytearray, bytearray]\n\n(ids, offsets): the ids of every text, "
+     "specials=None) -> tuple[IdBuffer, bytearray]\n\n(ids, offsets): the ids of every text, "
      "packed as uint16/uint32 (itemsize 2/4) one after the other, and len(texts) + 1 int64 "
      "offsets, text i's ids being ids[offsets[i]:offsets[i + 1]] (in items). Encoded as "
-     "encode_batch does, then copied into the result by the same threads." SPECIALS_DOC},
+     "encode_batch does; thread 0's texts are encoded in place in the result, the others' copied "
+     "after them by the same threads." SPECIALS_DOC},
     {"encode_utf8_to_bytes", (PyCFunction)(void (*)(void))Encoder_encode_utf8_to_bytes,
      METH_VARARGS | METH_KEYWORDS,
      "encode_utf8_to_bytes(data: Buffer, itemsize: int, specials=None) -> bytes\n\n"
@@ -646,7 +667,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__bpe_encode(void)
 {
-    if (PyType_Ready(&EncoderType) < 0)
+    if (PyType_Ready(&EncoderType) < 0 || PyType_Ready(&IdBufferType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m && PyModule_AddObjectRef(m, "Encoder", (PyObject *)&EncoderType) < 0)

@@ -1,76 +1,21 @@
-/* batch_threads.h: many texts over many threads, and their ids packed into one flat array.
+/* batch_threads.h: many texts over many threads, and their ids gathered into one flat array.
  * Included once by _bpe_encode.c (static functions; not a separate translation unit).
  *
- * run_batch: pthreads take texts from an atomic counter (long and short documents balance), each
- * encoding into its own Worker; text i's ids end up in workers[thr[i]]->out.p[off[i]:end[i]].
- * flat_copy_all: the same number of threads then copy every text's ids, packed to uint16/uint32,
- * to its place in one array (the result's pages are faulted in by several threads too). */
+ * run_batch: pthreads take texts one at a time (long and short documents balance), each encoding
+ * into its own Worker; text i's ids end up in workers[thr[i]]->out at [off[i], end[i]). Thread 0
+ * takes texts from the front and the others from the back, so thread 0's texts are a prefix whose
+ * ids lie in order at the start of its buffer: encode_batch_flat's result *is* that buffer, grown,
+ * with the other threads' texts copied after it (flat_copy_all, by the same threads). With
+ * `pack` = 2 each text's ids are narrowed to uint16 in place as soon as they are encoded, so the
+ * buffers hold 2 bytes per id, not 4: half the fresh pages (each a page fault) and no narrowing
+ * pass over the whole result. */
 #ifndef LMFORGE_BATCH_THREADS_H
 #define LMFORGE_BATCH_THREADS_H
 
-/* Texts are handed out one at a time from a shared counter, so long and short documents balance
- * across threads; text i's ids end up in workers[thr[i]]->out.p[off[i]:end[i]]. */
-typedef struct {
-    const Bpe *bpe;
-    const Specials *sp;
-    Scan *docs;
-    Py_ssize_t n, next, failed; /* failed: lowest index of a text that could not be encoded */
-    size_t *off, *end;
-    uint16_t *thr;
-    Worker **workers;
-} Batch;
-
-typedef struct {
-    Batch *b;
-    int t;
-} BatchArg;
-
-static void *batch_thread(void *varg)
-{
-    BatchArg *a = varg;
-    Batch *b = a->b;
-    Worker *w = b->workers[a->t];
-    for (;;) {
-        Py_ssize_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
-        if (i >= b->n)
-            break;
-        b->thr[i] = (uint16_t)a->t, b->off[i] = w->out.n;
-        if (encode_str(b->bpe, w, &b->docs[i], b->sp) < 0) {
-            Py_ssize_t f = __atomic_load_n(&b->failed, __ATOMIC_RELAXED);
-            while (i < f && !__atomic_compare_exchange_n(&b->failed, &f, i, 0, __ATOMIC_RELAXED,
-                                                         __ATOMIC_RELAXED))
-                ;
-            if (b->docs[i].err == ERR_NOMEM) /* give up; a surrogate only fails its own text */
-                __atomic_store_n(&b->next, b->n, __ATOMIC_RELAXED);
-        }
-        b->end[i] = w->out.n;
-    }
-    return NULL;
-}
-
-/* Encode every text with `nthreads` threads (the caller's thread is one of them); call without
- * the GIL. Returns the number of threads actually used (fewer if one could not start). */
-static int run_batch(Batch *b, int nthreads)
-{
-    pthread_t tid[MAX_THREADS];
-    BatchArg args[MAX_THREADS];
-    int started = 1;
-    b->next = 0, b->failed = b->n;
-    for (int t = 0; t < nthreads; t++)
-        args[t].b = b, args[t].t = t;
-    for (int t = 1; t < nthreads; t++, started++)
-        if (pthread_create(&tid[t], NULL, batch_thread, &args[t]) != 0)
-            break;
-    batch_thread(&args[0]);
-    for (int t = 1; t < started; t++)
-        pthread_join(tid[t], NULL);
-    return started;
-}
-
 /* ------------------------------------------------------------------ packing ids */
 
-/* Pack n ids from src to dst as little-endian uint16/uint32 (itemsize 2/4); dst may be src
- * itself (in place, the writes never overtake the reads). 0, or -1 with *bad = the first id that
+/* Pack n ids from src to dst as little-endian uint16/uint32 (itemsize 2/4); dst may overlap
+ * src if dst <= src (in place: the writes never overtake the reads). 0, or -1 with *bad = the first id that
  * does not fit. Eight ids at a time, so the compiler turns the narrowing into vector code. */
 static int pack_ids_to(uint8_t *dst, const uint32_t *src, size_t n, int itemsize, uint32_t *bad)
 {
@@ -102,8 +47,145 @@ static int pack_ids_to(uint8_t *dst, const uint32_t *src, size_t n, int itemsize
     return 0;
 }
 
-/* One thread's share of the flat result: texts [a, b) copied from the workers' buffers to
- * out + dest[i] * itemsize (uint16 or uint32, little-endian). */
+/* ------------------------------------------------------------------ encoding */
+
+#define MAX_BATCH_TEXTS 0xFFFFFFFFu /* texts of one batch: both ends of `claim` fit 32 bits */
+
+typedef struct {
+    const Bpe *bpe;
+    const Specials *sp;
+    Scan *docs;
+    Py_ssize_t n, failed; /* failed: lowest index of a text that could not be encoded */
+    uint64_t claim;       /* texts [claim & 0xFFFFFFFF, claim >> 32) are not taken yet */
+    int pack;             /* 2 or 4: each text's ids packed (little-endian uint16 / uint32) at the
+                           * front of its buffer once encoded, off/end counting those; 0: not */
+    uint32_t too_big;     /* pack 2: an id over 0xFFFF (0: none) */
+    size_t *off, *end;
+    uint16_t *thr;
+    Worker **workers;
+} Batch;
+
+typedef struct {
+    Batch *b;
+    int t;
+} BatchArg;
+
+/* The next text for a thread taking from the front (thread 0) or the back; -1 when none is left. */
+static Py_ssize_t claim_text(Batch *b, int front)
+{
+    uint64_t c = __atomic_load_n(&b->claim, __ATOMIC_RELAXED), next;
+    do {
+        if ((c & 0xFFFFFFFFu) >= c >> 32)
+            return -1;
+        next = front ? c + 1 : c - (1ull << 32);
+    } while (!__atomic_compare_exchange_n(&b->claim, &c, next, 1, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED));
+    return front ? (Py_ssize_t)(c & 0xFFFFFFFFu) : (Py_ssize_t)(c >> 32) - 1;
+}
+
+static void batch_failed(Batch *b, Py_ssize_t i)
+{
+    Py_ssize_t f = __atomic_load_n(&b->failed, __ATOMIC_RELAXED);
+    while (i < f && !__atomic_compare_exchange_n(&b->failed, &f, i, 0, __ATOMIC_RELAXED,
+                                                 __ATOMIC_RELAXED))
+        ;
+    if (b->docs[i].err == ERR_NOMEM) /* give up; a surrogate only fails its own text */
+        __atomic_store_n(&b->claim, 0, __ATOMIC_RELAXED);
+}
+
+static void *batch_thread(void *varg)
+{
+    BatchArg *a = varg;
+    Batch *b = a->b;
+    Worker *w = b->workers[a->t];
+    size_t packed = 0, z = (size_t)b->pack; /* ids packed at the front of w->out */
+    for (Py_ssize_t i; (i = claim_text(b, a->t == 0)) >= 0;) {
+        b->thr[i] = (uint16_t)a->t;
+        if (z) /* encode as uint32 just past the packed ids, then pack them down */
+            w->out.n = (packed * z + 3) / 4;
+        size_t start = w->out.n;
+        if (encode_str(b->bpe, w, &b->docs[i], b->sp) < 0)
+            batch_failed(b, i);
+        if (!z) {
+            b->off[i] = start, b->end[i] = w->out.n;
+            continue;
+        }
+        size_t k = w->out.n - start;
+        uint32_t bad = 0; /* the writes never overtake the reads: z * packed <= 4 * start */
+        if (k && pack_ids_to((uint8_t *)w->out.p + z * packed, w->out.p + start, k, b->pack,
+                             &bad) < 0)
+            __atomic_store_n(&b->too_big, bad, __ATOMIC_RELAXED);
+        b->off[i] = packed, packed += k, b->end[i] = packed;
+    }
+    return NULL;
+}
+
+/* Encode every text with `nthreads` threads (the caller's thread is one of them); call without
+ * the GIL. Returns the number of threads actually used (fewer if one could not start). */
+static int run_batch(Batch *b, int nthreads)
+{
+    pthread_t tid[MAX_THREADS];
+    BatchArg args[MAX_THREADS];
+    int started = 1;
+    b->claim = (uint64_t)b->n << 32, b->failed = b->n, b->too_big = 0;
+    for (int t = 0; t < nthreads; t++)
+        args[t].b = b, args[t].t = t;
+    for (int t = 1; t < nthreads; t++, started++)
+        if (pthread_create(&tid[t], NULL, batch_thread, &args[t]) != 0)
+            break;
+    batch_thread(&args[0]);
+    for (int t = 1; t < started; t++)
+        pthread_join(tid[t], NULL);
+    return started;
+}
+
+/* ------------------------------------------------------------------ the flat result */
+
+/* A malloc'd block of ids handed to Python as a buffer (numpy.frombuffer keeps it alive); it is
+ * freed with the object. Made only from C: encode_batch_flat's ids. */
+typedef struct {
+    PyObject_HEAD
+    void *p;
+    Py_ssize_t len;
+} IdBufferObject;
+
+static int IdBuffer_getbuffer(IdBufferObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->p, self->len, 0, flags);
+}
+
+static void IdBuffer_dealloc(IdBufferObject *self)
+{
+    free(self->p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyBufferProcs IdBuffer_as_buffer = {(getbufferproc)IdBuffer_getbuffer, NULL};
+
+static PyTypeObject IdBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lmforge.tokenizer._bpe_encode.IdBuffer",
+    .tp_basicsize = sizeof(IdBufferObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Packed token ids (a writable buffer) owned by C: encode_batch_flat's result.",
+    .tp_dealloc = (destructor)IdBuffer_dealloc,
+    .tp_as_buffer = &IdBuffer_as_buffer,
+};
+
+/* An IdBuffer owning p (len bytes, from malloc), or NULL (p freed) with MemoryError. */
+static PyObject *id_buffer_new(void *p, Py_ssize_t len)
+{
+    IdBufferObject *o = PyObject_New(IdBufferObject, &IdBufferType);
+    if (!o) {
+        free(p);
+        return NULL;
+    }
+    o->p = p, o->len = len;
+    return (PyObject *)o;
+}
+
+/* One thread's share of the flat result: texts [a, b) copied from the workers' buffers, where
+ * they are already packed (itemsize bytes per id), to out + dest[i] * itemsize. */
 typedef struct {
     Worker **ws;
     const size_t *off, *end;
@@ -112,35 +194,35 @@ typedef struct {
     uint8_t *out;
     int itemsize;
     Py_ssize_t a, b;
-    uint32_t bad; /* an id over 0xFFFF for itemsize 2 (0: none) */
 } FlatCopy;
 
 static void *flat_copy(void *arg)
 {
     FlatCopy *c = arg;
     for (Py_ssize_t i = c->a; i < c->b; i++)
-        if (pack_ids_to(c->out + (size_t)c->dest[i] * c->itemsize,
-                        c->ws[c->thr[i]]->out.p + c->off[i], c->end[i] - c->off[i], c->itemsize,
-                        &c->bad) < 0)
-            break;
+        if (c->end[i] > c->off[i])
+            memcpy(c->out + (size_t)c->dest[i] * c->itemsize,
+                   (const uint8_t *)c->ws[c->thr[i]]->out.p + c->off[i] * c->itemsize,
+                   (c->end[i] - c->off[i]) * c->itemsize);
     return NULL;
 }
 
-/* Copy every text's ids into `out` on nthreads threads (call without the GIL), each thread
- * taking a run of texts with about the same number of ids. 0, or the first too-large id. */
-static uint32_t flat_copy_all(FlatCopy *base, Py_ssize_t n, int nthreads)
+/* Copy texts [from, n) into place on nthreads threads (call without the GIL), each thread taking
+ * a run of texts with about the same number of ids (it also takes the page faults of its part of
+ * the result). */
+static void flat_copy_all(const FlatCopy *base, Py_ssize_t from, Py_ssize_t n, int nthreads)
 {
     FlatCopy job[MAX_THREADS];
     pthread_t tid[MAX_THREADS];
     int started[MAX_THREADS] = {0};
-    int64_t total = base->dest[n];
-    Py_ssize_t a = 0;
+    int64_t first = base->dest[from], total = base->dest[n] - first;
+    Py_ssize_t a = from;
     for (int t = 0; t < nthreads; t++) {
         Py_ssize_t b = a;
-        int64_t goal = total / nthreads * (t + 1);
+        int64_t goal = first + total / nthreads * (t + 1);
         while (b < n && (t == nthreads - 1 || base->dest[b] < goal))
             b++;
-        job[t] = *base, job[t].a = a, job[t].b = b, job[t].bad = 0;
+        job[t] = *base, job[t].a = a, job[t].b = b;
         a = b;
     }
     for (int t = 1; t < nthreads; t++)
@@ -152,10 +234,6 @@ static uint32_t flat_copy_all(FlatCopy *base, Py_ssize_t n, int nthreads)
         else
             flat_copy(&job[t]);
     }
-    for (int t = 0; t < nthreads; t++)
-        if (job[t].bad)
-            return job[t].bad;
-    return 0;
 }
 
 #endif /* LMFORGE_BATCH_THREADS_H */

@@ -5,8 +5,9 @@
   bug in the hand-out or the gathering shows up as a shuffled or missing document);
 - ``encode_utf8_to_bytes`` (UTF-8 read in place, split on the specials in C) == ``encode_to_bytes``
   of the decoded text, and raises the very ``UnicodeDecodeError`` of ``bytes.decode``;
-- ``encode_batch_flat`` (threads copy straight into one array) == tiktoken's ids at the offsets,
-  for each dtype, thread count and policy, in C and in the pure-Python fallback;
+- ``encode_batch_flat`` (thread 0 encodes into the result, the others' texts are copied after
+  it) == tiktoken's ids at the offsets, for each dtype, thread count and policy, in C and in the
+  pure-Python fallback; its array owns its memory and errors raised on any thread reach the caller;
 - overlapping specials split longest-first, as the Python reference does.
 """
 
@@ -93,7 +94,7 @@ def test_encode_batch_bad_thread_count():
         tok.encode_batch(["a"], num_threads=-1)
 
 
-@pytest.mark.parametrize(("threads", "dtype"), [(1, None), (2, "uint32"), (5, None)])
+@pytest.mark.parametrize(("threads", "dtype"), [(1, None), (2, None), (2, "uint32"), (5, None)])
 def test_encode_batch_flat_equals_tiktoken_at_the_offsets(threads, dtype):
     tok, tik = gpt2_tokenizer(), tiktoken_gpt2()
     c_encoder_or_skip(tok)
@@ -167,3 +168,29 @@ def test_utf8_to_bytes_invalid_utf8_matches_decode(data):
         assert (got.value.start, got.value.end, got.value.reason) == (e.start, e.end, e.reason)
         return
     assert tok.encode_utf8_to_bytes(data, 2) == tok.encode_to_bytes(text, 2)
+
+
+def test_encode_batch_flat_array_outlives_the_tokenizer_and_errors_on_any_thread():
+    tok, tik = gpt2_tokenizer(), tiktoken_gpt2()
+    c_encoder_or_skip(tok)
+    docs = real_documents()
+    ids, _ = tok.encode_batch_flat(docs, num_threads=3)
+    del tok  # the ids are the C buffer thread 0 encoded into, owned by the array's base
+    want = [i for d in tik.encode_ordinary_batch(docs) for i in d]
+    assert ids.tolist() == want
+    ids[:] = ids[::-1]  # writable, like an array the caller owns
+    assert ids[::-1].tolist() == want
+    # An id over 0xFFFF is found by the thread that packs it (every text is long enough to run
+    # several threads); a surrogate fails on whichever thread takes its text.
+    big = Tokenizer({i: bytes([i]) for i in range(256)} | {70000: b"ab"}, [(b"a", b"b")])
+    texts = ["x" * 3000] * 5 + ["ab"] + ["x" * 3000] * 5
+    with pytest.raises(OverflowError, match="uint16"):
+        big.encode_batch_flat(texts, dtype="uint16", num_threads=2)
+    assert big.encode_batch_flat(texts, dtype="uint32", num_threads=2)[0].tolist() == (
+        [ord("x")] * 15000 + [70000] + [ord("x")] * 15000)
+    tok = gpt2_tokenizer()
+    bad = ["fine text " * 300] * 4 + ["ok \ud800"] + ["fine text " * 300] * 4
+    for threads in (1, 2, 3):
+        with pytest.raises(UnicodeEncodeError):
+            tok.encode_batch_flat(bad, num_threads=threads)
+    assert tok.encode_batch_flat(["fine"])[0].tolist() == tok.encode("fine")
