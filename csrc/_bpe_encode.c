@@ -108,12 +108,18 @@ static int check_itemsize(int itemsize)
     return -1;
 }
 
+/* OverflowError for an id that itemsize 2 cannot hold; NULL. */
+static PyObject *raise_id_too_big(uint32_t id)
+{
+    return PyErr_Format(PyExc_OverflowError, "token id %u does not fit in uint16; use "
+                        "itemsize=4 (uint32) for vocabularies over 65536 tokens", id);
+}
+
 static PyObject *pack_to_bytes(uint32_t *ids, size_t n, int itemsize)
 {
     uint32_t bad = 0;
     if (pack_ids_to((uint8_t *)ids, ids, n, itemsize, &bad) < 0)
-        return PyErr_Format(PyExc_OverflowError, "token id %u does not fit in uint16; use "
-                            "itemsize=4 (uint32) for vocabularies over 65536 tokens", bad);
+        return raise_id_too_big(bad);
     return PyBytes_FromStringAndSize((const char *)ids, (Py_ssize_t)(n * itemsize));
 }
 
@@ -239,8 +245,7 @@ static int encode_texts(EncoderObject *self, PyObject *const *texts, Py_ssize_t 
         if (b.failed < n)
             raise_text_error(&docs[b.failed], texts[b.failed]);
         else if (b.too_big)
-            PyErr_Format(PyExc_OverflowError, "token id %u does not fit in uint16; use "
-                         "itemsize=4 (uint32) for vocabularies over 65536 tokens", b.too_big);
+            raise_id_too_big(b.too_big);
         if (b.failed < n || b.too_big) {
             give_workers(self, ws, nthreads);
             rc = -1;

@@ -14,9 +14,10 @@
 
 /* ------------------------------------------------------------------ packing ids */
 
-/* Pack n ids from src to dst as little-endian uint16/uint32 (itemsize 2/4); dst may overlap
- * src if dst <= src (in place: the writes never overtake the reads). 0, or -1 with *bad = the first id that
- * does not fit. Eight ids at a time, so the compiler turns the narrowing into vector code. */
+/* Pack n ids from src to dst as little-endian uint16/uint32 (itemsize 2/4); dst may overlap src
+ * if dst <= src (in place: the writes never overtake the reads). 0, or -1 with *bad = the first
+ * id that does not fit. Eight ids at a time, so the compiler turns the narrowing into vector
+ * code. */
 static int pack_ids_to(uint8_t *dst, const uint32_t *src, size_t n, int itemsize, uint32_t *bad)
 {
     size_t i = 0;
