@@ -15,14 +15,17 @@
  *   with the `regex` module itself, so both agree on every code point.
  * - ascii_scan.h: on ASCII the same boundaries, 64 bytes at a time as a bit mask (SSE2), read
  *   off with count-trailing-zeros; windows with other bytes go to the scalar scanner.
- * - encode_worker.h: per-thread caches of piece -> ids (2-way direct-mapped tables for 2..8 and
- *   9..16-byte pieces that grow with the text, a BytesMap for longer ones); pieces are cut 32 at
- *   a time and their cache slots prefetched before any lookup, so the misses overlap.
+ * - piece_cache.h: the cache of piece -> ids for 2..8 and 9..16-byte pieces (2-way set-associative
+ *   tables that grow with the text, 2 MiB pages where the kernel gives them); private to one
+ *   thread, or shared by a batch's threads under a per-entry sequence lock, so no piece is
+ *   BPE-encoded twice because two threads met it.
+ * - encode_worker.h: one thread's encoding loop (and a BytesMap for longer pieces); pieces are cut
+ *   32 at a time and their cache slots prefetched before any lookup, so the misses overlap.
  * - bpe_merge.h: BPE within a piece - repeatedly merge the adjacent pair of lowest rank,
  *   leftmost first - over a one-word-per-slot merge table and a dense byte-pair rank table;
  *   an array scan for pieces of up to SMALL_PIECE bytes, a heap beyond.
- * - batch_threads.h: encode_batch's pthreads (texts from an atomic counter, a Worker each), and
- *   the flat output (every text's ids copied into one array by the same threads).
+ * - batch_threads.h: encode_batch's pthreads (texts from an atomic counter, a Worker each, one
+ *   shared piece cache), and the flat output (thread 0's buffer, the others' texts copied after).
  * - Workers (caches + output buffer) belong to one call at a time (a pool per Encoder, handed
  *   out under the GIL), so no lock is taken while encoding. Ids come out as uint32 in the
  *   worker's buffer, packed to uint16/uint32 bytes for the *_to_bytes and flat methods, or
@@ -54,6 +57,7 @@ static int char_class_ready = 0;
 #include "bpe_merge.h"
 #include "utf8_scan.h"
 #include "ascii_scan.h"
+#include "piece_cache.h"
 #include "encode_worker.h"
 #include "batch_threads.h"
 
@@ -235,7 +239,7 @@ static int encode_texts(EncoderObject *self, PyObject *const *texts, Py_ssize_t 
     if (!rc && take_workers(self, ws, nthreads) < 0)
         rc = -1, nthreads = 0;
     if (!rc) {
-        Batch b = {.bpe = &self->bpe, .sp = sp.n ? &sp : NULL, .docs = docs, .n = n,
+        Batch b = {.bpe = &self->bpe, .sp = sp.n ? &sp : NULL, .docs = docs, .n = n, .bytes = total,
                    .pack = pack, .off = off, .end = end, .thr = thr, .workers = ws};
         PyThreadState *ts = total >= NOGIL_MIN_LEN ? PyEval_SaveThread() : NULL;
         run_batch(&b, nthreads);

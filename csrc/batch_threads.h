@@ -2,7 +2,7 @@
  * Included once by _bpe_encode.c (static functions; not a separate translation unit).
  *
  * run_batch: pthreads take texts one at a time (long and short documents balance), each encoding
- * into its own Worker; text i's ids end up in workers[thr[i]]->out at [off[i], end[i]). Thread 0
+ * into its own Worker (sharing one piece cache); text i's ids end up in workers[thr[i]]->out at [off[i], end[i]). Thread 0
  * takes texts from the front and the others from the back, so thread 0's texts are a prefix whose
  * ids lie in order at the start of its buffer: encode_batch_flat's result *is* that buffer, grown,
  * with the other threads' texts copied after it (flat_copy_all, by the same threads). With
@@ -57,6 +57,7 @@ typedef struct {
     const Specials *sp;
     Scan *docs;
     Py_ssize_t n, failed; /* failed: lowest index of a text that could not be encoded */
+    size_t bytes;         /* of all texts (code points, for a str), to size a shared cache */
     uint64_t claim;       /* texts [claim & 0xFFFFFFFF, claim >> 32) are not taken yet */
     int pack;             /* 2 or 4: each text's ids packed (little-endian uint16 / uint32) at the
                            * front of its buffer once encoded, off/end counting those; 0: not */
@@ -122,21 +123,30 @@ static void *batch_thread(void *varg)
 }
 
 /* Encode every text with `nthreads` threads (the caller's thread is one of them); call without
- * the GIL. Returns the number of threads actually used (fewer if one could not start). */
+ * the GIL. With several threads they all use worker 0's piece cache, pre-sized for the batch and
+ * shared (see piece_cache.h), so a piece first met by one thread is not BPE-encoded again by the
+ * others. Returns the number of threads actually used (fewer if one could not start). */
 static int run_batch(Batch *b, int nthreads)
 {
     pthread_t tid[MAX_THREADS];
     BatchArg args[MAX_THREADS];
     int started = 1;
+    PieceCache *shared = &b->workers[0]->own;
     b->claim = (uint64_t)b->n << 32, b->failed = b->n, b->too_big = 0;
+    if (nthreads > 1)
+        cache_share(shared, b->bytes);
     for (int t = 0; t < nthreads; t++)
-        args[t].b = b, args[t].t = t;
+        args[t].b = b, args[t].t = t, b->workers[t]->cache = shared;
     for (int t = 1; t < nthreads; t++, started++)
         if (pthread_create(&tid[t], NULL, batch_thread, &args[t]) != 0)
             break;
     batch_thread(&args[0]);
     for (int t = 1; t < started; t++)
         pthread_join(tid[t], NULL);
+    for (int t = 0; t < nthreads; t++)
+        b->workers[t]->cache = &b->workers[t]->own;
+    if (nthreads > 1)
+        cache_unshare(shared);
     return started;
 }
 

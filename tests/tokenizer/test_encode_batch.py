@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -194,3 +195,44 @@ def test_encode_batch_flat_array_outlives_the_tokenizer_and_errors_on_any_thread
         with pytest.raises(UnicodeEncodeError):
             tok.encode_batch_flat(bad, num_threads=threads)
     assert tok.encode_batch_flat(["fine"])[0].tolist() == tok.encode("fine")
+
+
+def shared_cache_documents(seed: int = 0) -> list[str]:
+    """Texts that work every path of the piece cache the batch's threads share: common words met by
+    several threads, thousands of distinct rare pieces whose ids do not fit a cache entry (2..8
+    bytes with more than 5 ids, 9..16 bytes with more than 11: they go to the spill buffer, and
+    with this many they overflow the room it was given for the batch), and many pieces per set."""
+    rng = random.Random(seed)
+    words = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with"]
+    # Letters 2-3 bytes long in UTF-8 from scripts GPT-2 barely merged: ~1 id per byte.
+    rare = [chr(c) for c in range(0x0400, 0x2000) if chr(c).isalpha()]
+    symbols = [chr(c) for c in range(0x1F300, 0x1F5FF)]  # 4-byte symbols: medium pieces
+    docs = []
+    for _ in range(24):
+        parts = []
+        for _ in range(2500):
+            r = rng.random()
+            if r < 0.5:
+                parts.append(rng.choice(words))
+            elif r < 0.8:
+                parts.append("".join(rng.choices(rare, k=rng.randint(2, 4))))
+            else:
+                parts.append("".join(rng.choices(symbols, k=rng.randint(3, 4))))
+        docs.append(" ".join(parts))
+    return docs
+
+
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_shared_piece_cache_equals_tiktoken(threads):
+    """Several threads share one piece cache (written and read concurrently under a per-entry
+    sequence lock, spilled ids appended atomically): every id still equals tiktoken's and the
+    one-thread result, and the cache, private again after the batch, still answers right."""
+    tok, tik = gpt2_tokenizer(), tiktoken_gpt2()
+    c_encoder_or_skip(tok)
+    docs = shared_cache_documents() + real_documents()
+    want = tik.encode_ordinary_batch(docs)
+    for _ in range(2):  # the second batch starts from the first one's cache
+        ids, offsets = tok.encode_batch_flat(docs, num_threads=threads, dtype="uint32")
+        assert [ids[a:b].tolist() for a, b in itertools.pairwise(offsets)] == want
+    assert tok.encode_batch(docs, num_threads=1) == want
+    assert tok.encode_batch(docs[::-1], num_threads=threads) == want[::-1]
