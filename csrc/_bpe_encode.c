@@ -70,6 +70,10 @@ typedef struct {
     size_t n_id_obj;
     Worker *pool[POOL_SIZE];
     int pool_n;
+    int busy;        /* workers out of the pool: calls in flight */
+    Worker *sharer;  /* while share_cache is on: the worker whose piece cache every call uses */
+    int shares;      /* share_cache calls not yet matched by unshare_cache */
+    int unsharing;   /* the last unshare_cache came with calls in flight: the last one ends it */
     PyObject *args; /* (vocab, merges), for pickling */
     uint32_t max_id; /* the largest id in vocab */
 } EncoderObject;
@@ -100,6 +104,7 @@ static void Encoder_dealloc(EncoderObject *self)
     free(self->bpe.byte_pair);
     for (int i = 0; i < self->pool_n; i++)
         worker_free(self->pool[i]);
+    worker_free(self->sharer); /* no call is in flight: each holds a reference */
     Py_XDECREF(self->args);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -127,28 +132,79 @@ static PyObject *pack_to_bytes(uint32_t *ids, size_t n, int itemsize)
     return PyBytes_FromStringAndSize((const char *)ids, (Py_ssize_t)(n * itemsize));
 }
 
-/* Workers from the pool (new ones when it is empty); NULL + MemoryError if out of memory. */
+/* Workers from the pool (new ones when it is empty), using the shared piece cache while
+ * share_cache is on; -1 + MemoryError if out of memory. With the GIL. */
 static int take_workers(EncoderObject *self, Worker **ws, int n)
 {
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if (!(ws[i] = self->pool_n ? self->pool[--self->pool_n] : worker_new())) {
             while (i--)
                 worker_free(ws[i]);
             PyErr_NoMemory();
             return -1;
         }
+        ws[i]->cache = self->sharer ? &self->sharer->own : &ws[i]->own;
+    }
+    self->busy += n;
     return 0;
+}
+
+static void pool_put(EncoderObject *self, Worker *w)
+{
+    worker_trim(w);
+    if (self->pool_n < POOL_SIZE)
+        self->pool[self->pool_n++] = w;
+    else
+        worker_free(w);
+}
+
+static void end_sharing(EncoderObject *self)
+{
+    Worker *w = self->sharer;
+    self->sharer = NULL, self->unsharing = 0;
+    cache_unshare(&w->own);
+    pool_put(self, w);
 }
 
 static void give_workers(EncoderObject *self, Worker **ws, int n)
 {
     for (int i = 0; i < n; i++) {
-        worker_trim(ws[i]);
-        if (self->pool_n < POOL_SIZE)
-            self->pool[self->pool_n++] = ws[i];
-        else
-            worker_free(ws[i]);
+        ws[i]->cache = &ws[i]->own;
+        pool_put(self, ws[i]);
     }
+    if ((self->busy -= n) == 0 && self->unsharing)
+        end_sharing(self);
+}
+
+/* share_cache(nbytes): from now on every call (from any thread) uses one piece cache, sized for
+ * about nbytes of text, so threads encoding parts of one corpus do not each BPE-encode the
+ * pieces they first meet; the matching unshare_cache() ends it (once the calls in flight are
+ * done). Calls nest: the first one sizes the cache, the last unshare_cache ends it. */
+static PyObject *Encoder_share_cache(EncoderObject *self, PyObject *arg)
+{
+    Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
+    if (nbytes < 0)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "nbytes must be >= 0");
+    if (!self->sharer) {
+        Worker *w = self->pool_n ? self->pool[--self->pool_n] : worker_new();
+        if (!w)
+            return PyErr_NoMemory();
+        cache_share(&w->own, (size_t)nbytes);
+        self->sharer = w;
+    }
+    self->shares++, self->unsharing = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Encoder_unshare_cache(EncoderObject *self, PyObject *unused)
+{
+    if (!self->sharer || --self->shares > 0)
+        Py_RETURN_NONE;
+    if (self->busy)
+        self->unsharing = 1;
+    else
+        end_sharing(self);
+    Py_RETURN_NONE;
 }
 
 /* `specials`: None or a sequence of (bytes, id) to split on, in the order to try them (longest
@@ -502,6 +558,13 @@ static PyMethodDef Encoder_methods[] = {
      "offsets, text i's ids being ids[offsets[i]:offsets[i + 1]] (in items). Encoded as "
      "encode_batch does; thread 0's texts are encoded in place in the result, the others' copied "
      "after them by the same threads." SPECIALS_DOC},
+    {"share_cache", (PyCFunction)Encoder_share_cache, METH_O,
+     "share_cache(nbytes: int) -> None\n\nFrom now on every call, from any thread, uses one "
+     "piece cache sized for about nbytes of text (threads encoding parts of one corpus then do "
+     "not each BPE-encode the pieces they first meet); until unshare_cache()."},
+    {"unshare_cache", (PyCFunction)Encoder_unshare_cache, METH_NOARGS,
+     "unshare_cache() -> None\n\nEnd share_cache (the outermost one, once the calls in flight "
+     "have returned)."},
     {"encode_utf8_to_bytes", (PyCFunction)(void (*)(void))Encoder_encode_utf8_to_bytes,
      METH_VARARGS | METH_KEYWORDS,
      "encode_utf8_to_bytes(data: Buffer, itemsize: int, specials=None) -> bytes\n\n"

@@ -123,30 +123,30 @@ static void *batch_thread(void *varg)
 }
 
 /* Encode every text with `nthreads` threads (the caller's thread is one of them); call without
- * the GIL. With several threads they all use worker 0's piece cache, pre-sized for the batch and
- * shared (see piece_cache.h), so a piece first met by one thread is not BPE-encoded again by the
- * others. Returns the number of threads actually used (fewer if one could not start). */
+ * the GIL. With several threads they all use worker 0's piece cache, shared for the batch (see
+ * piece_cache.h) unless it already is (Encoder.share_cache), so a piece first met by one thread
+ * is not BPE-encoded again by the others. Returns the number of threads actually used (fewer if
+ * one could not start). */
 static int run_batch(Batch *b, int nthreads)
 {
     pthread_t tid[MAX_THREADS];
     BatchArg args[MAX_THREADS];
     int started = 1;
-    PieceCache *shared = &b->workers[0]->own;
+    PieceCache *c = b->workers[0]->cache;
+    int share = nthreads > 1 && !c->shared;
     b->claim = (uint64_t)b->n << 32, b->failed = b->n, b->too_big = 0;
-    if (nthreads > 1)
-        cache_share(shared, b->bytes);
+    if (share)
+        cache_share(c, b->bytes);
     for (int t = 0; t < nthreads; t++)
-        args[t].b = b, args[t].t = t, b->workers[t]->cache = shared;
+        args[t].b = b, args[t].t = t, b->workers[t]->cache = c;
     for (int t = 1; t < nthreads; t++, started++)
         if (pthread_create(&tid[t], NULL, batch_thread, &args[t]) != 0)
             break;
     batch_thread(&args[0]);
     for (int t = 1; t < started; t++)
         pthread_join(tid[t], NULL);
-    for (int t = 0; t < nthreads; t++)
-        b->workers[t]->cache = &b->workers[t]->own;
-    if (nthreads > 1)
-        cache_unshare(shared);
+    if (share)
+        cache_unshare(c);
     return started;
 }
 

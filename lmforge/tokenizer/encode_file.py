@@ -103,6 +103,8 @@ class TokenEncoder(Protocol):
     def encode_utf8_to_bytes(self, data: bytes | bytearray | memoryview, itemsize: int = 2, *,
                              special: str = "special") -> bytes: ...
 
+    def shared_cache(self, nbytes: int) -> contextlib.AbstractContextManager[None]: ...
+
 
 @dataclass(frozen=True)
 class EncodeFileResult:
@@ -193,7 +195,9 @@ def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple], workers: int) -> Itera
             yield from (fn(*job) for job in jobs)
             return
         pool = _executor(tok, workers)
-        if not isinstance(pool, ThreadPoolExecutor):
+        if isinstance(pool, ThreadPoolExecutor):  # the threads share one cache of pre-tokens
+            stack.enter_context(tok.shared_cache(sum(end - start for _, start, end, *_ in jobs)))
+        else:
             fn = _encode_in_worker
         try:
             todo = iter(jobs)

@@ -287,3 +287,43 @@ def test_killed_encode_leaves_no_worker_processes(tmp_path):
     command[5] = str(tmp_path / "small.txt")
     subprocess.run(command, env=env, check=True, capture_output=True)
     assert leftovers(tmp_path / "out") == ["x.npy", "x.npy.json"]
+
+
+def test_threads_sharing_the_cache_equal_tiktoken(tmp_path):
+    """encode_file's threads share one cache of pre-tokens (``Tokenizer.shared_cache``): on text
+    full of distinct rare pieces (which overflow the room the shared cache has for ids that do
+    not fit an entry) the file still equals tiktoken's ids."""
+    from tests.tokenizer.test_encode_batch import shared_cache_documents
+
+    tiktoken = pytest.importorskip("tiktoken")
+    tok = gpt2_tokenizer()
+    c_encoder_or_skip(tok)
+    text = EOT.join(shared_cache_documents(seed=1))
+    (tmp_path / "in.txt").write_text(text, encoding="utf-8")
+    tok.encode_file(tmp_path / "in.txt", tmp_path / "t.npy", 3, progress=False, chunk_bytes=4096)
+    expected = tiktoken.get_encoding("gpt2").encode(text, allowed_special="all")
+    assert np.load(tmp_path / "t.npy").tolist() == expected
+
+
+def test_shared_cache_ends_after_the_calls_in_flight():
+    """Leaving ``shared_cache`` while threads still encode defers the end to the last of them;
+    every result, and every later call (private cache again), equals tiktoken's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.tokenizer.test_encode_batch import shared_cache_documents
+
+    tiktoken = pytest.importorskip("tiktoken").get_encoding("gpt2")
+    tok = fresh_gpt2()
+    c_encoder_or_skip(tok)
+    docs = shared_cache_documents(seed=2)
+    with ThreadPoolExecutor(4) as pool:
+        with tok.shared_cache(sum(map(len, docs))):
+            futures = [pool.submit(tok.encode_utf8_to_bytes, d.encode(), 4) for d in docs]
+        got = [np.frombuffer(f.result(), "<u4").tolist() for f in futures]
+    assert got == tiktoken.encode_ordinary_batch(docs)
+    assert tok.encode_batch(docs[:5], num_threads=2) == tiktoken.encode_ordinary_batch(docs[:5])
+    with tok.shared_cache(0):  # nested: one sharing, sized by the outer, ended by it
+        with tok.shared_cache(10):
+            assert tok.encode(docs[0]) == tiktoken.encode_ordinary(docs[0])
+        assert tok.encode_batch(docs[:3], num_threads=3) == tiktoken.encode_ordinary_batch(docs[:3])
+    assert tok.encode(docs[1]) == tiktoken.encode_ordinary(docs[1])
