@@ -484,38 +484,55 @@ static PyObject *Encoder_encode_batch_flat(EncoderObject *self, PyObject *args, 
  * no str made. Invalid UTF-8 raises the UnicodeDecodeError that bytes.decode() would. */
 static PyObject *Encoder_encode_utf8_to_bytes(EncoderObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"data", "itemsize", "specials", NULL};
-    PyObject *specials = NULL, *keep = NULL, *res = NULL;
-    Py_buffer view;
+    static char *kwlist[] = {"data", "itemsize", "specials", "out", NULL};
+    PyObject *specials = NULL, *keep = NULL, *res = NULL, *out = NULL;
+    Py_buffer view, dst = {0};
     int itemsize;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*i|O:encode_utf8_to_bytes", kwlist, &view,
-                                     &itemsize, &specials))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*i|OO:encode_utf8_to_bytes", kwlist, &view,
+                                     &itemsize, &specials, &out))
         return NULL;
     Specials sp = {0};
     Worker *w = NULL;
     int rc = check_itemsize(itemsize) < 0 || parse_specials(specials, &sp, &keep) < 0 ? -1 : 0;
+    if (!rc && out && out != Py_None)
+        rc = PyObject_GetBuffer(out, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS);
     if (!rc)
         rc = take_workers(self, &w, 1);
     if (!rc) {
         const uint8_t *d = view.buf;
         size_t n = (size_t)view.len;
         Py_ssize_t bad = -1;
+        uint32_t too_big = 0;
+        int fits = 1;
         PyThreadState *ts = n >= NOGIL_MIN_LEN ? PyEval_SaveThread() : NULL;
         if ((bad = utf8_check(d, n)) < 0)
             rc = encode_utf8(&self->bpe, w, d, n, sp.n ? &sp : NULL);
+        if (bad < 0 && rc == 0 && dst.buf) { /* straight into the caller's buffer */
+            fits = w->out.n * itemsize <= (size_t)dst.len;
+            if (fits && pack_ids_to(dst.buf, w->out.p, w->out.n, itemsize, &too_big) < 0)
+                rc = -2;
+        }
         if (ts)
             PyEval_RestoreThread(ts);
         if (bad >= 0) {
             Py_XDECREF(PyUnicode_DecodeUTF8((const char *)d, (Py_ssize_t)n, "strict"));
             if (!PyErr_Occurred())
                 PyErr_Format(PyExc_SystemError, "utf8_check and Python disagree at %zd", bad);
+        } else if (rc == -2) {
+            raise_id_too_big(too_big);
         } else if (rc < 0) {
             PyErr_NoMemory();
+        } else if (!fits) {
+            PyErr_Format(PyExc_ValueError, "out holds %zd bytes; the %zu ids need %zu",
+                         dst.len, w->out.n, w->out.n * itemsize);
         } else {
-            res = pack_to_bytes(w->out.p, w->out.n, itemsize);
+            res = dst.buf ? PyLong_FromSize_t(w->out.n)
+                          : pack_to_bytes(w->out.p, w->out.n, itemsize);
         }
         give_workers(self, &w, 1);
     }
+    if (dst.obj)
+        PyBuffer_Release(&dst);
     free_specials(&sp, keep);
     PyBuffer_Release(&view);
     return res;
@@ -567,9 +584,11 @@ static PyMethodDef Encoder_methods[] = {
      "have returned)."},
     {"encode_utf8_to_bytes", (PyCFunction)(void (*)(void))Encoder_encode_utf8_to_bytes,
      METH_VARARGS | METH_KEYWORDS,
-     "encode_utf8_to_bytes(data: Buffer, itemsize: int, specials=None) -> bytes\n\n"
-     "encode_to_bytes(bytes(data).decode('utf-8'), itemsize) without making the str (the GIL "
-     "released; UnicodeDecodeError as decode() raises it)." SPECIALS_DOC},
+     "encode_utf8_to_bytes(data: Buffer, itemsize: int, specials=None, out=None) -> bytes | int"
+     "\n\nencode_to_bytes(bytes(data).decode('utf-8'), itemsize) without making the str (the GIL "
+     "released; UnicodeDecodeError as decode() raises it). With `out` (a writable buffer of at "
+     "least len(data) * itemsize bytes: ids <= bytes) the ids are packed into it instead and "
+     "their number is returned." SPECIALS_DOC},
     {NULL, NULL, 0, NULL},
 };
 

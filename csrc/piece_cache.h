@@ -202,7 +202,8 @@ static int presize_bits(size_t bytes, size_t per, int min, int max)
  * grow to, and room in the spill buffer (its untouched pages cost nothing). */
 static void cache_share(PieceCache *c, size_t bytes)
 {
-    size_t room = bytes / SPILL_BYTES_PER_ID;
+    size_t room = bytes / SPILL_BYTES_PER_ID < CACHE_MAX_WORDS ? bytes / SPILL_BYTES_PER_ID
+                                                               : CACHE_MAX_WORDS;
     if (c->spill.n + room > CACHE_MAX_WORDS)
         cache_clear(c);
     cache_grow_to(c, presize_bits(bytes, SHORT_BYTES_PER_ENTRY, c->short_bits, SHORT_BITS),

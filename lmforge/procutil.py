@@ -171,6 +171,12 @@ def kill_pool(pool: ProcessPoolExecutor) -> None:
             process.kill()
     for process in processes:
         process.join()
+    # A worker killed while sending its result leaves half a message in the result pipe, and
+    # this process's own copy of the pipe's write end would keep the pool's manager thread
+    # waiting for the rest forever (shutdown, and exit, wait for that thread). Closing it gives
+    # the reader end-of-file: the pool is marked broken and the thread ends.
+    with contextlib.suppress(Exception):
+        pool._result_queue._writer.close()  # type: ignore[attr-defined]
     pool.shutdown(wait=True, cancel_futures=True)
 
 

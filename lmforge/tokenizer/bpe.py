@@ -297,6 +297,35 @@ class Tokenizer:
         specials = self._special_pairs if special == "special" and self._special_pairs else None
         return enc.encode_utf8_to_bytes(data, itemsize, specials)
 
+    def encode_utf8_into(
+        self, data: bytes | bytearray | memoryview, out: bytearray | memoryview,
+        itemsize: int = 2, *, special: str = "special",
+    ) -> int:
+        """``encode_utf8_to_bytes`` packed into ``out`` (a writable buffer of at least
+        ``len(data) * itemsize`` bytes, e.g. a numpy array's ``.data``: there are never more ids
+        than bytes) instead of a new
+        ``bytes``; returns the number of ids. A buffer reused across calls spares a copy and the
+        fresh memory (page faults) of a new ``bytes`` per call.
+
+        >>> out = bytearray(4)
+        >>> Tokenizer({i: bytes([i]) for i in range(256)}, []).encode_utf8_into(b"hi", out)
+        2
+        >>> bytes(out)
+        b'h\\x00i\\x00'
+        """
+        _check_policy(special)
+        enc = self._encoder()
+        if enc is None or special == "raise":
+            packed = self.encode_utf8_to_bytes(data, itemsize, special=special)
+            with memoryview(out) as whole, whole.cast("B") as dst:
+                if len(packed) > len(dst):
+                    raise ValueError(f"out holds {len(dst)} bytes; the {len(packed) // itemsize} "
+                                     f"ids need {len(packed)}")
+                dst[: len(packed)] = packed
+            return len(packed) // itemsize
+        specials = self._special_pairs if special == "special" and self._special_pairs else None
+        return enc.encode_utf8_to_bytes(data, itemsize, specials, out)
+
     def encode_reference(self, text: str) -> list[int]:
         """``encode_ordinary`` by the pure-Python reference (regex + cached merge loop)."""
         ids: list[int] = []

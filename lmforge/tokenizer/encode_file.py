@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -103,6 +103,9 @@ class TokenEncoder(Protocol):
     def encode_utf8_to_bytes(self, data: bytes | bytearray | memoryview, itemsize: int = 2, *,
                              special: str = "special") -> bytes: ...
 
+    def encode_utf8_into(self, data: bytes | bytearray | memoryview, out: bytearray | memoryview,
+                         itemsize: int = 2, *, special: str = "special") -> int: ...
+
     def shared_cache(self, nbytes: int) -> contextlib.AbstractContextManager[None]: ...
 
 
@@ -155,20 +158,50 @@ def _executor(tok: TokenEncoder, workers: int) -> ThreadPoolExecutor | ProcessPo
                         initargs=(tok,))
 
 
-def _encode_mapped(tok: TokenEncoder, maps: Mapping[str, mmap.mmap | bytes], path: str,
-                   start: int, end: int, special: str, itemsize: int) -> bytes:
-    """The packed ids of bytes ``[start, end)`` of ``path``, read in place from its mapping."""
+class _ChunkBuffers:
+    """Output buffers for the chunks in flight, reused: a new ``bytes`` per chunk was a copy of
+    its ids and fresh memory (a page fault per 4 KiB) each time, made on the worker threads and
+    freed by the writer. A buffer holds len(chunk) * itemsize bytes (ids <= bytes): an anonymous
+    mapping, whose pages cost nothing until ids are written there (numpy would ask for huge
+    pages for arrays this large, which cost more system time here than they saved)."""
+
+    def __init__(self) -> None:
+        self.free: list[mmap.mmap] = []
+        self.lock = threading.Lock()
+
+    def take(self, nbytes: int) -> mmap.mmap:
+        with self.lock:
+            for i, buf in enumerate(self.free):
+                if len(buf) >= nbytes:
+                    return self.free.pop(i)
+        return mmap.mmap(-1, max(nbytes, 1))
+
+    def give(self, data: memoryview) -> None:
+        """Return the buffer under ``data`` (a chunk ``_encode_mapped`` made) once it is written."""
+        buf = data.obj
+        data.release()
+        assert isinstance(buf, mmap.mmap)
+        with self.lock:
+            self.free.append(buf)
+
+
+def _encode_mapped(tok: TokenEncoder, maps: Mapping[str, mmap.mmap | bytes],
+                   buffers: _ChunkBuffers, path: str, start: int, end: int, special: str,
+                   itemsize: int) -> memoryview:
+    """The packed ids of bytes ``[start, end)`` of ``path``, read in place from its mapping, in
+    a buffer from ``buffers`` (to give back once written)."""
     data = maps[path]
+    out = buffers.take((end - start) * itemsize)
     with memoryview(data) as whole, whole[start:end] as view:
         try:
-            out = tok.encode_utf8_to_bytes(view, itemsize, special=special)
+            n = tok.encode_utf8_into(view, memoryview(out), itemsize, special=special)
         except UnicodeDecodeError as e:
             raise InvalidUTF8Error(path, start + e.start, e.reason) from None
     if (isinstance(data, mmap.mmap) and len(data) >= _DROP_PAGES_MIN_BYTES
             and hasattr(mmap, "MADV_DONTNEED")):
         first = start - start % mmap.PAGESIZE  # re-read from the page cache if touched again
         data.madvise(mmap.MADV_DONTNEED, first, end - first)
-    return out
+    return memoryview(out)[: n * itemsize]
 
 
 def _map_files(stack: contextlib.ExitStack, paths: Iterable[str]) -> dict[str, mmap.mmap | bytes]:
@@ -183,16 +216,24 @@ def _map_files(stack: contextlib.ExitStack, paths: Iterable[str]) -> dict[str, m
     return maps
 
 
-def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple], workers: int) -> Iterator[bytes]:
-    """Yield each job's packed ids in order; at most two jobs per worker are in flight."""
+def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple],
+                    workers: int) -> Iterator[bytes | memoryview]:
+    """Yield each job's packed ids in order; at most two jobs per worker are in flight. A chunk
+    is valid until the next one is asked for (its buffer is then reused)."""
     with contextlib.ExitStack() as stack:
-        fn: Callable[..., bytes]
+        fn: Callable[..., bytes | memoryview]
+        buffers = _ChunkBuffers()
         if tok.has_native_encoder:
-            fn = functools.partial(_encode_mapped, tok, _map_files(stack, (j[0] for j in jobs)))
+            fn = functools.partial(_encode_mapped, tok, _map_files(stack, (j[0] for j in jobs)),
+                                   buffers)
         else:
             fn = functools.partial(_encode_job, tok)
         if workers == 1 or len(jobs) == 1:
-            yield from (fn(*job) for job in jobs)
+            for job in jobs:
+                chunk = fn(*job)
+                yield chunk
+                if isinstance(chunk, memoryview):
+                    buffers.give(chunk)
             return
         pool = _executor(tok, workers)
         if isinstance(pool, ThreadPoolExecutor):  # the threads share one cache of pre-tokens
@@ -201,11 +242,14 @@ def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple], workers: int) -> Itera
             fn = _encode_in_worker
         try:
             todo = iter(jobs)
-            inflight = deque(pool.submit(fn, *job) for job in itertools.islice(todo, 2 * workers))
+            inflight: deque[Future[bytes | memoryview]] = deque(
+                pool.submit(fn, *job) for job in itertools.islice(todo, 2 * workers))
             while inflight:
                 data = inflight.popleft().result()
                 inflight.extend(pool.submit(fn, *job) for job in itertools.islice(todo, 1))
                 yield data
+                if isinstance(data, memoryview):
+                    buffers.give(data)
         except BaseException:  # an error, Ctrl-C, or the consumer gave up (GeneratorExit)
             if isinstance(pool, ThreadPoolExecutor):
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -221,7 +265,7 @@ class _TokenSink:
     def __init__(self, f: IO[bytes], itemsize: int):
         self.f, self.itemsize, self.num_tokens = f, itemsize, 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.f.write(data)
         self.num_tokens += len(data) // self.itemsize
 
@@ -370,7 +414,7 @@ class _FingerprintMeanwhile:
     def __init__(self, tok: TokenEncoder):
         self.tok, self.thread = tok, threading.Thread(target=tok.fingerprint, daemon=True)
 
-    def after_first(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    def after_first(self, chunks: Iterator[bytes | memoryview]) -> Iterator[bytes | memoryview]:
         """``chunks``, starting the thread once the first one is out."""
         for k, data in enumerate(chunks):
             if k == 0:
@@ -395,8 +439,9 @@ def _copy_runs(ids: np.ndarray, runs: np.ndarray, sep: bytes, sink: _TokenSink) 
 def _corpus_bytes(
     tok: TokenEncoder, jobs: list[tuple], separator_after: set[int], sep: bytes, workers: int,
     bar: tqdm,
-) -> Iterator[bytes]:
-    """The packed ids of the whole corpus in order: each job's, and ``sep`` between files."""
+) -> Iterator[bytes | memoryview]:
+    """The packed ids of the whole corpus in order: each job's, and ``sep`` between files; each
+    valid until the next is asked for."""
     for k, data in enumerate(_encoded_chunks(tok, jobs, workers)):
         yield data
         bar.update(jobs[k][2] - jobs[k][1])

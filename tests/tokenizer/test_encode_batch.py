@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmforge import ENDOFTEXT
-from lmforge.tokenizer import Tokenizer, TokenizerInputError
+from lmforge.tokenizer import Tokenizer, TokenizerInputError, bpe
 from lmforge.tokenizer.pretokenize import special_token_regex, split_on_special_tokens
 from tests.conftest import shared_path
 from tests.tokenizer.test_bpe import c_encoder_or_skip, gpt2_tokenizer, tiktoken_gpt2
@@ -154,6 +154,30 @@ def test_utf8_to_bytes_equals_encode_to_bytes_on_real_text():
     assert tok.encode_utf8_to_bytes(memoryview(data)[:], 2) == tok.encode_to_bytes(text, 2)
     assert tok.encode_utf8_to_bytes(data, 4, special="plain") == np.asarray(
         tiktoken_gpt2().encode_ordinary(text), "<u4").tobytes()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_utf8_into_a_buffer_equals_utf8_to_bytes(native, monkeypatch):
+    """``encode_utf8_into`` packs the same ids into the caller's buffer (what ``encode_file``
+    reuses chunk after chunk), in C and in the Python fallback; a short buffer or an id over
+    uint16 is a clear error."""
+    if native:
+        tok = gpt2_tokenizer()
+        c_encoder_or_skip(tok)
+    else:
+        monkeypatch.setattr(bpe.native, "encode_module", lambda: None)
+        tok = Tokenizer(gpt2_tokenizer().vocab, gpt2_tokenizer().merges, [ENDOFTEXT])
+    data = ENDOFTEXT.join(real_documents()[:60]).encode()
+    out = np.full(len(data) * 4, 0xAB, np.uint8)
+    for itemsize in (2, 4):
+        want = tok.encode_utf8_to_bytes(data, itemsize)
+        n = tok.encode_utf8_into(data, out.data, itemsize)
+        assert (n, out[: n * itemsize].tobytes()) == (len(want) // itemsize, want)
+    with pytest.raises(ValueError, match="out holds 3 bytes"):
+        tok.encode_utf8_into(b"hello world", bytearray(3))
+    big = Tokenizer({i: bytes([i]) for i in range(256)} | {70000: b"ab"}, [(b"a", b"b")])
+    with pytest.raises(OverflowError, match="uint16"):
+        big.encode_utf8_into(b"x ab" * 200, bytearray(1600), 2)
 
 
 @settings(max_examples=300, deadline=None)

@@ -159,8 +159,13 @@ def test_interrupt_leaves_no_partial_output(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return b"\0\0"
 
-    for name in ("encode_to_bytes", "encode_utf8_to_bytes"):  # Python / C path
-        monkeypatch.setattr(tok, name, interrupted)
+    def interrupted_into(data, out, *args, **kwargs):
+        interrupted()
+        out[:2] = b"\0\0"
+        return 1
+
+    monkeypatch.setattr(tok, "encode_to_bytes", interrupted)  # the Python path
+    monkeypatch.setattr(tok, "encode_utf8_into", interrupted_into)  # the C path
     with pytest.raises(KeyboardInterrupt):
         tok.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 1, chunk_bytes=2048)
     assert leftovers(tmp_path) == ["in.txt"]
