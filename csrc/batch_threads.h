@@ -2,7 +2,8 @@
  * Included once by _bpe_encode.c (static functions; not a separate translation unit).
  *
  * run_batch: pthreads take texts one at a time (long and short documents balance), each encoding
- * into its own Worker (sharing one piece cache); text i's ids end up in workers[thr[i]]->out at [off[i], end[i]). Thread 0
+ * into its own Worker (all sharing one piece cache); text i's ids end up in workers[thr[i]]->out
+ * at [off[i], end[i]). Thread 0
  * takes texts from the front and the others from the back, so thread 0's texts are a prefix whose
  * ids lie in order at the start of its buffer: encode_batch_flat's result *is* that buffer, grown,
  * with the other threads' texts copied after it (flat_copy_all, by the same threads). With

@@ -161,20 +161,20 @@ def _executor(tok: TokenEncoder, workers: int) -> ThreadPoolExecutor | ProcessPo
 class _ChunkBuffers:
     """Output buffers for the chunks in flight, reused: a new ``bytes`` per chunk was a copy of
     its ids and fresh memory (a page fault per 4 KiB) each time, made on the worker threads and
-    freed by the writer. A buffer holds len(chunk) * itemsize bytes (ids <= bytes): an anonymous
-    mapping, whose pages cost nothing until ids are written there (numpy would ask for huge
-    pages for arrays this large, which cost more system time here than they saved)."""
+    freed by the writer. Every buffer holds the largest chunk's ids (``nbytes``: its length in
+    bytes times the itemsize, as ids <= bytes), so any buffer fits any chunk. They are private
+    anonymous mappings, whose pages cost nothing until ids are written there (numpy would ask
+    for huge pages for arrays this large, which cost more system time here than they saved)."""
 
-    def __init__(self) -> None:
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes, self.lock = max(nbytes, 1), threading.Lock()
         self.free: list[mmap.mmap] = []
-        self.lock = threading.Lock()
 
-    def take(self, nbytes: int) -> mmap.mmap:
+    def take(self) -> mmap.mmap:
         with self.lock:
-            for i, buf in enumerate(self.free):
-                if len(buf) >= nbytes:
-                    return self.free.pop(i)
-        return mmap.mmap(-1, max(nbytes, 1))
+            if self.free:
+                return self.free.pop()
+        return mmap.mmap(-1, self.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
     def give(self, data: memoryview) -> None:
         """Return the buffer under ``data`` (a chunk ``_encode_mapped`` made) once it is written."""
@@ -191,7 +191,7 @@ def _encode_mapped(tok: TokenEncoder, maps: Mapping[str, mmap.mmap | bytes],
     """The packed ids of bytes ``[start, end)`` of ``path``, read in place from its mapping, in
     a buffer from ``buffers`` (to give back once written)."""
     data = maps[path]
-    out = buffers.take((end - start) * itemsize)
+    out = buffers.take()
     with memoryview(data) as whole, whole[start:end] as view:
         try:
             n = tok.encode_utf8_into(view, memoryview(out), itemsize, special=special)
@@ -222,7 +222,7 @@ def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple],
     is valid until the next one is asked for (its buffer is then reused)."""
     with contextlib.ExitStack() as stack:
         fn: Callable[..., bytes | memoryview]
-        buffers = _ChunkBuffers()
+        buffers = _ChunkBuffers(max(((j[2] - j[1]) * j[4] for j in jobs), default=0))
         if tok.has_native_encoder:
             fn = functools.partial(_encode_mapped, tok, _map_files(stack, (j[0] for j in jobs)),
                                    buffers)
