@@ -303,9 +303,8 @@ class Tokenizer:
     ) -> int:
         """``encode_utf8_to_bytes`` packed into ``out`` (a writable buffer of at least
         ``len(data) * itemsize`` bytes, e.g. a numpy array's ``.data``: there are never more ids
-        than bytes) instead of a new
-        ``bytes``; returns the number of ids. A buffer reused across calls spares a copy and the
-        fresh memory (page faults) of a new ``bytes`` per call.
+        than bytes) instead of a new ``bytes``; returns the number of ids. A buffer reused across
+        calls spares a copy and the fresh memory (page faults) of a new ``bytes`` per call.
 
         >>> out = bytearray(4)
         >>> Tokenizer({i: bytes([i]) for i in range(256)}, []).encode_utf8_into(b"hi", out)

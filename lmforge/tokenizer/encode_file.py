@@ -7,11 +7,14 @@ header, which is rewritten with the final shape at the end. At most two chunks p
 flight, so memory is a few chunks, never the file.
 
 With the C encoder each input file is ``mmap``'d once and every chunk is one call of
-``encode_utf8_to_bytes`` on a ``memoryview`` of the mapping: the UTF-8 is checked, split on the
-special tokens and encoded in place with the GIL released for the whole chunk, so the threads
-scale with the cores (no str is made, no bytes copied; the only GIL work per 4 MiB chunk is a
-few Python calls and writing its ids). In files of 1 GiB or more the pages of a finished chunk
-are dropped from the mapping (``MADV_DONTNEED``), so a file larger than RAM stays cheap.
+``encode_utf8_into`` on a ``memoryview`` of the mapping: the UTF-8 is checked, split on the
+special tokens and encoded in place with the GIL released for the whole chunk, and the ids are
+packed straight into one of a few reused output buffers, so the threads scale with the cores (no
+str is made, no bytes copied; the only GIL work per 4 MiB chunk is a few Python calls and
+writing its ids). The threads share one cache of pre-tokens (``Tokenizer.shared_cache``), so a
+pre-token is BPE-encoded once, not once per thread. In files of 1 GiB or more the pages of a
+finished chunk are dropped from the mapping (``MADV_DONTNEED``), so a file larger than RAM stays
+cheap.
 
 Several files are one corpus: the files in order, with the ``<|endoftext|>`` id between two files
 unless the first already ends with that text (under the "special" policy), so the ids are those
