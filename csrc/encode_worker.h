@@ -132,93 +132,76 @@ static Py_ssize_t encode_long_piece(const Bpe *m, Worker *w, const Piece *p, uin
     return k;
 }
 
-/* The ids of a 2..8-byte piece from the cache, or BPE (then cached) into dst. */
-INLINE Py_ssize_t encode_short_piece(const Bpe *m, PieceCache *c, const Piece *p, uint32_t *dst)
+/* The ids of a 2..16-byte piece from a set of WAYS cache entries (`set`, entries `size` bytes
+ * apart), or BPE (then cached) into dst. Both entry types are laid out alike: `nkeys` uint64
+ * key words (the piece's bytes: p->key, and p->key2 for medium pieces), the meta word, then
+ * `cap` inline ids; `added` counts new entries for growth (private mode). One routine for both,
+ * inlined with constant sizes, so each compiles as if written for its own type. */
+INLINE Py_ssize_t encode_cached_piece(const Bpe *m, PieceCache *c, char *set, size_t size,
+                                      int nkeys, size_t cap, size_t *added, const Piece *p,
+                                      uint32_t *dst)
 {
+#define META_OF(e) ((uint32_t *)((e) + 8 * nkeys))
+#define IDS_OF(e) ((uint32_t *)((e) + 8 * nkeys + 4))
+#define KEY_OF(e, i) ((uint64_t *)(e) + (i))
     size_t n = p->n;
-    ShortEntry *e = &c->shortc[p->h & ~(size_t)(WAYS - 1)]; /* a set of WAYS entries */
+    const uint64_t key[2] = {p->key, nkeys > 1 ? p->key2 : 0};
     for (int way = 0; way < WAYS; way++) {
-        uint32_t meta = meta_load(&e[way].meta);
-        if (META_LEN(meta) != n || __atomic_load_n(&e[way].key, __ATOMIC_RELAXED) != p->key)
+        char *e = set + way * size;
+        uint32_t meta = meta_load(META_OF(e));
+        int same = META_LEN(meta) == n;
+        for (int i = 0; i < nkeys; i++)
+            same = same && __atomic_load_n(KEY_OF(e, i), __ATOMIC_RELAXED) == key[i];
+        if (!same)
             continue;
-        size_t k = copy_entry_ids(c, dst, meta, e[way].ids, sizeof e->ids);
+        size_t k = copy_entry_ids(c, dst, meta, IDS_OF(e), cap * sizeof(uint32_t));
         if (c->shared) {
-            if (meta_changed(&e[way].meta, meta))
+            if (meta_changed(META_OF(e), meta))
                 break; /* rewritten while copied */
-            entry_hit(&e[way].meta, meta);
+            entry_hit(META_OF(e), meta);
         } else if (way) { /* move up one way: pieces that keep coming back stay near way 0 */
-            ShortEntry t = e[way - 1];
-            e[way - 1] = e[way], e[way] = t;
+            char t[sizeof(MidEntry)];
+            memcpy(t, e - size, size), memcpy(e - size, e, size), memcpy(e, t, size);
         }
         return (Py_ssize_t)k;
     }
     Py_ssize_t k = bpe(m, p->s, n, dst);
     if (k < 0)
         return k;
-    ShortEntry *v = e + free_way(c, &e[0].meta, sizeof *e);
-    uint32_t old = entry_claim(c, &v->meta);
+    char *v = set + free_way(c, META_OF(set), size) * size;
+    uint32_t old = entry_claim(c, META_OF(v));
     if (old == META_BUSY)
         return k;
-    int64_t meta = entry_fill(c, old, v->ids, SHORT_IDS, dst, n, (size_t)k);
+    int64_t meta = entry_fill(c, old, IDS_OF(v), cap, dst, n, (size_t)k);
     if (meta < 0)
         return -1;
-    if (meta)
-        __atomic_store_n(&v->key, p->key, __ATOMIC_RELAXED);
-    entry_publish(&v->meta, meta ? (uint32_t)meta : old);
+    for (int i = 0; meta && i < nkeys; i++)
+        __atomic_store_n(KEY_OF(v, i), key[i], __ATOMIC_RELAXED);
+    entry_publish(META_OF(v), meta ? (uint32_t)meta : old);
     if (!c->shared) /* a shared cache does not grow: no count (nor a racy write) */
-        c->short_added++;
+        (*added)++;
     return k;
+#undef META_OF
+#undef IDS_OF
+#undef KEY_OF
 }
 
-/* The ids of a 9..16-byte piece from the cache, or BPE (then cached) into dst. */
-INLINE Py_ssize_t encode_mid_piece(const Bpe *m, PieceCache *c, const Piece *p, uint32_t *dst)
-{
-    size_t n = p->n;
-    MidEntry *e = &c->midc[p->h & ~(size_t)(WAYS - 1)];
-    for (int way = 0; way < WAYS; way++) {
-        uint32_t meta = meta_load(&e[way].meta);
-        if (META_LEN(meta) != n || __atomic_load_n(&e[way].k0, __ATOMIC_RELAXED) != p->key ||
-            __atomic_load_n(&e[way].k1, __ATOMIC_RELAXED) != p->key2)
-            continue;
-        size_t k = copy_entry_ids(c, dst, meta, e[way].ids, sizeof e->ids);
-        if (c->shared) {
-            if (meta_changed(&e[way].meta, meta))
-                break;
-            entry_hit(&e[way].meta, meta);
-        } else if (way) {
-            MidEntry t = e[way - 1];
-            e[way - 1] = e[way], e[way] = t;
-        }
-        return (Py_ssize_t)k;
-    }
-    Py_ssize_t k = bpe(m, p->s, n, dst);
-    if (k < 0)
-        return k;
-    MidEntry *v = e + free_way(c, &e[0].meta, sizeof *e);
-    uint32_t old = entry_claim(c, &v->meta);
-    if (old == META_BUSY)
-        return k;
-    int64_t meta = entry_fill(c, old, v->ids, MID_IDS, dst, n, (size_t)k);
-    if (meta < 0)
-        return -1;
-    if (meta) {
-        __atomic_store_n(&v->k0, p->key, __ATOMIC_RELAXED);
-        __atomic_store_n(&v->k1, p->key2, __ATOMIC_RELAXED);
-    }
-    entry_publish(&v->meta, meta ? (uint32_t)meta : old);
-    if (!c->shared)
-        c->mid_added++;
-    return k;
-}
+/* The entry layouts encode_cached_piece relies on. */
+_Static_assert(offsetof(ShortEntry, meta) == 8 && offsetof(ShortEntry, ids) == 12, "layout");
+_Static_assert(offsetof(MidEntry, k1) == 8 && offsetof(MidEntry, meta) == 16 &&
+                   offsetof(MidEntry, ids) == 20, "layout");
 
 /* Append the ids of prepared piece p to w->out, which has room for p->n + OUT_SLACK ids. 0, or
  * -1 if out of memory. */
 INLINE int encode_piece(const Bpe *m, Worker *w, PieceCache *c, const Piece *p)
 {
     uint32_t *dst = w->out.p + w->out.n;
-    Py_ssize_t k = p->n <= 8    ? encode_short_piece(m, c, p, dst)
-                   : p->n <= 16 ? encode_mid_piece(m, c, p, dst)
-                                : encode_long_piece(m, w, p, dst);
+    Py_ssize_t k =
+        p->n <= 8 ? encode_cached_piece(m, c, (char *)&c->shortc[p->h & ~(size_t)(WAYS - 1)],
+                                        sizeof(ShortEntry), 1, SHORT_IDS, &c->short_added, p, dst)
+        : p->n <= 16 ? encode_cached_piece(m, c, (char *)&c->midc[p->h & ~(size_t)(WAYS - 1)],
+                                           sizeof(MidEntry), 2, MID_IDS, &c->mid_added, p, dst)
+                     : encode_long_piece(m, w, p, dst);
     if (k < 0)
         return -1;
     w->out.n += (size_t)k;
