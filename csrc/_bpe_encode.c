@@ -26,6 +26,7 @@
  *   an array scan for pieces of up to SMALL_PIECE bytes, a heap beyond.
  * - batch_threads.h: encode_batch's pthreads (texts from an atomic counter, a Worker each, one
  *   shared piece cache), and the flat output (thread 0's buffer, the others' texts copied after).
+ * - repr_join.h: the repr behind Tokenizer.fingerprint (the vocabulary's, in ~2 ms, not 25).
  * - worker_pool.h: Workers (caches + output buffer) belong to one call at a time (a pool per
  *   Encoder, handed out under the GIL), so no lock is taken while encoding. Ids come out as uint32 in the
  *   worker's buffer, packed to uint16/uint32 bytes for the *_to_bytes and flat methods, or
@@ -80,6 +81,7 @@ typedef struct {
 
 #include "encoder_build.h"
 #include "worker_pool.h"
+#include "repr_join.h"
 
 static PyObject *Encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -670,6 +672,9 @@ static PyMethodDef module_methods[] = {
      "pretokenize_utf8(data: Buffer) -> list[bytes]\n\n[p.encode() for p in "
      "GPT2_REGEX.findall(bytes(data).decode())], cut by the encoder's own scanner (the one "
      "encode_utf8_to_bytes and encode_batch use); ValueError on invalid UTF-8."},
+    {"repr_join", repr_join, METH_O,
+     "repr_join(items: list | tuple) -> bytes\n\n', '.join(map(repr, items)).encode(), written "
+     "in C for tuples of ints and bytes (Tokenizer.fingerprint's vocabulary and merges)."},
     {"count_pretokens", count_pretokens, METH_VARARGS,
      "count_pretokens(text: str, counts: dict) -> None\n\nFor every pre-token p of text: "
      "counts[p.encode()] = counts.get(p.encode(), 0) + 1."},

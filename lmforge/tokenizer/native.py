@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import regex
@@ -84,6 +85,15 @@ def encode_module() -> ModuleType | None:
     if mod is not None:
         mod.init_char_classes(char_class_table())
     return mod
+
+
+@functools.cache
+def repr_join() -> Callable[[list | tuple], bytes] | None:
+    """The C ``repr_join(items)`` (``", ".join(map(repr, items)).encode()``, written directly for
+    tuples of ints and bytes; ``Tokenizer.fingerprint`` hashes it), or None. It needs no
+    character classes, so unlike ``encode_module`` it costs only the import."""
+    mod = _load("_bpe_encode")
+    return None if mod is None else mod.repr_join
 
 
 @functools.cache

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmforge.tokenizer import bpe
+from lmforge.tokenizer import bpe, native
 from lmforge.tokenizer.bpe import Tokenizer
 from lmforge.tokenizer.pretokenize import TokenizerInputError
 from tests.conftest import shared_path
@@ -279,9 +279,15 @@ def test_tokenizer_pickles_and_still_encodes():
     assert clone.fingerprint() == tok.fingerprint()
 
 
+@pytest.mark.parametrize("c_repr", [True, False], ids=["c-repr", "python-blocks"])
 @pytest.mark.parametrize("make", [gpt2_tokenizer, lambda: byte_tokenizer(merges=[(b"a", b"b")])])
-def test_fingerprint_is_sha256_of_the_canonical_repr(make):
-    """Hashed block by block (so it never holds the GIL for long), still the documented digest."""
+def test_fingerprint_is_sha256_of_the_canonical_repr(make, c_repr, monkeypatch):
+    """Hashed in pieces (the C repr_join's, or blocks of Python repr so no call holds the GIL for
+    long), still the documented digest."""
+    if not c_repr:
+        monkeypatch.setattr(native, "repr_join", lambda: None)
+    elif native.repr_join() is None:
+        pytest.skip("the C module is not built")
     tok = make()
     canon = repr((sorted(tok.vocab.items()), tok.merges, tok.special_tokens))
     assert tok.fingerprint() == hashlib.sha256(canon.encode()).hexdigest()

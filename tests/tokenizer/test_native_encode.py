@@ -434,3 +434,45 @@ def test_uninitialised_module_raises_runtime_error():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+# ------------------------------------------------------------------ repr_join (the fingerprint's)
+
+class _Bytes(bytes):
+    def __repr__(self) -> str:
+        return "custom"
+
+
+REPR_ATOMS = st.one_of(
+    st.binary(max_size=12),  # every byte: quotes, backslash, \t \n \r, \x00-\x1f, \x7f-\xff
+    st.sampled_from([b"'", b'"', b"'\"", b"\\", b"it's", b'say "x"', b""]),
+    st.integers(), st.integers(min_value=-2**70, max_value=2**70),
+    st.sampled_from([0, -1, 2**63 - 1, -2**63, 2**63, -2**63 - 1, True, False, None, 1.5]),
+    st.text(max_size=6), st.binary(max_size=4).map(_Bytes),
+)
+REPR_ITEMS = st.one_of(REPR_ATOMS, st.tuples(REPR_ATOMS, REPR_ATOMS),
+                       st.lists(REPR_ATOMS, max_size=3).map(tuple),
+                       st.tuples(st.tuples(REPR_ATOMS, REPR_ATOMS), REPR_ATOMS))
+
+
+@given(st.lists(REPR_ITEMS, max_size=8))
+def test_repr_join_equals_python_repr(items):
+    """Byte for byte Python's own repr: the fast paths (exact bytes, ints that fit 64 bits, flat
+    tuples) and everything handed back to Python (big ints, bools, str, subclasses, nesting)."""
+    expected = ", ".join(map(repr, items)).encode()
+    assert C.repr_join(items) == expected
+    assert C.repr_join(tuple(items)) == expected
+
+
+def test_repr_join_on_every_byte_and_errors():
+    every = [(i, bytes([i])) for i in range(256)] + [(b"\x00\xff", bytes(range(256)))]
+    assert C.repr_join(every) == ", ".join(map(repr, every)).encode()
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    with pytest.raises(RuntimeError, match="no repr"):
+        C.repr_join([(1, Broken())])
+    with pytest.raises(TypeError, match="list or a tuple"):
+        C.repr_join(5)
