@@ -5,6 +5,7 @@ directories (0700). Artifacts that are renamed into place from them should look 
 file the user writes, so `give_default_permissions` applies the process umask to them.
 `atomic_writer` (streaming, a context manager) and `atomic_write_bytes` / `atomic_write_text`
 (whole small files) are the one temp-file-and-rename writer every stage uses;
+`SyncBehind` starts writing a large file's data to disk while it is still being written.
 `atomic_directory` (a context manager) and `replace_dir` are the same for whole directories
 (a tokenizer, an exported model, a run directory, a checkpoint).
 Temp files and directories are named ``.{name}.{pid}.{random}.tmp`` (`temp_prefix`): a later run
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -113,6 +115,58 @@ def atomic_writer(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class SyncBehind:
+    """Write a file's data to disk while more is being written: once ``every`` bytes have been
+    written since the last start, ``fdatasync`` runs on a thread (one at a time), so the final
+    ``fsync`` of a large file waits for its last part only instead of all of it (~12 ms of a
+    0.2 s encode of 40 MB to 20 MB of ids). ``close()`` waits for the running sync and raises
+    its error, if any (the kernel reports a write-back error to one sync call only, so it must
+    not be lost here); call it before the file is closed (``atomic_writer(..., fsync=True)``
+    then syncs the rest).
+
+    >>> with atomic_writer("ids.bin", "wb", fsync=True) as f:  # doctest: +SKIP
+    ...     behind = SyncBehind(f)
+    ...     for block in blocks:
+    ...         f.write(block)
+    ...         behind.wrote(len(block))
+    ...     behind.close()
+    """
+
+    def __init__(self, f: IO[bytes], every: int = 4 << 20) -> None:
+        self.f, self.every, self.pending = f, every, 0
+        self.thread: threading.Thread | None = None
+        self.error: OSError | None = None
+
+    def wrote(self, nbytes: int) -> None:
+        """Note ``nbytes`` more written; start a sync if enough are pending and none runs."""
+        self.pending += nbytes
+        if self.pending >= self.every and not (self.thread and self.thread.is_alive()):
+            self._raise_error()
+            self.f.flush()  # the buffered tail goes to the kernel first, so it is synced too
+            self.pending = 0
+            self.thread = threading.Thread(target=self._sync, args=(self.f.fileno(),),
+                                           name="lmforge-sync-behind", daemon=True)
+            self.thread.start()
+
+    def close(self) -> None:
+        """Wait for the running sync; raise its error, if it had one."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        self._raise_error()
+
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            self.error = e
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:

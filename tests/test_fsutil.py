@@ -7,11 +7,13 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 
 from lmforge.fsutil import (
+    SyncBehind,
     atomic_directory,
     atomic_writer,
     remove_stale_temps,
@@ -191,3 +193,45 @@ def test_a_plot_cut_short_leaves_the_old_one_and_no_temp(tmp_path, monkeypatch):
         plot_losses(records, out)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]
+
+
+def test_sync_behind_syncs_what_was_written_and_waits_on_close(tmp_path, monkeypatch):
+    synced = []  # (file size at the sync, thread name)
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        synced.append((os.fstat(fd).st_size, threading.current_thread().name))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    block = bytes(range(256)) * 16  # 4 KiB
+    with atomic_writer(tmp_path / "ids.bin", "wb", fsync=True) as f:
+        behind = SyncBehind(f, every=3 * len(block))
+        for _ in range(20):
+            f.write(block)
+            behind.wrote(len(block))
+            if behind.thread:
+                behind.thread.join()  # deterministic: each sync done before the next write
+        behind.close()
+        assert behind.thread is None
+    # A sync after every third block, on the helper thread, seeing all the data written so far
+    # (the Python buffer was flushed first).
+    assert synced == [(3 * k * len(block), "lmforge-sync-behind") for k in range(1, 7)]
+    assert (tmp_path / "ids.bin").read_bytes() == block * 20
+
+
+def test_sync_behind_raises_the_sync_error_and_the_file_is_not_replaced(tmp_path, monkeypatch):
+    """A write-back error is reported to one sync call only: the helper's must not be lost."""
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    (tmp_path / "ids.bin").write_bytes(b"old")
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with (pytest.raises(OSError, match="Input/output"),
+          atomic_writer(tmp_path / "ids.bin", "wb", fsync=True) as f):
+        behind = SyncBehind(f, every=1)
+        f.write(b"new ids")
+        behind.wrote(7)
+        behind.close()
+    assert (tmp_path / "ids.bin").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["ids.bin"]

@@ -50,7 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lmforge import ENDOFTEXT
-from lmforge.fsutil import atomic_writer, remove_stale_temps, scratch_file
+from lmforge.fsutil import SyncBehind, atomic_writer, remove_stale_temps, scratch_file
 from lmforge.procutil import fast_start_method, kill_pool, process_pool
 from lmforge.tokenizer.formats import (
     sidecar_path,
@@ -70,6 +70,7 @@ from lmforge.tokenizer.split import split_token_ids, val_document_mask
 
 _NPY_HEADER_BYTES = 128  # fixed-size .npy v1.0 header, rewritten with the final shape at the end
 _MAX_CHUNK_BYTES = 4 << 20
+_SYNC_BEHIND_BYTES = 4 << 20  # ids written between two syncs started behind the writer
 _COPY_BLOCK = 1 << 22  # ids copied at a time from the scratch file into a split
 # Files from this size on have each finished chunk's pages dropped from the mapping. Dropping
 # interrupts every core (a TLB shootdown: 1/4 of the time of 2 threads on a 40 MB file), and a
@@ -263,14 +264,15 @@ def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple],
 
 
 class _TokenSink:
-    """Counts the ids written to a token array's data."""
+    """Counts the ids written to a token array's data, and syncs them behind (``SyncBehind``)."""
 
-    def __init__(self, f: IO[bytes], itemsize: int):
-        self.f, self.itemsize, self.num_tokens = f, itemsize, 0
+    def __init__(self, f: IO[bytes], itemsize: int, behind: SyncBehind):
+        self.f, self.itemsize, self.num_tokens, self.behind = f, itemsize, 0, behind
 
     def write(self, data: bytes | memoryview) -> None:
         self.f.write(data)
         self.num_tokens += len(data) // self.itemsize
+        self.behind.wrote(len(data))
 
 
 @contextlib.contextmanager
@@ -279,7 +281,9 @@ def _token_array(path: Path, dtype: np.dtype) -> Iterator[_TokenSink]:
     the final length when the block ends, and the file replaces ``path`` only then."""
     with contextlib.ExitStack() as stack:
         f = _enter(stack, atomic_writer(path, "wb", fsync=True), path)
-        sink = _TokenSink(f, dtype.itemsize)
+        behind = SyncBehind(f, _SYNC_BEHIND_BYTES)
+        stack.callback(behind.close)  # before the writer's final fsync and close, even on error
+        sink = _TokenSink(f, dtype.itemsize, behind)
         f.write(_npy_header(dtype, 0))
         yield sink
         f.seek(0)

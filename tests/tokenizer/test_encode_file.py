@@ -68,6 +68,25 @@ def test_ids_equal_encode_of_the_whole_file(tmp_path, mode):
     assert res.dtype == "uint16" and res.input_bytes == len(text.encode())
 
 
+def test_ids_are_synced_behind_the_writer(tmp_path, mode, monkeypatch):
+    """Syncs start while the ids are still being written (so the final fsync waits for the last
+    part only), and the file is whole and correct."""
+    from lmforge.tokenizer import encode_file
+
+    text = write_corpus(tmp_path / "in.txt")
+    sizes = []
+    real = os.fdatasync
+    monkeypatch.setattr(encode_file, "_SYNC_BEHIND_BYTES", 2048)
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (sizes.append(os.fstat(fd).st_size),
+                                                      real(fd)))
+    tok = fresh_gpt2()
+    res = tok.encode_file(tmp_path / "in.txt", tmp_path / "out.npy", 2, chunk_bytes=4096)
+    final = os.path.getsize(tmp_path / "out.npy")
+    assert sizes and all(0 < s < final for s in sizes)  # only during the writing
+    assert np.load(tmp_path / "out.npy").tolist() == tok.encode(text)
+    assert res.num_tokens * 2 + 128 == final
+
+
 def test_fixture_file_equals_tiktoken(tmp_path):
     src = shared_path("fixtures", "cs336-a1", "tinystories_sample.txt")
     tiktoken = pytest.importorskip("tiktoken")
