@@ -177,7 +177,17 @@ def kill_pool(pool: ProcessPoolExecutor) -> None:
     # the reader end-of-file: the pool is marked broken and the thread ends.
     with contextlib.suppress(Exception):
         pool._result_queue._writer.close()  # type: ignore[attr-defined]
-    pool.shutdown(wait=True, cancel_futures=True)
+    # The interrupt may have come inside the manager thread's Thread.start(), before the new
+    # thread marked itself started: joining it then raises, so wait for it to get going.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        except RuntimeError as e:
+            if "before it is started" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 _interrupted = False  # a SIGINT/SIGTERM arrived during this CLI command (see `note_interrupt`)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
@@ -122,6 +123,28 @@ def test_kill_pool_stops_running_tasks_and_their_workers():
     for future in futures:
         with pytest.raises((BrokenProcessPool, CancelledError)):
             future.result(timeout=5)
+
+
+def test_kill_pool_when_the_interrupt_came_while_its_manager_thread_was_starting(monkeypatch):
+    """A SIGTERM can land inside ``Thread.start()`` of the pool's manager thread, before the new
+    thread marks itself started; shutting the pool down then must not fail with "cannot join
+    thread before it is started" (once seen as a flaky `test_sigterm_stops_encode_like_ctrl_c`)."""
+    real_start = threading.Thread.start
+
+    def start_interrupted(self):
+        if type(self).__name__ == "_ExecutorManagerThread":  # the pool's, not the Timer's
+            threading.Timer(0.2, real_start, args=(self,)).start()  # it does start, later
+            raise KeyboardInterrupt
+        real_start(self)
+
+    pool = procutil.process_pool(2)
+    monkeypatch.setattr(threading.Thread, "start", start_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool.submit(time.sleep, 60)
+    monkeypatch.undo()
+    workers = [psutil.Process(pid) for pid in pool._processes]
+    procutil.kill_pool(pool)
+    assert all(gone(w) for w in workers)
 
 
 def test_unsupported_start_method_is_a_clear_error():
