@@ -146,9 +146,10 @@ class SyncBehind:
             self._raise_error()
             self.f.flush()  # the buffered tail goes to the kernel first, so it is synced too
             self.pending = 0
-            self.thread = threading.Thread(target=self._sync, args=(self.f.fileno(),),
-                                           name="lmforge-sync-behind", daemon=True)
-            self.thread.start()
+            thread = threading.Thread(target=self._sync, args=(self.f.fileno(),),
+                                      name="lmforge-sync-behind", daemon=True)
+            thread.start()
+            self.thread = thread  # not before: an interrupt inside start() leaves none to join
 
     def close(self) -> None:
         """Wait for the running sync; raise its error, if it had one."""
