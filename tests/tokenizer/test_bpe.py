@@ -247,6 +247,8 @@ def test_special_policies():
         ({256: b"ab"}, [(b"a", b"zz")], None, "b'zz' is not in the vocabulary"),
         ({256: b"ab"}, [(b"a", b"b"), (b"a", b"b")], None, "listed twice"),
         ({256: b"a"}, [], None, "both have bytes b'a'"),
+        ({-1: b"zz"}, [], None, r"-1: b'zz' is not \(id >= 0\) -> bytes"),
+        ({256: "zz"}, [], None, r"256: 'zz' is not \(id >= 0\) -> bytes"),
         ({}, [], [""], "non-empty string"),
     ],
 )
@@ -254,6 +256,17 @@ def test_invalid_construction_is_a_clear_error(vocab_extra, merges, specials, me
     vocab = {i: bytes([i]) for i in range(256)} | vocab_extra
     with pytest.raises(TokenizerInputError, match=message):
         Tokenizer(vocab, merges, specials)
+
+
+def test_bytearray_tokens_and_merges_build_the_same_tokenizer():
+    """The validating loops (taken when the bulk checks are unsure) accept what they always did."""
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab", 257: b"abc"}
+    merges = [(b"a", b"b"), (b"ab", b"c")]
+    plain = Tokenizer(vocab, merges)
+    loose = Tokenizer({i: bytearray(b) for i, b in vocab.items()},
+                      [(bytearray(a), b) for a, b in merges])
+    assert loose.vocab == plain.vocab and loose.merges == plain.merges
+    assert loose.encode("abcab") == plain.encode("abcab") == [257, 256]
 
 
 def test_missing_single_byte_token_is_a_clear_error():

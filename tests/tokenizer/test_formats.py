@@ -25,6 +25,7 @@ from lmforge.tokenizer.formats import (
     to_tiktoken_encoding,
     write_gpt2_vocab_merges,
 )
+from lmforge.tokenizer.formats import gpt2 as gpt2_format
 from lmforge.tokenizer.pretokenize import GPT2_PATTERN, TokenizerInputError
 from tests.conftest import shared_path
 
@@ -155,6 +156,44 @@ def test_read_gpt2_bad_files(tmp_path, vocab_text, merges_text, message):
             (tmp_path / name).write_text(text, encoding="utf-8")
     with pytest.raises(TokenizerInputError, match=message):
         read_gpt2_vocab_merges(tmp_path / "v.json", tmp_path / "m.txt")
+
+
+@pytest.mark.parametrize("case", ["odd", "gpt2", "crlf-blank-lines", "no-header", "late-header"])
+def test_bulk_reading_equals_the_line_by_line_reading(case, tmp_path, monkeypatch):
+    """The fast path (whole file, checked in bulk) gives exactly what the line by line reading
+    gives, and leaves to it every file it does not plainly accept."""
+    if case == "gpt2":
+        vocab_path = shared_path("fixtures", "cs336-a1", "gpt2_vocab.json")
+        merges_path = vocab_path.with_name("gpt2_merges.txt")
+        specials = [EOT]
+    else:
+        save_tokenizer(odd_tokenizer(), tmp_path / "tok")
+        vocab_path, merges_path = tmp_path / "tok" / "vocab.json", tmp_path / "tok" / "merges.txt"
+        specials = odd_tokenizer().special_tokens
+        body = merges_path.read_text(encoding="utf-8").split("\n", 1)[1]
+        merges_path.write_text({
+            "odd": merges_path.read_text(encoding="utf-8"),
+            "crlf-blank-lines": "#version: 0.2\r\n\r\n" + body.replace("\n", "\r\n\n"),
+            "no-header": body,
+            "late-header": "\n#version: 0.2\n" + body,
+        }[case], encoding="utf-8", newline="")
+    bulk = gpt2_format._read_merges_in_bulk
+    took = []
+    monkeypatch.setattr(gpt2_format, "_read_merges_in_bulk",
+                        lambda *args: took.append(bulk(*args)) or took[-1])
+    try:
+        fast = read_gpt2_vocab_merges(vocab_path, merges_path, specials)
+    except TokenizerInputError as e:
+        fast = str(e)
+    # The plainly valid files are read in bulk; the others left to the line by line reading.
+    assert (took[0] is None) == (case == "late-header")
+    monkeypatch.setattr(gpt2_format, "_read_merges_in_bulk", lambda *args: None)
+    try:
+        slow = read_gpt2_vocab_merges(vocab_path, merges_path, specials)
+    except TokenizerInputError as e:
+        slow = str(e)
+    assert fast == slow
+    assert (case == "late-header") == isinstance(slow, str)  # "#version:" is a merge there
 
 
 def odd_tokenizer() -> Tokenizer:
