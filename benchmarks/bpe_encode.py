@@ -7,7 +7,7 @@ into one flat array (``Tokenizer.encode_batch_flat``) is >= 1.5x ``fastokens``'
 ``Tokenizer.encode_batch`` are timed too.
 
 Every measurement is a fresh process (``--child``), so no cache is warm: it loads the tokenizer
-(untimed), then times
+(timed apart: ``load s``, from its files to ready to encode, imports excluded), then times
 - ``file->array``: read the corpus file, encode it, write a ``.npy`` of the ids (documents joined
   by the ``<|endoftext|>`` id): what ``encode_file`` does in one call;
 - ``encode``: only the in-memory call on the list of documents (for ``encode_file``: the call).
@@ -95,16 +95,19 @@ def run_child(args: argparse.Namespace) -> None:
     engine, T, corpus, out = args.child, args.threads, str(args.corpus), args.out
     fx = args.shared / "fixtures" / "cs336-a1"
     encode_s = None
+    t_load = time.perf_counter()  # after the imports: the tokenizer's files -> ready to encode
     if engine.startswith("lmforge"):
         from lmforge.tokenizer import Tokenizer
 
+        t_load = time.perf_counter()
         tok = Tokenizer.from_files(fx / "gpt2_vocab.json", fx / "gpt2_merges.txt", [EOT])
         assert tok.has_native_encoder, "benchmark the C encoder: build it (pip install -e .)"
+        load_s = time.perf_counter() - t_load
         if engine == "lmforge encode_file":
             t0 = time.perf_counter()
             tok.encode_file(corpus, out, T, progress=False)
             file_s = encode_s = time.perf_counter() - t0
-            print(json.dumps({"file_s": file_s, "encode_s": encode_s,
+            print(json.dumps({"file_s": file_s, "encode_s": encode_s, "load_s": load_s,
                               "process_s": time.perf_counter() - t_proc}))
             return
 
@@ -118,6 +121,7 @@ def run_child(args: argparse.Namespace) -> None:
     elif engine.startswith("fastokens"):
         import fastokens
 
+        t_load = time.perf_counter()
         ft = fastokens.Tokenizer.from_file(str(args.hf_json))
 
         def encode(docs):
@@ -127,6 +131,7 @@ def run_child(args: argparse.Namespace) -> None:
     elif engine.startswith("tokie"):
         import tokie
 
+        t_load = time.perf_counter()
         tk = tokie.Tokenizer.from_json(str(args.hf_json))
 
         def encode(docs):
@@ -134,10 +139,13 @@ def run_child(args: argparse.Namespace) -> None:
     else:
         import tiktoken
 
+        t_load = time.perf_counter()
         tik = tiktoken.get_encoding("gpt2")
+        tik.encode_ordinary("warm")  # tiktoken builds its encoder on first use
 
         def encode(docs):
             return tik.encode_ordinary_batch(docs, num_threads=T)
+    load_s = time.perf_counter() - t_load
     t0 = time.perf_counter()
     with open(corpus, encoding="utf-8") as f:
         docs = f.read().split(EOT)
@@ -146,7 +154,7 @@ def run_child(args: argparse.Namespace) -> None:
     encode_s = time.perf_counter() - t1
     save_joined(out, doc_ids)
     file_s = time.perf_counter() - t0
-    print(json.dumps({"file_s": file_s, "encode_s": encode_s,
+    print(json.dumps({"file_s": file_s, "encode_s": encode_s, "load_s": load_s,
                       "process_s": time.perf_counter() - t_proc}))
 
 
@@ -215,14 +223,15 @@ def report(args, best: dict, diffs: dict, nbytes: int, threads: list[int], desc:
     mb = nbytes / 1e6
     print(f"corpus {args.corpus} ({mb:.1f} MB); best of {args.repeat} cold runs; {desc}\n")
     print(f"{'engine':<32} {'thr':>3} {'file->array MB/s':>17} {'encode MB/s':>12} "
-          f"{'process s':>10}  ids")
+          f"{'load s':>7} {'process s':>10}  ids")
     for (e, T), r in best.items():
         if r.get("missing"):
             print(f"{e:<32} {T:>3} {'not installed (pip install -e .[bench])':>42}")
             continue
         d = diffs.get((e, T), "")
         print(f"{e:<32} {T:>3} {mb / r['file_s']:17.1f} {mb / r['encode_s']:12.1f} "
-              f"{r['process_s']:10.2f}  {'identical' if not d else 'DIFFER: ' + d}")
+              f"{r['load_s']:7.3f} {r['process_s']:10.2f}  "
+              f"{'identical' if not d else 'DIFFER: ' + d}")
     print()
 
     def rate(e, T, key):
@@ -239,6 +248,10 @@ def report(args, best: dict, diffs: dict, nbytes: int, threads: list[int], desc:
             a, b = rate(ours, T, key), rate("fastokens encode_batch_flat", T, key)
             if a and b:
                 print(f"{label} ({T} thread{'s' * (T > 1)}): {a / b:.2f}x")
+    loads = {e.split()[0]: r["load_s"] for (e, _), r in best.items() if not r.get("missing")}
+    if "lmforge" in loads and "fastokens" in loads:
+        print(f"tokenizer load (files -> ready to encode), lmforge / fastokens time: "
+              f"{loads['lmforge'] / loads['fastokens']:.2f}x")
     if len(threads) == 2:
         for ours, key in (("lmforge encode_file", "file_s"),
                           ("lmforge encode_batch_flat", "encode_s")):

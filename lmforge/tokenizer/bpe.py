@@ -151,15 +151,19 @@ class Tokenizer:
         """SHA-256 (hex) of ``repr((sorted(vocab.items()), merges, special_tokens))``: equal
         fingerprints, equal tokenizers. Computed once (a Tokenizer is not meant to be mutated)."""
         if self._fingerprint is None:
-            h = hashlib.sha256(b"(")
-            for seq in (sorted(self.vocab.items()), self.merges):
-                h.update(b"[")
-                for block in _repr_blocks(seq):
-                    h.update(block)
-                h.update(b"], ")
-            h.update(f"{self.special_tokens!r})".encode())
-            self._fingerprint = h.hexdigest()
+            with gc_paused():  # the 50K item tuples would wake the GC over the whole tokenizer
+                self._fingerprint = self._vocabulary_hash()
         return self._fingerprint
+
+    def _vocabulary_hash(self) -> str:
+        h = hashlib.sha256(b"(")
+        for seq in (sorted(self.vocab.items()), self.merges):
+            h.update(b"[")
+            for block in _repr_blocks(seq):
+                h.update(block)
+            h.update(b"], ")
+        h.update(f"{self.special_tokens!r})".encode())
+        return h.hexdigest()
 
     # -------------------------------------------------------------------------- encoding
 
