@@ -70,7 +70,7 @@ from lmforge.tokenizer.split import split_token_ids, val_document_mask
 
 _NPY_HEADER_BYTES = 128  # fixed-size .npy v1.0 header, rewritten with the final shape at the end
 _MAX_CHUNK_BYTES = 4 << 20
-_SYNC_BEHIND_BYTES = 4 << 20  # ids written between two syncs started behind the writer
+_SYNC_BEHIND_BYTES = 16 << 20  # ids written between two syncs started behind the writer
 _COPY_BLOCK = 1 << 22  # ids copied at a time from the scratch file into a split
 # Files from this size on have each finished chunk's pages dropped from the mapping. Dropping
 # interrupts every core (a TLB shootdown: 1/4 of the time of 2 threads on a 40 MB file), and a
