@@ -27,6 +27,9 @@
  * - batch_threads.h: encode_batch's pthreads (texts from an atomic counter, a Worker each, one
  *   shared piece cache), and the flat output (thread 0's buffer, the others' texts copied after).
  * - repr_join.h: the repr behind Tokenizer.fingerprint (the vocabulary's, in ~2 ms, not 25).
+ * - encode_args.h: the methods' argument parsing (itemsize, specials) and result packing;
+ *   pretok_functions.h: the module functions around the pre-tokenizer (char classes, pieces,
+ *   pre-token counts). This file: the Encoder type and its methods.
  * - worker_pool.h: Workers (caches + output buffer) belong to one call at a time (a pool per
  *   Encoder, handed out under the GIL), so no lock is taken while encoding. Ids come out as uint32 in the
  *   worker's buffer, packed to uint16/uint32 bytes for the *_to_bytes and flat methods, or
@@ -82,6 +85,7 @@ typedef struct {
 #include "encoder_build.h"
 #include "worker_pool.h"
 #include "repr_join.h"
+#include "encode_args.h"
 
 static PyObject *Encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -110,89 +114,6 @@ static void Encoder_dealloc(EncoderObject *self)
     worker_free(self->sharer); /* no call is in flight: each holds a reference */
     Py_XDECREF(self->args);
     Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int check_itemsize(int itemsize)
-{
-    if (itemsize == 2 || itemsize == 4)
-        return 0;
-    PyErr_Format(PyExc_ValueError, "itemsize must be 2 (uint16) or 4 (uint32), got %d", itemsize);
-    return -1;
-}
-
-/* OverflowError for an id that itemsize 2 cannot hold; NULL. */
-static PyObject *raise_id_too_big(uint32_t id)
-{
-    return PyErr_Format(PyExc_OverflowError, "token id %u does not fit in uint16; use "
-                        "itemsize=4 (uint32) for vocabularies over 65536 tokens", id);
-}
-
-static PyObject *pack_to_bytes(uint32_t *ids, size_t n, int itemsize)
-{
-    uint32_t bad = 0;
-    if (pack_ids_to((uint8_t *)ids, ids, n, itemsize, &bad) < 0)
-        return raise_id_too_big(bad);
-    return PyBytes_FromStringAndSize((const char *)ids, (Py_ssize_t)(n * itemsize));
-}
-
-/* `specials`: None or a sequence of (bytes, id) to split on, in the order to try them (longest
- * first). Fills sp (pointers into the bytes, which the caller keeps alive); 0, or -1 + error. */
-static int parse_specials(PyObject *specials, Specials *sp, PyObject **keep)
-{
-    memset(sp, 0, sizeof *sp);
-    *keep = NULL;
-    if (!specials || specials == Py_None)
-        return 0;
-    PyObject *seq = PySequence_Tuple(specials);
-    if (!seq)
-        return -1;
-    *keep = seq;
-    sp->n = PyTuple_GET_SIZE(seq);
-    sp->s = PyMem_Calloc(sp->n + 1, sizeof *sp->s), sp->len = PyMem_Calloc(sp->n + 1, sizeof(size_t));
-    sp->id = PyMem_Calloc(sp->n + 1, sizeof(uint32_t));
-    if (!sp->s || !sp->len || !sp->id) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    sp->one_first = 1;
-    for (Py_ssize_t i = 0; i < sp->n; i++) {
-        PyObject *it = PyTuple_GET_ITEM(seq, i), *b, *id;
-        unsigned long v;
-        if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) != 2 ||
-            !PyBytes_Check(b = PyTuple_GET_ITEM(it, 0)) || PyBytes_GET_SIZE(b) == 0 ||
-            !PyLong_Check(id = PyTuple_GET_ITEM(it, 1)) ||
-            ((v = PyLong_AsUnsignedLong(id)) == (unsigned long)-1 && PyErr_Occurred()) ||
-            v > UINT32_MAX) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "specials[%zd] must be a (non-empty bytes, id) pair "
-                         "with 0 <= id < 2**32, got %R", i, it);
-            return -1;
-        }
-        sp->s[i] = (const uint8_t *)PyBytes_AS_STRING(b), sp->len[i] = PyBytes_GET_SIZE(b);
-        sp->id[i] = (uint32_t)v;
-        sp->first[sp->s[i][0]] = 1;
-        sp->one_first &= sp->s[i][0] == sp->s[0][0];
-    }
-    return 0;
-}
-
-static void free_specials(Specials *sp, PyObject *keep)
-{
-    PyMem_Free((void *)sp->s), PyMem_Free(sp->len), PyMem_Free(sp->id);
-    Py_XDECREF(keep);
-}
-
-/* Raise the error of a text that failed with sc->err (ERR_SURROGATE: what encoding the
- * pre-token holding the lone surrogate, `piece.encode()`, raises). */
-static void raise_text_error(Scan *sc, PyObject *text)
-{
-    if (sc->err == ERR_SURROGATE) {
-        Py_ssize_t i = 0, e = 0;
-        while ((e = next_end_any(sc->kind, sc->data, i, sc->n)) <= sc->bad)
-            i = e;
-        sc->piece_start = i, sc->piece_end = e;
-    }
-    scan_raise(sc, text);
 }
 
 /* Encode texts[0:n] with nthreads threads (GIL released when worth it). On success the ids of
@@ -535,132 +456,7 @@ static PyTypeObject EncoderType = {
 
 /* ----------------------------------------------------------------- module functions */
 
-static PyObject *init_char_classes(PyObject *mod, PyObject *arg)
-{
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    int ok = view.len == N_CODEPOINTS;
-    for (Py_ssize_t i = 0; ok && i < view.len; i++)
-        ok = ((const uint8_t *)view.buf)[i] <= C_SPACE;
-    if (ok) {
-        memcpy(char_class, view.buf, N_CODEPOINTS);
-        char_class_ready = 1;
-        swar_ok = 1; /* the SWAR scan's ASCII letters and digits must be the table's */
-        for (int c = 0; c < 0x80; c++) {
-            int letter = (c | 0x20) >= 'a' && (c | 0x20) <= 'z', digit = c >= '0' && c <= '9';
-            swar_ok &= (char_class[c] == C_LETTER) == letter && (char_class[c] == C_NUMBER) == digit;
-        }
-        ascii_scan_ok = ascii_scan_check();
-    } else {
-        PyErr_Format(PyExc_ValueError, "char class table must be 0x110000 bytes with values 0..3 "
-                     "(got %zd bytes); use lmforge.tokenizer.native.char_class_table()", view.len);
-    }
-    PyBuffer_Release(&view);
-    return ok ? Py_NewRef(Py_None) : NULL;
-}
-
-static PyObject *pretokenize(PyObject *mod, PyObject *text)
-{
-    Scan sc;
-    if (scan_init(&sc, text) < 0)
-        return NULL;
-    PyObject *list = PyList_New(0);
-    for (Py_ssize_t i = 0, e; list && i < sc.n; i = e) {
-        e = next_end_any(sc.kind, sc.data, i, sc.n);
-        PyObject *piece = PyUnicode_Substring(text, i, e);
-        if (!piece || PyList_Append(list, piece) < 0)
-            Py_CLEAR(list);
-        Py_XDECREF(piece);
-    }
-    return list;
-}
-
-/* The pieces the encoder's scanner (ascii_scan.h / utf8_scan.h) cuts valid UTF-8 into. */
-static PyObject *pretokenize_utf8(PyObject *mod, PyObject *arg)
-{
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const uint8_t *d = view.buf;
-    size_t n = (size_t)view.len;
-    PyObject *list = NULL;
-    Py_ssize_t bad = utf8_check(d, n);
-    if (bad >= 0) {
-        PyErr_Format(PyExc_ValueError, "invalid UTF-8 at byte %zd", bad);
-    } else if ((list = PyList_New(0))) {
-        PieceIter it;
-        piece_iter_init(&it, d, 0, n, d + n);
-        for (size_t t; list && it.pos < n; it.pos = t) {
-            t = piece_iter_next(&it);
-            PyObject *piece = PyBytes_FromStringAndSize((const char *)d + it.pos, t - it.pos);
-            if (!piece || PyList_Append(list, piece) < 0)
-                Py_CLEAR(list);
-            Py_XDECREF(piece);
-        }
-    }
-    PyBuffer_Release(&view);
-    return list;
-}
-
-static int count_piece(void *vmap, const uint8_t *s, size_t n)
-{
-    BytesMap *m = vmap;
-    uint64_t h = hash_bytes(s, n), c = 0;
-    size_t at;
-    uint32_t *r = bm_find(m, s, n, h, &at), *v = r ? rec_vals(r) : bm_insert(m, s, n, h, at, 2);
-    if (!v)
-        return -1;
-    if (r)
-        memcpy(&c, v, 8);
-    c++;
-    memcpy(v, &c, 8);
-    return 0;
-}
-
-/* counts[key] += count for every record of m, in first-seen order. */
-static int add_counts(PyObject *counts, BytesMap *m)
-{
-    for (size_t off = 0; off < m->len; off += rec_words(m->arena[off + 2], 2)) {
-        uint32_t *r = m->arena + off;
-        uint64_t n;
-        memcpy(&n, rec_vals(r), 8);
-        PyObject *key = PyBytes_FromStringAndSize((const char *)(r + REC_HEAD), r[2]);
-        PyObject *c = PyLong_FromUnsignedLongLong(n), *old = NULL, *sum = NULL;
-        if (key && c && ((old = PyDict_GetItemWithError(counts, key)) || !PyErr_Occurred()))
-            sum = old ? PyNumber_Add(old, c) : Py_NewRef(c);
-        int rc = sum ? PyDict_SetItem(counts, key, sum) : -1;
-        Py_XDECREF(key), Py_XDECREF(c), Py_XDECREF(sum);
-        if (rc < 0)
-            return -1;
-    }
-    return 0;
-}
-
-static PyObject *count_pretokens(PyObject *mod, PyObject *args)
-{
-    PyObject *text, *counts;
-    Scan sc;
-    if (!PyArg_ParseTuple(args, "OO!:count_pretokens", &text, &PyDict_Type, &counts) ||
-        scan_init(&sc, text) < 0)
-        return NULL;
-    BytesMap *m = bm_new();
-    if (!m)
-        return PyErr_NoMemory();
-    PyThreadState *ts = sc.n >= NOGIL_MIN_LEN ? PyEval_SaveThread() : NULL;
-    int rc = scan(&sc, count_piece, m);
-    if (ts)
-        PyEval_RestoreThread(ts);
-    if (rc < 0 && !sc.err)
-        sc.err = ERR_NOMEM;
-    if (rc < 0)
-        scan_raise(&sc, text);
-    else
-        rc = add_counts(counts, m);
-    free(sc.buf);
-    bm_free(m);
-    return rc < 0 ? NULL : Py_NewRef(Py_None);
-}
+#include "pretok_functions.h"
 
 static PyMethodDef module_methods[] = {
     {"init_char_classes", init_char_classes, METH_O,
