@@ -158,6 +158,13 @@ def test_read_gpt2_bad_files(tmp_path, vocab_text, merges_text, message):
         read_gpt2_vocab_merges(tmp_path / "v.json", tmp_path / "m.txt")
 
 
+def test_merges_file_of_invalid_utf8_is_a_clear_error(tmp_path):
+    (tmp_path / "v.json").write_text('{"a": 0, "b": 1, "ab": 2}', encoding="utf-8")
+    (tmp_path / "m.txt").write_bytes(b"a b\n\xff\xfe b\n")
+    with pytest.raises(TokenizerInputError, match=r"m\.txt: not valid UTF-8 at byte 4"):
+        read_gpt2_vocab_merges(tmp_path / "v.json", tmp_path / "m.txt")
+
+
 @pytest.mark.parametrize("case", ["odd", "gpt2", "crlf-blank-lines", "no-header", "late-header"])
 def test_bulk_reading_equals_the_line_by_line_reading(case, tmp_path, monkeypatch):
     """The fast path (whole file, checked in bulk) gives exactly what the line by line reading

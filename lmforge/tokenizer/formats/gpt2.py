@@ -223,12 +223,15 @@ def _read_merges_in_bulk(path: Path, known: set[bytes], specials: frozenset[str]
                          decoded: Mapping[str, bytes]) -> Merges | None:
     """The merges, read whole and checked in bulk (~25 ms for GPT-2's 50K, where the line by
     line reading takes ~200); None if the file is not plainly valid (then that reading decides,
-    naming the line at fault). Both end lines at LF, CR LF or CR. Strings only until the pairs
+    naming the line at fault; invalid UTF-8 is refused here). Both end lines at LF, CR LF or CR. Strings only until the pairs
     are made: 50K small lists would wake the cyclic GC again and again over everything alive."""
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return None
+    except UnicodeDecodeError as e:
+        raise TokenizerInputError(
+            f"{path}: not valid UTF-8 at byte {e.start} ({e.reason}); the GPT-2 merges.txt is "
+            "corrupt, re-create it."
+        ) from None
     lines = text.split("\n")  # read_text made every line end a \n
     if lines[0].startswith("#version"):  # the first line only, as the line by line reading
         del lines[0]
