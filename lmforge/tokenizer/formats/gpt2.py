@@ -223,8 +223,9 @@ def _read_merges_in_bulk(path: Path, known: set[bytes], specials: frozenset[str]
                          decoded: Mapping[str, bytes]) -> Merges | None:
     """The merges, read whole and checked in bulk (~25 ms for GPT-2's 50K, where the line by
     line reading takes ~200); None if the file is not plainly valid (then that reading decides,
-    naming the line at fault; invalid UTF-8 is refused here). Both end lines at LF, CR LF or CR. Strings only until the pairs
-    are made: 50K small lists would wake the cyclic GC again and again over everything alive."""
+    naming the line at fault; invalid UTF-8 is refused here). Both end lines at LF, CR LF or
+    CR. Strings only until the pairs are made: 50K small lists would wake the cyclic GC again
+    and again over everything alive."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
