@@ -104,9 +104,6 @@ class TokenEncoder(Protocol):
     def encode_to_bytes(self, text: str, itemsize: int = 2, *, special: str = "special") -> bytes:
         ...
 
-    def encode_utf8_to_bytes(self, data: bytes | bytearray | memoryview, itemsize: int = 2, *,
-                             special: str = "special") -> bytes: ...
-
     def encode_utf8_into(self, data: bytes | bytearray | memoryview, out: bytearray | memoryview,
                          itemsize: int = 2, *, special: str = "special") -> int: ...
 
