@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmforge.tokenizer.pretokenize import (
+    SCAN_BYTES,
     InvalidUTF8Error,
     TokenizerInputError,
     check_input_file,
@@ -84,6 +85,23 @@ def test_boundaries_land_on_documents(tmp_path: Path):
     data = path.read_bytes()
     assert len(bounds) > 10
     assert all(data[b : b + len(EOT)] == EOT.encode() for b in bounds[1:-1])
+
+
+@pytest.mark.parametrize("shift", range(-12, 13))
+def test_no_cut_inside_a_special_at_the_scan_window_edge(tmp_path: Path, shift: int):
+    # A special with a newline inside, ending just past a scan window: the newline is a safe-
+    # looking cut in the window's bytes, but the special runs past them. (Before the guard a
+    # cut landed between "AAAA\n" and "BBBB", and the special was lost to both chunks.)
+    special, chunk = "AAAA\nBBBB", 100
+    start = chunk + SCAN_BYTES + shift  # the first window is [chunk, chunk + SCAN_BYTES + 9)
+    filler = "a b " * ((start + 3) // 4)  # no safe cut in it: no newline, no special
+    text = filler[:start] + special + " c d" * 50
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    bounds = find_chunk_boundaries(path, chunk, [special])
+    assert not any(start < b < start + len(special) for b in bounds)
+    pieces = [t for c in _chunks(path, bounds) for t in segment(c, [special])]
+    assert pieces == segment(text, [special])
 
 
 def test_no_safe_cut_means_one_chunk(tmp_path: Path):
