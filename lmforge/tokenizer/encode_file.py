@@ -70,6 +70,9 @@ from lmforge.tokenizer.split import split_token_ids, val_document_mask
 
 _NPY_HEADER_BYTES = 128  # fixed-size .npy v1.0 header, rewritten with the final shape at the end
 _MAX_CHUNK_BYTES = 4 << 20
+# The last `workers` chunks' worth of the corpus is cut this much finer, so that no worker idles
+# for long while the others finish (the tail of 10 equal chunks on 2 threads: ~20 ms of 330).
+_FINISH_SPLIT = 4
 _SYNC_BEHIND_BYTES = 16 << 20  # ids written between two syncs started behind the writer
 _COPY_BLOCK = 1 << 22  # ids copied at a time from the scratch file into a split
 # Files from this size on have each finished chunk's pages dropped from the mapping. Dropping
@@ -350,7 +353,10 @@ def write_token_file(
     jobs: list[tuple] = []
     separator_after: set[int] = set()
     for i, path in enumerate(inputs):
-        bounds = find_chunk_boundaries(path, chunk, split_special_tokens=splits)
+        last = i == len(inputs) - 1 and workers > 1  # the corpus ends in smaller chunks
+        bounds = find_chunk_boundaries(path, chunk, split_special_tokens=splits,
+                                       finish_bytes=workers * chunk if last else 0,
+                                       finish_chunk_bytes=max(1 << 16, chunk // _FINISH_SPLIT))
         jobs += [(str(path), a, b, special, dtype.itemsize) for a, b in itertools.pairwise(bounds)]
         if i < len(separated) and not separated[i]:
             separator_after.add(len(jobs) - 1)

@@ -237,10 +237,13 @@ def _inside_special(buf: bytes, cut: int, specials: Sequence[bytes], max_len: in
 
 
 def find_chunk_boundaries(
-    path: str | os.PathLike, chunk_bytes: int, split_special_tokens: Sequence[str] = ()
+    path: str | os.PathLike, chunk_bytes: int, split_special_tokens: Sequence[str] = (), *,
+    finish_bytes: int = 0, finish_chunk_bytes: int | None = None,
 ) -> list[int]:
     """Byte offsets ``[0, b1, ..., size]`` cutting ``path`` into chunks of about ``chunk_bytes``.
 
+    Chunks starting in the last ``finish_bytes`` of the file are about ``finish_chunk_bytes``
+    instead (smaller, so that parallel workers run out of work at nearly the same time).
     Every inner boundary is a safe cut (see the module docstring); chunks are never empty.
     ``split_special_tokens`` are the specials the caller will split on (leave empty when special
     token text is encoded as plain text). Reads only ``SCAN_BYTES`` past each guessed boundary
@@ -270,7 +273,8 @@ def find_chunk_boundaries(
             if cut is None:
                 break
             bounds.append(cut)
-            guess = cut + chunk_bytes
+            step = chunk_bytes if cut < size - finish_bytes else finish_chunk_bytes or chunk_bytes
+            guess = cut + step
     bounds.append(size)
     return bounds
 

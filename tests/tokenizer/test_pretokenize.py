@@ -64,13 +64,16 @@ ALPHABET = [
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(parts=st.lists(st.sampled_from(ALPHABET), max_size=300), chunk=st.integers(1, 64))
-def test_chunked_segmentation_equals_whole(tmp_path: Path, parts: list[str], chunk: int):
+@given(parts=st.lists(st.sampled_from(ALPHABET), max_size=300), chunk=st.integers(1, 64),
+       finish=st.integers(0, 300), finish_chunk=st.integers(1, 16))
+def test_chunked_segmentation_equals_whole(tmp_path: Path, parts: list[str], chunk: int,
+                                           finish: int, finish_chunk: int):
     text = "".join(parts) or "a"
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
     for specials in ([EOT], [EOT, EOT + EOT], []):
-        bounds = find_chunk_boundaries(path, chunk, specials)
+        bounds = find_chunk_boundaries(path, chunk, specials, finish_bytes=finish,
+                                       finish_chunk_bytes=finish_chunk)
         assert bounds[0] == 0 and bounds[-1] == len(text.encode())
         assert all(a < b for a, b in itertools.pairwise(bounds))
         pieces = [t for c in _chunks(path, bounds) for t in segment(c, specials)]
@@ -102,6 +105,20 @@ def test_no_cut_inside_a_special_at_the_scan_window_edge(tmp_path: Path, shift: 
     assert not any(start < b < start + len(special) for b in bounds)
     pieces = [t for c in _chunks(path, bounds) for t in segment(c, [special])]
     assert pieces == segment(text, [special])
+
+
+def test_the_last_bytes_are_cut_finer(tmp_path: Path):
+    path = tmp_path / "docs.txt"
+    path.write_text(EOT.join(f"Document {i}." for i in range(2000)), encoding="utf-8")
+    size = path.stat().st_size
+    bounds = find_chunk_boundaries(path, 2000, [EOT], finish_bytes=6000, finish_chunk_bytes=500)
+    sizes = {a: b - a for a, b in itertools.pairwise(bounds)}
+    body = [n for a, n in sizes.items() if a < size - 6000][:-1]  # the last may straddle
+    tail = [n for a, n in sizes.items() if a >= size - 6000][:-1]  # the last is what is left
+    assert body and all(2000 <= n < 2000 + 30 for n in body)  # a document is < 30 bytes
+    assert len(tail) >= 6 and all(500 <= n < 500 + 30 for n in tail)
+    assert find_chunk_boundaries(path, 2000, [EOT]) == find_chunk_boundaries(
+        path, 2000, [EOT], finish_bytes=0, finish_chunk_bytes=500)
 
 
 def test_no_safe_cut_means_one_chunk(tmp_path: Path):
