@@ -2,6 +2,7 @@
 and directories name their writer's pid, and those of dead writers are removed by the next run;
 files and directories are replaced only by complete new ones."""
 
+import errno
 import os
 import signal
 import stat
@@ -12,6 +13,7 @@ import threading
 import pytest
 import torch
 
+from lmforge import fsutil
 from lmforge.fsutil import (
     SyncBehind,
     atomic_directory,
@@ -19,6 +21,7 @@ from lmforge.fsutil import (
     remove_stale_temps,
     replace_dir,
     scratch_file,
+    start_writeback,
     temp_prefix,
 )
 from lmforge.tokenizer import Tokenizer
@@ -235,3 +238,36 @@ def test_sync_behind_raises_the_sync_error_and_the_file_is_not_replaced(tmp_path
         behind.close()
     assert (tmp_path / "ids.bin").read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["ids.bin"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_start_writeback_calls_the_kernel(tmp_path):
+    path = tmp_path / "ids.bin"
+    with open(path, "wb") as f:
+        f.write(b"ids" * 1000)
+        f.flush()
+        assert start_writeback(f.fileno()) is True
+        os.fsync(f.fileno())
+    assert path.read_bytes() == b"ids" * 1000
+    fd = os.open(path, os.O_RDONLY)
+    os.close(fd)
+    with pytest.raises(OSError) as e:  # a closed descriptor: the real call's EBADF, not a stub
+        start_writeback(fd)
+    assert e.value.errno == errno.EBADF
+
+
+def test_sync_behind_starts_the_writeback_of_flushed_data(tmp_path, monkeypatch):
+    started = []  # file size when each write-back started
+
+    monkeypatch.setattr(fsutil, "start_writeback",
+                        lambda fd: started.append(os.fstat(fd).st_size) or True)
+    block = b"x" * 1000
+    with atomic_writer(tmp_path / "ids.bin", "wb", fsync=True) as f:
+        behind = SyncBehind(f, every=1 << 30, writeback=2500)
+        for _ in range(10):
+            f.write(block)
+            behind.wrote(len(block))
+        behind.close()
+    # every third block (2,500 bytes unsent), after the Python buffer was flushed to the file
+    assert started == [3000, 6000, 9000]
+    assert (tmp_path / "ids.bin").read_bytes() == block * 10
