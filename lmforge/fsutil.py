@@ -6,7 +6,8 @@ file the user writes, so `give_default_permissions` applies the process umask to
 `atomic_writer` (streaming, a context manager) and `atomic_write_bytes` / `atomic_write_text`
 (whole small files) are the one temp-file-and-rename writer every stage uses;
 `SyncBehind` starts writing a large file's data to disk while it is still being written
-(`start_writeback`: the disk write begun, not waited for).
+(`start_writeback`: the disk write begun, not waited for); `DirectWriter` writes one around the
+page cache.
 `atomic_directory` (a context manager) and `replace_dir` are the same for whole directories
 (a tokenizer, an exported model, a run directory, a checkpoint).
 Temp files and directories are named ``.{name}.{pid}.{random}.tmp`` (`temp_prefix`): a later run
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
+import mmap
 import os
 import re
 import shutil
@@ -216,6 +219,82 @@ class SyncBehind:
         if self.error is not None:
             error, self.error = self.error, None
             raise error
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn ``O_DIRECT`` on or off for ``fd``; False where the file system or OS has none."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    import fcntl  # Unix only, and O_DIRECT is Linux's
+
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | flag if on else flags & ~flag)
+    except OSError as e:
+        if e.errno == errno.EINVAL:  # tmpfs and the like
+            return False
+        raise
+    return on
+
+
+class DirectWriter:
+    """Sequential writes of a large file that bypass the page cache (``O_DIRECT``), through
+    one reused, page-aligned buffer of ``block`` bytes: the disk reads the ids from memory
+    this process already has, instead of the kernel copying them into fresh page-cache pages
+    first (on this VM, where fresh memory is slow to touch, writing 330 MiB through the page
+    cache took 0.14-1.0 s of CPU, and directly ~0.05 s; the encoder threads had to share the
+    cores with that). Bytes are copied into the buffer and written a full block at a time;
+    ``close()`` writes the last partial block through the page cache (``O_DIRECT`` needs
+    aligned lengths) and leaves ``f`` positioned at the end. Where ``O_DIRECT`` is missing or
+    refused (tmpfs, not Linux), every block is written through the page cache instead
+    (``direct`` is then False); the bytes on disk are the same either way.
+
+    ``f`` must be a binary file open for writing at an offset that is a multiple of
+    ``block``'s alignment (0, for a new file); write only through this object until
+    ``close()``. Durability still needs an ``fsync`` (``atomic_writer(..., fsync=True)``).
+    """
+
+    def __init__(self, f: IO[bytes], block: int = 2 << 20) -> None:
+        f.flush()
+        self.f, self.fd, self.offset = f, f.fileno(), f.tell()
+        if block % mmap.PAGESIZE or self.offset % mmap.PAGESIZE:
+            raise ValueError(f"block ({block}) and the file offset ({self.offset}) must be "
+                             f"multiples of the page size ({mmap.PAGESIZE})")
+        self.buf, self.staged = mmap.mmap(-1, block), 0
+        self.direct = _set_direct(self.fd, True)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``; full blocks are written at once."""
+        with memoryview(data) as view, view.cast("B") as src:
+            done, block = 0, len(self.buf)
+            while done < len(src):
+                k = min(len(src) - done, block - self.staged)
+                self.buf[self.staged:self.staged + k] = src[done:done + k]
+                self.staged, done = self.staged + k, done + k
+                if self.staged == block:
+                    self._write_staged()
+
+    def close(self) -> None:
+        """Write what is staged, turn ``O_DIRECT`` off and seek ``f`` to the end."""
+        if self.direct:
+            self.direct = _set_direct(self.fd, False)
+        self._write_staged()
+        self.f.seek(self.offset)
+        self.buf.close()
+
+    def _write_staged(self) -> None:
+        with memoryview(self.buf) as whole, whole[:self.staged] as view:
+            done = 0
+            while done < len(view):
+                try:
+                    done += os.pwrite(self.fd, view[done:], self.offset + done)
+                except OSError as e:  # a file system that takes the flag but not the writes
+                    if not (self.direct and e.errno == errno.EINVAL):
+                        raise
+                    self.direct = _set_direct(self.fd, False)
+        self.offset += self.staged
+        self.staged = 0
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:

@@ -9,12 +9,15 @@ import stat
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lmforge import fsutil
 from lmforge.fsutil import (
+    DirectWriter,
     SyncBehind,
     atomic_directory,
     atomic_writer,
@@ -271,3 +274,48 @@ def test_sync_behind_starts_the_writeback_of_flushed_data(tmp_path, monkeypatch)
     # every third block (2,500 bytes unsent), after the Python buffer was flushed to the file
     assert started == [3000, 6000, 9000]
     assert (tmp_path / "ids.bin").read_bytes() == block * 10
+
+
+def _probe_direct(directory) -> bool:
+    """Whether this file system takes O_DIRECT (tmpfs does not)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        os.close(os.open(directory / ".probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        return False
+    finally:
+        (directory / ".probe").unlink(missing_ok=True)
+    return True
+
+
+@pytest.mark.parametrize("where", ["tmp_path", "/dev/shm"])
+def test_direct_writer_writes_the_same_bytes_as_a_plain_write(tmp_path, where):
+    directory = tmp_path if where == "tmp_path" else Path(where)
+    if not directory.is_dir():
+        pytest.skip(f"{where} does not exist here")
+    rng = np.random.default_rng(0)
+    pieces = [rng.bytes(int(n)) for n in rng.integers(0, 20_000, 60)] + [b"", b"x"]
+    path = directory / f"direct-{os.getpid()}.bin"
+    try:
+        with atomic_writer(path, "wb", fsync=True) as f:
+            out = DirectWriter(f, block=16384)  # many full blocks, and a partial one at the end
+            for p in pieces:
+                out.write(memoryview(p) if len(p) % 2 else p)
+            was_direct = out.direct
+            out.close()
+            assert f.tell() == sum(map(len, pieces))
+            f.seek(0)
+            f.write(b"HEAD")  # the header rewrite encode_file does, through the page cache
+        assert path.read_bytes() == b"HEAD" + b"".join(pieces)[4:]
+        # O_DIRECT was used where the file system takes it, and not on tmpfs
+        assert was_direct == _probe_direct(directory)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_direct_writer_refuses_an_unaligned_start(tmp_path):
+    with open(tmp_path / "f.bin", "wb") as f:
+        f.write(b"123")
+        with pytest.raises(ValueError, match="multiples of the page size"):
+            DirectWriter(f)

@@ -4,7 +4,11 @@ Each file is cut at safe byte offsets (``pretokenize.find_chunk_boundaries``: wh
 cannot change the ids), the chunks are encoded by a pool — threads when the C encoder is built,
 processes otherwise — and the packed ids are written *in order* after a fixed-size ``.npy``
 header, which is rewritten with the final shape at the end. At most two chunks per worker are in
-flight, so memory is a few chunks, never the file.
+flight, so memory is a few chunks, never the file. The last ``workers`` chunks' worth of the
+corpus is cut finer, so the workers finish together. The ids go to disk around the page cache
+(``fsutil.DirectWriter``, where the file system allows it), written by this thread while the
+pool encodes (with one worker too: a pool of one thread), and synced behind
+(``fsutil.SyncBehind``).
 
 With the C encoder each input file is ``mmap``'d once and every chunk is one call of
 ``encode_utf8_into`` on a ``memoryview`` of the mapping: the UTF-8 is checked, split on the
@@ -44,13 +48,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from lmforge import ENDOFTEXT
-from lmforge.fsutil import SyncBehind, atomic_writer, remove_stale_temps, scratch_file
+from lmforge.fsutil import (
+    DirectWriter,
+    SyncBehind,
+    atomic_writer,
+    remove_stale_temps,
+    scratch_file,
+)
 from lmforge.procutil import fast_start_method, kill_pool, process_pool
 from lmforge.tokenizer.formats import (
     sidecar_path,
@@ -73,6 +83,7 @@ _MAX_CHUNK_BYTES = 4 << 20
 # The last `workers` chunks' worth of the corpus is cut this much finer, so that no worker idles
 # for long while the others finish (the tail of 10 equal chunks on 2 threads: ~20 ms of 330).
 _FINISH_SPLIT = 4
+_DIRECT_BLOCK_BYTES = 2 << 20  # ids written to disk at a time (fsutil.DirectWriter)
 _SYNC_BEHIND_BYTES = 16 << 20  # ids written between two syncs started behind the writer
 _COPY_BLOCK = 1 << 22  # ids copied at a time from the scratch file into a split
 # Files from this size on have each finished chunk's pages dropped from the mapping. Dropping
@@ -232,7 +243,9 @@ def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple],
                                    buffers)
         else:
             fn = functools.partial(_encode_job, tok)
-        if workers == 1 or len(jobs) == 1:
+        # One worker thread still runs beside this one (which writes what it encoded: blocked
+        # on the disk, not busy); only without threads is one worker encoding inline.
+        if len(jobs) == 1 or (workers == 1 and not tok.has_native_encoder):
             for job in jobs:
                 chunk = fn(*job)
                 yield chunk
@@ -240,10 +253,10 @@ def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple],
                     buffers.give(chunk)
             return
         pool = _executor(tok, workers)
-        if isinstance(pool, ThreadPoolExecutor):  # the threads share one cache of pre-tokens
-            stack.enter_context(tok.shared_cache(sum(end - start for _, start, end, *_ in jobs)))
-        else:
+        if not isinstance(pool, ThreadPoolExecutor):
             fn = _encode_in_worker
+        elif workers > 1:  # the threads share one cache of pre-tokens
+            stack.enter_context(tok.shared_cache(sum(end - start for _, start, end, *_ in jobs)))
         try:
             todo = iter(jobs)
             inflight: deque[Future[bytes | memoryview]] = deque(
@@ -264,13 +277,14 @@ def _encoded_chunks(tok: TokenEncoder, jobs: list[tuple],
 
 
 class _TokenSink:
-    """Counts the ids written to a token array's data, and syncs them behind (``SyncBehind``)."""
+    """Counts the ids written to a token array's data, written around the page cache
+    (``DirectWriter``) and synced behind (``SyncBehind``)."""
 
-    def __init__(self, f: IO[bytes], itemsize: int, behind: SyncBehind):
-        self.f, self.itemsize, self.num_tokens, self.behind = f, itemsize, 0, behind
+    def __init__(self, out: DirectWriter, itemsize: int, behind: SyncBehind):
+        self.out, self.itemsize, self.num_tokens, self.behind = out, itemsize, 0, behind
 
     def write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
+        self.out.write(data)
         self.num_tokens += len(data) // self.itemsize
         self.behind.wrote(len(data))
 
@@ -283,9 +297,11 @@ def _token_array(path: Path, dtype: np.dtype) -> Iterator[_TokenSink]:
         f = _enter(stack, atomic_writer(path, "wb", fsync=True), path)
         behind = SyncBehind(f, _SYNC_BEHIND_BYTES)
         stack.callback(behind.close)  # before the writer's final fsync and close, even on error
-        sink = _TokenSink(f, dtype.itemsize, behind)
-        f.write(_npy_header(dtype, 0))
+        out = DirectWriter(f, _DIRECT_BLOCK_BYTES)
+        sink = _TokenSink(out, dtype.itemsize, behind)
+        out.write(_npy_header(dtype, 0))
         yield sink
+        out.close()
         f.seek(0)
         f.write(_npy_header(dtype, sink.num_tokens))
 
