@@ -12,11 +12,14 @@ Every measurement is a fresh process (``--child``), so no cache is warm: it load
   by the ``<|endoftext|>`` id): what ``encode_file`` does in one call;
 - ``encode``: only the in-memory call on the list of documents (for ``encode_file``: the call).
 Throughput = UTF-8 bytes of the corpus / seconds; each row is the best of ``--repeat`` runs,
-interleaved across engines. Every engine's ids are compared with tiktoken's; ``tokie`` is
-known to differ from GPT-2 on some text: its mismatches are reported, and it is left out of
-the ratios. Threads: ``--workers`` (and 1 for the per-core rows); Rust engines get
-``RAYON_NUM_THREADS``, and fastokens its own ``FASTOKENS_BPE_THREADS`` (it ignores rayon's
-setting and would otherwise use every core in the "1 thread" rows).
+interleaved across engines; an engine's runs with all threads and with one are made back to back,
+and the scaling lines also give the median of those pairs' ratios (a host whose speed wanders
+from second to second can put the best runs of the two at different moments). Every engine's
+ids are compared with tiktoken's; ``tokie`` is known to differ from GPT-2 on some text: its
+mismatches are reported, and it is left out of the ratios. Threads: ``--workers`` (and 1 for
+the per-core rows); Rust engines get ``RAYON_NUM_THREADS``, and fastokens its own
+``FASTOKENS_BPE_THREADS`` (it ignores rayon's setting and would otherwise use every core in the
+"1 thread" rows).
 
     python benchmarks/bpe_encode.py --corpus /tmp/slice40.txt --workers 2 --repeat 3
 
@@ -201,9 +204,10 @@ def main() -> None:
         hf_json = Path(tmp) / "gpt2-tokenizer.json"
         gpt2_hf_json(args.shared, hf_json)
         outs = {}
+        runs: dict[tuple[str, int], list[dict]] = {}  # every run, in order, for paired ratios
         for _ in range(args.repeat):
-            for T in threads:
-                for e in engines:
+            for e in engines:
+                for T in threads:  # back to back, so the host's speed drifts little between
                     if (e, T) in best and best[(e, T)].get("missing"):
                         continue
                     out = Path(tmp) / f"{e.split()[0]}-{T}.npy"
@@ -212,14 +216,17 @@ def main() -> None:
                         best[(e, T)] = {"missing": True}
                         continue
                     outs[(e, T)] = out
+                    runs.setdefault((e, T), []).append(res)
                     old = best.get((e, T), {})
                     best[(e, T)] = {k: min(v, old.get(k, v)) for k, v in res.items()}
         ref = outs[(REFERENCE, args.workers)]
         diffs = {k: mismatches(p, ref) for k, p in outs.items()}
-    report(args, best, diffs, nbytes, threads, machine_description())
+    best = {k: best[k] for k in sorted(best, key=lambda k: (-k[1], engines.index(k[0])))}
+    report(args, best, diffs, nbytes, threads, machine_description(), runs)
 
 
-def report(args, best: dict, diffs: dict, nbytes: int, threads: list[int], desc: str) -> None:
+def report(args, best: dict, diffs: dict, nbytes: int, threads: list[int], desc: str,
+           runs: dict) -> None:
     mb = nbytes / 1e6
     print(f"corpus {args.corpus} ({mb:.1f} MB); best of {args.repeat} cold runs; {desc}\n")
     print(f"{'engine':<32} {'thr':>3} {'file->array MB/s':>17} {'encode MB/s':>12} "
@@ -257,7 +264,13 @@ def report(args, best: dict, diffs: dict, nbytes: int, threads: list[int], desc:
                           ("lmforge encode_batch_flat", "encode_s")):
             a, b = rate(ours, threads[0], key), rate(ours, 1, key)
             if a and b:
-                print(f"{ours}: {threads[0]} threads / 1 thread = {a / b:.2f}x")
+                # The best runs of each may come from different moments of a host whose speed
+                # wanders; the ratios of the runs made back to back say how much that matters.
+                pairs = sorted(one[key] / many[key] for many, one in
+                               zip(runs[(ours, threads[0])], runs[(ours, 1)], strict=True))
+                print(f"{ours}: {threads[0]} threads / 1 thread = {a / b:.2f}x (best runs); "
+                      f"back-to-back pairs: median {pairs[len(pairs) // 2]:.2f}x, "
+                      f"{pairs[0]:.2f}-{pairs[-1]:.2f}x over {len(pairs)}")
     cmd = (f"python benchmarks/bpe_encode.py --corpus {args.corpus} --workers {args.workers} "
            f"--repeat {args.repeat}")
     print(f"\n{datetime.date.today()} `{cmd}`")
