@@ -250,9 +250,10 @@ class DirectWriter:
     refused (tmpfs, not Linux), every block is written through the page cache instead
     (``direct`` is then False); the bytes on disk are the same either way.
 
-    ``f`` must be a binary file open for writing at an offset that is a multiple of
-    ``block``'s alignment (0, for a new file); write only through this object until
-    ``close()``. Durability still needs an ``fsync`` (``atomic_writer(..., fsync=True)``).
+    ``f`` must be a binary file open for writing at an offset that is a multiple of the page
+    size (0, for a new file), and ``block`` a multiple of it too; write only through this
+    object until ``close()``. Durability still needs an ``fsync``
+    (``atomic_writer(..., fsync=True)``).
     """
 
     def __init__(self, f: IO[bytes], block: int = 2 << 20) -> None:
