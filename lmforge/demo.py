@@ -112,7 +112,7 @@ def run_demo(
     `model.d_model`); `steps` fixes the number of optimizer steps instead of timing them.
     `report(str)` receives the human-readable progress lines.
     """
-    from lmforge.device import select_device
+    from lmforge.device import bf16_is_fast, select_device
     from lmforge.eval import bigram_cross_entropy, unigram_cross_entropy
     from lmforge.infer import generate
     from lmforge.tokenizer import train_tokenizer
@@ -129,7 +129,13 @@ def run_demo(
             "lmforge (pip install -e .), which ships data/ and configs/"
         )
     config = load_config(DEMO_CONFIG, list(overrides))
-    check_training_memory(config, select_device(config.train.device))  # before writing
+    device = select_device(config.train.device)
+    check_training_memory(config, device)  # before writing
+    chose_dtype = any(o.replace(" ", "").startswith("train.dtype=") for o in overrides)
+    if config.train.dtype == "bf16" and not chose_dtype and not bf16_is_fast(device):
+        config.train.dtype = "fp32"  # emulated bf16 trained 4 steps in a 25 s budget, not ~300
+        report(f"(bf16 is emulated on this {device.type.upper()} (no AVX512-BF16 or AMX), so the "
+               "demo trains in fp32; --set train.dtype=bf16 to insist)")
     _prepare_out(out)
     train_docs, val_docs = split_documents(DEMO_CORPUS.read_text(encoding="utf-8"))
     paths = {s: out / "data" / f"{s}.txt" for s in ("train", "val")}
