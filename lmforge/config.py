@@ -25,6 +25,7 @@ from typing import Any
 
 import tomli_w
 
+from lmforge.device import TRAIN_DTYPES
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write_text
 from lmforge.infer.sampling import is_int
@@ -80,7 +81,8 @@ class RunConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     seed: int = 0  # seeds init, data sampling and every RNG
     device: str = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
-    dtype: str = "fp32"  # "fp32" or "bf16" (autocast; weights and optimizer stay fp32)
+    dtype: str = "fp32"  # "fp32", "bf16" (autocast; weights and optimizer stay fp32) or "auto"
+    #   (bf16 where the device runs it natively, else fp32; the run records what it chose)
     compile: bool = False  # torch.compile the model
     log_interval: int = 10  # steps between metrics.jsonl train records
     eval_interval: int = 100  # steps between validation passes (and at the end); 0: max_steps // 8
@@ -251,8 +253,9 @@ def validate(config: TrainConfig) -> None:
     _require(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "in [0, 1]")
     _require(math.isfinite(t.distill_temperature) and t.distill_temperature > 0,
              "train.distill_temperature", t.distill_temperature, "a finite number > 0")
-    if t.dtype not in ("fp32", "bf16"):
-        raise ConfigError(f"train.dtype must be 'fp32' or 'bf16', got {t.dtype!r}")
+    if t.dtype not in TRAIN_DTYPES:
+        raise ConfigError(f"train.dtype must be 'fp32', 'bf16' or 'auto' (bf16 where the device "
+                          f"runs it natively, else fp32), got {t.dtype!r}")
     if t.parallel not in PARALLEL_MODES:
         raise ConfigError(
             f"train.parallel must be one of {', '.join(PARALLEL_MODES)}, got {t.parallel!r}"

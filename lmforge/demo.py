@@ -112,7 +112,7 @@ def run_demo(
     `model.d_model`); `steps` fixes the number of optimizer steps instead of timing them.
     `report(str)` receives the human-readable progress lines.
     """
-    from lmforge.device import bf16_is_fast, select_device
+    from lmforge.device import resolve_dtype, select_device
     from lmforge.eval import bigram_cross_entropy, unigram_cross_entropy
     from lmforge.infer import generate
     from lmforge.tokenizer import train_tokenizer
@@ -131,9 +131,9 @@ def run_demo(
     config = load_config(DEMO_CONFIG, list(overrides))
     device = select_device(config.train.device)
     check_training_memory(config, device)  # before writing
-    chose_dtype = any(o.replace(" ", "").startswith("train.dtype=") for o in overrides)
-    if config.train.dtype == "bf16" and not chose_dtype and not bf16_is_fast(device):
-        config.train.dtype = "fp32"  # emulated bf16 trained 4 steps in a 25 s budget, not ~300
+    dtype = resolve_dtype(config.train.dtype, device)  # what the trainer will train in
+    if config.train.dtype == "auto" and dtype == "fp32":
+        # emulated bf16 trained 4 steps in a 25 s budget on such a CPU, fp32 ~150
         report(f"(bf16 is emulated on this {device.type.upper()} (no AVX512-BF16 or AMX), so the "
                "demo trains in fp32; --set train.dtype=bf16 to insist)")
     _prepare_out(out)
@@ -162,10 +162,10 @@ def run_demo(
     budget = minutes * 60 - (time.perf_counter() - start) - SAMPLES_RESERVE_S
     plan_budget(config, budget, steps)
     if steps is None:
-        report(f"4. training {_shape(config)} for {config.train.time_budget_s:.0f} s (the steps "
-               "are planned from the run's own measured step times)")
+        report(f"4. training {_shape(config, dtype)} for {config.train.time_budget_s:.0f} s (the "
+               "steps are planned from the run's own measured step times)")
     else:
-        report(f"4. training {_shape(config)} for {steps:,} steps")
+        report(f"4. training {_shape(config, dtype)} for {steps:,} steps")
     result = train(TrainConfig.from_dict(config.to_dict()), out, progress=progress)
     demo = DemoResult(str(out), result.step, result.tokens, result.wall_time,
                       result.val_loss if result.val_loss is not None else math.nan,
@@ -185,13 +185,13 @@ def run_demo(
     return demo
 
 
-def _shape(config: TrainConfig) -> str:
+def _shape(config: TrainConfig, dtype: str) -> str:
     from lmforge.model import count_parameters
 
     m = config.model
     return (f"a {count_parameters(m) / 1e6:.1f}M-parameter model ({m.num_layers} layers, "
             f"d_model {m.d_model}, {m.num_heads} heads, context {m.context_length}, "
-            f"batch {config.train.batch_size}, {config.train.dtype})")
+            f"batch {config.train.batch_size}, {dtype})")
 
 
 def _load_trained(out: Path):

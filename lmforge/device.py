@@ -15,6 +15,7 @@ import torch
 from lmforge.errors import LmforgeError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TRAIN_DTYPES = ("fp32", "bf16", "auto")  # what train.dtype may say; "auto" is resolved per device
 
 
 class DeviceError(LmforgeError, ValueError):
@@ -67,7 +68,22 @@ def bf16_is_fast(device: torch.device) -> bool:
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     if check is not None and torch.backends.mkldnn.is_available():
         return bool(check())
-    return _bf16_matmul_seconds() < 2 * _fp32_matmul_seconds()
+    return _matmul_seconds(torch.bfloat16) < 2 * _matmul_seconds(torch.float32)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The training precision "auto" means on `device`: "bf16" where bf16 is fast there
+    (`bf16_is_fast`), else "fp32". "fp32" and "bf16" are returned as they are (an explicit bf16
+    is kept even where it is emulated).
+
+    >>> resolve_dtype("fp32", torch.device("cpu"))
+    'fp32'
+    """
+    if dtype not in TRAIN_DTYPES:
+        raise DeviceError(f"dtype must be one of {', '.join(TRAIN_DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    return "bf16" if bf16_is_fast(device) else "fp32"
 
 
 def _matmul_seconds(dtype: torch.dtype) -> float:
@@ -83,14 +99,6 @@ def _matmul_seconds(dtype: torch.dtype) -> float:
     return best
 
 
-def _bf16_matmul_seconds() -> float:
-    return _matmul_seconds(torch.bfloat16)
-
-
-def _fp32_matmul_seconds() -> float:
-    return _matmul_seconds(torch.float32)
-
-
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
     """Mixed precision as training uses it: bf16 autocast (fp32 master weights), or nothing.
 
@@ -99,7 +107,8 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     torch.bfloat16
     """
     if dtype not in DTYPES:
-        raise DeviceError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
+        raise DeviceError(f"dtype must be 'fp32' or 'bf16' (resolve 'auto' first: resolve_dtype), "
+                          f"got {dtype!r}")
     if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -52,7 +52,7 @@ def test_overrides_parse_toml_values(tmp_path):
     [
         (MODEL, ["model.num_heads=5"], r"not divisible by model\.num_heads=5"),
         (MODEL, ["train.batch_size=0"], r"train\.batch_size must be at least 1"),
-        (MODEL, ["train.dtype=fp8"], r"train\.dtype must be 'fp32' or 'bf16'"),
+        (MODEL, ["train.dtype=fp8"], r"train\.dtype must be 'fp32', 'bf16' or 'auto'"),
         (MODEL, ["optim.min_lr=1"], r"min_lr <= optim\.lr"),
         (MODEL, ["optim.lrr=1"], r"unknown setting optim\.lrr"),
         (MODEL, ["train.batch_size=big"], r"train\.batch_size must be int"),

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmforge.config import TrainConfig
-from lmforge.device import autocast, select_device
+from lmforge.device import autocast, resolve_dtype, select_device
 from lmforge.errors import LmforgeError, PathNotFound
 from lmforge.model import TransformerLM
 from lmforge.train import parallel
@@ -119,6 +119,9 @@ class Trainer:
         self.ctx, self.device = parallel.setup_parallel(
             t.parallel, select_device(t.device), t.dist_timeout_s
         )
+        # In place, as objectives' factories adjust `config` too: the run records the choice (so
+        # a resume elsewhere keeps it) and everything after this line sees "fp32" or "bf16".
+        t.dtype = resolve_dtype(t.dtype, self.device)
         if self.device.type == "cpu":
             keep_large_allocations()
         if objective is None:  # its token files are checked before anything is allocated

@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmforge.config import ConfigError, DataConfig, OptimConfig, RunConfig, TrainConfig, save_config
+from lmforge import device
+from lmforge.config import (
+    ConfigError,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    load_config,
+    save_config,
+)
 from lmforge.model import ModelConfig
 from lmforge.train import loop, objective
 from lmforge.train.checkpoint import latest_checkpoint
@@ -187,6 +196,21 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path):
         results[dtype] = loop.train(config, tmp_path / dtype, progress=False)
     assert abs(results["bf16"].val_loss - results["fp32"].val_loss) < 0.15
     assert results["bf16"].val_loss < math.log(64) - 0.5
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_auto_dtype_trains_as_the_device_allows_and_the_run_records_it(tmp_path, monkeypatch,
+                                                                       fast):
+    """"auto" trains exactly as the dtype bf16_is_fast picks, and config.toml records that dtype
+    (not "auto"), so a resume on another machine keeps the precision."""
+    monkeypatch.setattr(device, "bf16_is_fast", lambda d: fast)
+    chosen = "bf16" if fast else "fp32"
+    for dtype in ("auto", chosen):
+        config = _config(tmp_path, dtype=dtype, max_steps=6, eval_interval=3,
+                         checkpoint_interval=3)
+        loop.train(config, tmp_path / dtype, progress=False)
+    assert load_config(tmp_path / "auto" / "config.toml").train.dtype == chosen
+    assert _losses(tmp_path / "auto") == _losses(tmp_path / chosen)
 
 
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
