@@ -391,7 +391,10 @@ def write_token_file(
             split=split)
 
     sep = (sep_id or 0).to_bytes(dtype.itemsize, "little")
-    with tqdm(total=sum(sizes), unit="B", unit_scale=True, disable=not progress) as bar:
+    # No bar at all without progress: a process's first tqdm, even disabled, makes its lock
+    # (2-5 ms, before the first chunk can start).
+    with (tqdm(total=sum(sizes), unit="B", unit_scale=True) if progress
+          else contextlib.nullcontext()) as bar:
         fingerprint = _FingerprintMeanwhile(tok)
         chunks = fingerprint.after_first(_corpus_bytes(tok, jobs, separator_after, sep, workers,
                                                        bar))
@@ -464,12 +467,13 @@ def _copy_runs(ids: np.ndarray, runs: np.ndarray, sep: bytes, sink: _TokenSink) 
 
 def _corpus_bytes(
     tok: TokenEncoder, jobs: list[tuple], separator_after: set[int], sep: bytes, workers: int,
-    bar: tqdm,
+    bar: tqdm | None,
 ) -> Iterator[bytes | memoryview]:
     """The packed ids of the whole corpus in order: each job's, and ``sep`` between files; each
-    valid until the next is asked for."""
+    valid until the next is asked for. ``bar`` (if any) counts the input bytes done."""
     for k, data in enumerate(_encoded_chunks(tok, jobs, workers)):
         yield data
-        bar.update(jobs[k][2] - jobs[k][1])
+        if bar is not None:
+            bar.update(jobs[k][2] - jobs[k][1])
         if k in separator_after:
             yield sep
